@@ -1,0 +1,189 @@
+//! Defaults for every config section. They match the documented `config.yaml` at the repository
+//! root, so a partial file (or none of a section) behaves like the Python server's defaults.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::*;
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            log: LogConfig::default(),
+            delete_audio: true,
+            close_connection_no_voice_time: 120,
+            tts_timeout: 10,
+            tool_call_timeout: 30,
+            enable_greeting: true,
+            exit_commands: vec!["退出".into(), "关闭".into()],
+            wakeup_words: ["你好小智", "嘿你好呀", "你好小志", "小爱同学", "你好小鑫", "你好小新", "小美同学", "小龙小龙", "喵喵同学", "小滨小滨", "小冰小冰"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            xiaozhi: HelloTemplate::default(),
+            prompt: "You are Xiaozhi, a friendly voice assistant. Answer briefly, in one to three short sentences, \
+                     in the language the user speaks. Begin every answer with one emoji that shows your mood."
+                .into(),
+            end_prompt: EndPrompt::default(),
+            system_error_response: "Sorry, I can't answer right now. Please try again in a moment.".into(),
+            selected_module: SelectedModule::default(),
+            vad: BTreeMap::new(),
+            asr: BTreeMap::new(),
+            llm: BTreeMap::new(),
+            tts: BTreeMap::new(),
+            memory: BTreeMap::new(),
+            intent: BTreeMap::new(),
+            vllm: BTreeMap::new(),
+            audio: AudioConfig::default(),
+            models: ModelsConfig::default(),
+            activation: ActivationConfig::default(),
+            providers: Providers::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            ip: "0.0.0.0".into(),
+            port: 8000,
+            http_port: 8003,
+            websocket: String::new(),
+            vision_explain: String::new(),
+            timezone_offset: 8,
+            auth: AuthConfig::default(),
+            auth_key: String::new(),
+            mqtt_gateway: String::new(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { enabled: false, allowed_devices: Vec::new(), expire_seconds: None }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { log_level: "info".into() }
+    }
+}
+
+impl Default for HelloTemplate {
+    fn default() -> Self {
+        Self { kind: "hello".into(), version: 1, transport: "websocket".into(), audio_params: AudioParams::default() }
+    }
+}
+
+impl Default for AudioParams {
+    fn default() -> Self {
+        Self { format: "opus".into(), sample_rate: 24_000, channels: 1, frame_duration: 60 }
+    }
+}
+
+impl Default for EndPrompt {
+    fn default() -> Self {
+        Self {
+            enable: true,
+            prompt: "Time flies. Say goodbye to the user warmly, in one short sentence, to end this conversation.".into(),
+        }
+    }
+}
+
+impl Default for SelectedModule {
+    fn default() -> Self {
+        Self {
+            vad: "SileroVAD".into(),
+            asr: "OpenaiASR".into(),
+            llm: "OpenAILLM".into(),
+            tts: "OpenAITTS".into(),
+            memory: "nomem".into(),
+            intent: "function_call".into(),
+            vllm: String::new(),
+        }
+    }
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        Self { opus_bitrate: 24_000, opus_complexity: 5, prebuffer_frames: 5 }
+    }
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self { dir: PathBuf::from("models"), onnxruntime: PathBuf::new() }
+    }
+}
+
+impl Default for ActivationConfig {
+    fn default() -> Self {
+        Self { enabled: false, message: "Bind this device with: xiaozhi-server bind {code}".into() }
+    }
+}
+
+impl Default for SileroVadConfig {
+    fn default() -> Self {
+        Self { threshold: 0.5, threshold_low: 0.3, model_dir: String::new(), min_silence_duration_ms: 500, pre_roll_ms: 1000 }
+    }
+}
+
+impl Default for OpenAiAsrConfig {
+    fn default() -> Self {
+        Self {
+            api_key: String::new(),
+            base_url: "https://api.openai.com/v1".into(),
+            model_name: "gpt-4o-mini-transcribe".into(),
+            language: None,
+            timeout: 30,
+            output_dir: None,
+        }
+    }
+}
+
+impl Default for OpenAiLlmConfig {
+    fn default() -> Self {
+        Self {
+            api_key: String::new(),
+            base_url: "https://api.openai.com/v1".into(),
+            model_name: "gpt-4o-mini".into(),
+            temperature: None,
+            top_p: None,
+            max_tokens: None,
+            timeout: 30,
+        }
+    }
+}
+
+impl Default for OpenAiTtsConfig {
+    fn default() -> Self {
+        Self {
+            api_key: String::new(),
+            api_url: "https://api.openai.com/v1/audio/speech".into(),
+            model: "tts-1".into(),
+            voice: "alloy".into(),
+            speed: 1.0,
+            format: "wav".into(),
+            sample_rate: 24_000,
+            timeout: 10,
+            output_dir: None,
+        }
+    }
+}
+
+impl Default for CustomTtsConfig {
+    fn default() -> Self {
+        Self {
+            method: "POST".into(),
+            url: String::new(),
+            params: BTreeMap::new(),
+            headers: BTreeMap::new(),
+            format: "wav".into(),
+            sample_rate: 16_000,
+            timeout: 10,
+            output_dir: None,
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! The typed configuration.
+//!
+//! The file format is the Python server's `config.yaml`, so a migrating user's file keeps
+//! working: `server`, `selected_module`, and the provider dictionaries `VAD`, `ASR`, `LLM`, `TTS`,
+//! `Memory`, `Intent` keyed by a name whose entry has a `type`. Keys this server does not know are
+//! reported as warnings; wrong types, and a selected provider that does not exist or whose `type`
+//! is not supported, are errors naming the YAML path of the problem.
+//!
+//! [`load`] reads `config.yaml`, deep-merges `data/.config.yaml` over it (maps merge, lists and
+//! scalars replace), validates, and resolves the selected providers into [`Providers`].
+//! [`watch`] reloads on change and publishes each valid config to new sessions.
+
+mod defaults;
+pub mod load;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{ConfigError, ConfigSource, load};
+
+/// The whole configuration, as read from YAML (see `config.yaml` at the repository root for the
+/// documented defaults).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Listening addresses, public URLs and device authentication.
+    pub server: ServerConfig,
+    /// Log level.
+    pub log: LogConfig,
+    /// Python server compatibility: whether to delete recorded audio (we keep none).
+    pub delete_audio: bool,
+    /// Seconds of audio without voice after which the assistant says goodbye and closes.
+    pub close_connection_no_voice_time: u64,
+    /// Seconds one TTS sentence may take.
+    pub tts_timeout: u64,
+    /// Seconds one tool call may take.
+    pub tool_call_timeout: u64,
+    /// Whether a wake word (`listen detect`) gets a spoken greeting.
+    pub enable_greeting: bool,
+    /// Utterances that end the conversation (exact match after punctuation removal).
+    pub exit_commands: Vec<String>,
+    /// Wake words; `listen detect` with one of them is a greeting, any other text is a typed turn.
+    pub wakeup_words: Vec<String>,
+    /// The hello template sent to devices; `audio_params` gives the downlink Opus rate and frame.
+    pub xiaozhi: HelloTemplate,
+    /// The system prompt.
+    pub prompt: String,
+    /// How the assistant says goodbye when the no-voice timeout fires.
+    pub end_prompt: EndPrompt,
+    /// What the device hears when a provider fails.
+    pub system_error_response: String,
+    /// Which entry of each provider dictionary is in use.
+    pub selected_module: SelectedModule,
+    /// Voice activity detectors by name.
+    #[serde(rename = "VAD")]
+    pub vad: BTreeMap<String, serde_yaml_ng::Value>,
+    /// Speech recognizers by name.
+    #[serde(rename = "ASR")]
+    pub asr: BTreeMap<String, serde_yaml_ng::Value>,
+    /// Language models by name.
+    #[serde(rename = "LLM")]
+    pub llm: BTreeMap<String, serde_yaml_ng::Value>,
+    /// Speech synthesizers by name.
+    #[serde(rename = "TTS")]
+    pub tts: BTreeMap<String, serde_yaml_ng::Value>,
+    /// Memory providers by name.
+    #[serde(rename = "Memory")]
+    pub memory: BTreeMap<String, serde_yaml_ng::Value>,
+    /// Intent providers by name.
+    #[serde(rename = "Intent")]
+    pub intent: BTreeMap<String, serde_yaml_ng::Value>,
+    /// Vision models by name (accepted for compatibility; not used yet).
+    #[serde(rename = "VLLM")]
+    pub vllm: BTreeMap<String, serde_yaml_ng::Value>,
+    /// Downlink audio encoding and pacing.
+    pub audio: AudioConfig,
+    /// Where model files and the ONNX Runtime library live.
+    pub models: ModelsConfig,
+    /// Device activation through the OTA endpoint.
+    pub activation: ActivationConfig,
+    /// The selected providers, typed; filled by [`load`], never read from YAML.
+    #[serde(skip)]
+    pub providers: Providers,
+}
+
+/// `server:` — addresses, public URLs and authentication.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Address to bind both ports on.
+    pub ip: String,
+    /// WebSocket port (devices).
+    pub port: u16,
+    /// HTTP port (OTA, activation, health).
+    pub http_port: u16,
+    /// Public WebSocket URL given to devices by OTA; empty = derived from the OTA request's Host.
+    pub websocket: String,
+    /// Public URL of the vision endpoint, passed to devices in MCP `initialize` when set.
+    pub vision_explain: String,
+    /// Hours east of UTC, reported to devices by OTA (the Python server's `+8` style).
+    pub timezone_offset: i32,
+    /// Device authentication.
+    pub auth: AuthConfig,
+    /// Secret for device tokens; empty = `manager-api.secret`, else a random per-process key.
+    pub auth_key: String,
+    /// MQTT gateway address (accepted for compatibility; OTA never returns `mqtt` unless set).
+    pub mqtt_gateway: String,
+}
+
+/// `server.auth:` — device tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// Whether devices must present a token.
+    pub enabled: bool,
+    /// Device ids that need no token.
+    pub allowed_devices: Vec<String>,
+    /// Token lifetime in seconds (30 days when absent).
+    pub expire_seconds: Option<u64>,
+}
+
+/// `log:` — logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// `trace`, `debug`, `info`, `warn` or `error` (the Python server's upper-case names work too).
+    pub log_level: String,
+}
+
+/// `xiaozhi:` — the hello template.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HelloTemplate {
+    /// Always `hello`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Protocol version echoed to devices.
+    pub version: u32,
+    /// Always `websocket` on this transport.
+    pub transport: String,
+    /// The downlink audio parameters: what we really encode at.
+    pub audio_params: AudioParams,
+}
+
+/// Opus stream parameters as they appear in hello messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AudioParams {
+    /// Always `opus`.
+    pub format: String,
+    /// Sample rate in Hz (8000, 12000, 16000, 24000 or 48000).
+    pub sample_rate: u32,
+    /// Always 1.
+    pub channels: u32,
+    /// Frame duration in milliseconds (the firmware uses 60).
+    pub frame_duration: u32,
+}
+
+/// `end_prompt:` — the goodbye on the no-voice timeout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EndPrompt {
+    /// Whether the LLM says goodbye (otherwise the connection just closes).
+    pub enable: bool,
+    /// The instruction given to the LLM.
+    pub prompt: String,
+}
+
+/// `selected_module:` — names of the entries in use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SelectedModule {
+    /// Entry of `VAD`.
+    #[serde(rename = "VAD")]
+    pub vad: String,
+    /// Entry of `ASR`.
+    #[serde(rename = "ASR")]
+    pub asr: String,
+    /// Entry of `LLM`.
+    #[serde(rename = "LLM")]
+    pub llm: String,
+    /// Entry of `TTS`.
+    #[serde(rename = "TTS")]
+    pub tts: String,
+    /// Entry of `Memory`.
+    #[serde(rename = "Memory")]
+    pub memory: String,
+    /// Entry of `Intent`.
+    #[serde(rename = "Intent")]
+    pub intent: String,
+    /// Entry of `VLLM` (accepted; not used yet).
+    #[serde(rename = "VLLM")]
+    pub vllm: String,
+}
+
+/// `audio:` — downlink encoding and pacing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AudioConfig {
+    /// Opus bitrate in bits per second.
+    pub opus_bitrate: i32,
+    /// Opus encoder complexity, 0–10.
+    pub opus_complexity: u8,
+    /// Frames sent at once before real-time pacing starts (the firmware buffers at most 40).
+    pub prebuffer_frames: u32,
+}
+
+/// `models:` — model files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelsConfig {
+    /// Directory holding the models fetched by `models/fetch.sh`.
+    pub dir: PathBuf,
+    /// The ONNX Runtime shared library; empty = `<dir>/lib/libonnxruntime.so`.
+    pub onnxruntime: PathBuf,
+}
+
+/// `activation:` — whether unknown devices must be bound before they may talk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ActivationConfig {
+    /// Whether OTA answers unbound devices with an activation code.
+    pub enabled: bool,
+    /// Text shown on the device; `{code}` is replaced by the 6-digit code.
+    pub message: String,
+}
+
+/// The selected providers, parsed into their typed settings.
+#[derive(Debug, Clone, Default)]
+pub struct Providers {
+    /// Voice activity detection.
+    pub vad: VadSpec,
+    /// Speech recognition.
+    pub asr: AsrSpec,
+    /// Language model.
+    pub llm: LlmSpec,
+    /// Speech synthesis.
+    pub tts: TtsSpec,
+    /// How tools reach the model.
+    pub intent: IntentMode,
+    /// Conversation memory.
+    pub memory: MemoryMode,
+}
+
+/// A VAD entry, by `type`.
+#[derive(Debug, Clone)]
+pub enum VadSpec {
+    /// `type: silero` — Silero VAD in process.
+    Silero(SileroVadConfig),
+}
+
+impl Default for VadSpec {
+    fn default() -> Self {
+        Self::Silero(SileroVadConfig::default())
+    }
+}
+
+/// An ASR entry, by `type`.
+#[derive(Debug, Clone)]
+pub enum AsrSpec {
+    /// `type: openai` — POST `/v1/audio/transcriptions`.
+    OpenAi(OpenAiAsrConfig),
+}
+
+impl Default for AsrSpec {
+    fn default() -> Self {
+        Self::OpenAi(OpenAiAsrConfig::default())
+    }
+}
+
+/// An LLM entry, by `type`.
+#[derive(Debug, Clone)]
+pub enum LlmSpec {
+    /// `type: openai` (also `ollama`, `xinference`) — OpenAI-compatible chat completions.
+    OpenAi(OpenAiLlmConfig),
+}
+
+impl Default for LlmSpec {
+    fn default() -> Self {
+        Self::OpenAi(OpenAiLlmConfig::default())
+    }
+}
+
+/// A TTS entry, by `type`.
+#[derive(Debug, Clone)]
+pub enum TtsSpec {
+    /// `type: openai` — POST `/v1/audio/speech`.
+    OpenAi(OpenAiTtsConfig),
+    /// `type: custom` — a templated HTTP request that returns audio.
+    Custom(CustomTtsConfig),
+}
+
+impl Default for TtsSpec {
+    fn default() -> Self {
+        Self::OpenAi(OpenAiTtsConfig::default())
+    }
+}
+
+/// How tools reach the model, from the selected `Intent` entry's `type`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IntentMode {
+    /// `nointent`: plain chat, no tools offered.
+    NoIntent,
+    /// `function_call`: tools offered through the model's native function calling.
+    #[default]
+    FunctionCall,
+}
+
+/// Conversation memory, from the selected `Memory` entry's `type`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MemoryMode {
+    /// `nomem`: nothing is remembered between connections.
+    #[default]
+    NoMem,
+}
+
+/// `VAD.<name>` with `type: silero`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SileroVadConfig {
+    /// Probability at or above which a window is speech.
+    pub threshold: f32,
+    /// Probability below which a window is silence once speech has started (hysteresis).
+    pub threshold_low: f32,
+    /// Directory holding `silero_vad.onnx`; empty = `models.dir`.
+    pub model_dir: String,
+    /// Silence, in audio time, that ends an utterance.
+    pub min_silence_duration_ms: u32,
+    /// Audio kept from before speech starts, handed to ASR with the utterance.
+    pub pre_roll_ms: u32,
+}
+
+/// `ASR.<name>` with `type: openai`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OpenAiAsrConfig {
+    /// Bearer token.
+    pub api_key: String,
+    /// The API root (`…/v1`) or the full transcription URL (`…/v1/audio/transcriptions`).
+    pub base_url: String,
+    /// Model name.
+    pub model_name: String,
+    /// Language hint (ISO 639-1), optional.
+    pub language: Option<String>,
+    /// Seconds the request may take.
+    pub timeout: u64,
+    /// Python server compatibility; not used (no audio is written).
+    pub output_dir: Option<String>,
+}
+
+/// `LLM.<name>` with `type: openai`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OpenAiLlmConfig {
+    /// Bearer token.
+    pub api_key: String,
+    /// The API root (`…/v1`); `/chat/completions` is appended unless already there.
+    pub base_url: String,
+    /// Model name.
+    pub model_name: String,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    pub top_p: Option<f32>,
+    /// Answer length cap.
+    pub max_tokens: Option<u32>,
+    /// Seconds until the first streamed byte, and between bytes.
+    pub timeout: u64,
+}
+
+/// `TTS.<name>` with `type: openai`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OpenAiTtsConfig {
+    /// Bearer token.
+    pub api_key: String,
+    /// The full speech URL (`…/v1/audio/speech`) or the API root (`…/v1`).
+    pub api_url: String,
+    /// Model name.
+    pub model: String,
+    /// Voice name.
+    pub voice: String,
+    /// Speaking speed.
+    pub speed: f32,
+    /// `wav`, `mp3` or `pcm` (16-bit little-endian mono at `sample_rate`).
+    pub format: String,
+    /// Sample rate of `pcm` answers.
+    pub sample_rate: u32,
+    /// Seconds one sentence may take.
+    pub timeout: u64,
+    /// Python server compatibility; not used (no audio is written).
+    pub output_dir: Option<String>,
+}
+
+/// `TTS.<name>` with `type: custom` — the Python server's templated HTTP TTS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CustomTtsConfig {
+    /// `GET` (params as query string) or `POST` (params as JSON body).
+    pub method: String,
+    /// The endpoint.
+    pub url: String,
+    /// Request parameters; any string value containing `{prompt_text}` gets the sentence.
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Extra request headers.
+    pub headers: BTreeMap<String, String>,
+    /// `wav`, `mp3` or `pcm` (16-bit little-endian mono at `sample_rate`).
+    pub format: String,
+    /// Sample rate of `pcm` answers.
+    pub sample_rate: u32,
+    /// Seconds one sentence may take.
+    pub timeout: u64,
+    /// Python server compatibility; not used (no audio is written).
+    pub output_dir: Option<String>,
+}

@@ -1,0 +1,48 @@
+//! # xiaozhi-server
+//!
+//! A server for xiaozhi ESP32 voice assistants: devices stream 16 kHz Opus over a WebSocket, the
+//! server finds the end of each utterance, transcribes it, asks an LLM (with tool calls into the
+//! device over MCP), speaks the answer sentence by sentence and streams paced Opus back.
+//!
+//! # Layout
+//!
+//! The path of one utterance is a straight line through these modules:
+//!
+//! - [`config`]: the typed configuration, loaded from `config.yaml` with `data/.config.yaml`
+//!   deep-merged over it, validated with the YAML path of every problem, and watched for changes.
+//! - [`server`]: the hyper accept loops (WebSocket port and HTTP port), routing, the WebSocket
+//!   upgrade and graceful shutdown. It never parses frames or audio.
+//! - [`http`]: the plain HTTP routes: OTA check, activation, firmware download, health.
+//! - [`auth`]: device tokens compatible with the Python server (HMAC-SHA256) and the allow-list.
+//! - [`protocol`]: pure codecs: typed JSON messages both ways, binary frames v1/v2/v3, MCP JSON-RPC.
+//! - [`connection`]: owns one WebSocket: typed reads, the single writer task, close with a timeout.
+//! - [`session`]: the per-device task and its listening state (VAD, pre-roll, utterance buffer).
+//! - [`turn`]: one conversational turn: ASR → LLM stream (tool calls) → sentences → TTS.
+//! - [`speaker`]: the per-session audio output: resampling, Opus encoding and real-time pacing.
+//! - [`audio`]: Opus codec wrappers, resampling, audio file decoding, the pacer and Silero VAD.
+//! - [`asr`], [`llm`], [`tts`]: provider traits and their backends.
+//! - [`text`]: sentence segmentation, emoji → emotion, markdown and `<think>` cleaning.
+//! - [`mcp`]: the MCP client that talks to the device's tools over the session.
+//! - [`tools`]: the one registry of tools offered to the LLM.
+//! - [`onnx`]: ONNX Runtime initialisation.
+//! - [`simulator`]: a device simulator that speaks the firmware's protocol (used by the
+//!   `simulate` subcommand and by the end-to-end tests).
+
+pub mod asr;
+pub mod audio;
+pub mod auth;
+pub mod config;
+pub mod connection;
+pub mod http;
+pub mod llm;
+pub mod mcp;
+pub mod onnx;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod simulator;
+pub mod speaker;
+pub mod text;
+pub mod tools;
+pub mod tts;
+pub mod turn;
