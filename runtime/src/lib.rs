@@ -10,6 +10,7 @@
 //!
 //! - [`config`]: the typed configuration, loaded from `config.yaml` with `data/.config.yaml`
 //!   deep-merged over it, validated with the YAML path of every problem, and watched for changes.
+//! - [`services`]: the config and providers a new session starts with (rebuilt on config change).
 //! - [`server`]: the hyper accept loops (WebSocket port and HTTP port), routing, the WebSocket
 //!   upgrade and graceful shutdown. It never parses frames or audio.
 //! - [`http`]: the plain HTTP routes: OTA check, activation, firmware download, health.
@@ -39,6 +40,7 @@ pub mod mcp;
 pub mod onnx;
 pub mod protocol;
 pub mod server;
+pub mod services;
 pub mod session;
 pub mod simulator;
 pub mod speaker;

@@ -1,1 +1,133 @@
-fn main(){}
+//! The `xiaozhi-server` command line: `serve` (default), `simulate`, `token`, `check-config`,
+//! `bind`. No logic lives here; each subcommand calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use xiaozhi_server::config::{self, ConfigSource};
+use xiaozhi_server::server::{self, ServerOptions};
+use xiaozhi_server::{auth, http, simulator};
+
+/// A fast server for xiaozhi ESP32 voice assistants.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The base configuration file.
+    #[arg(long, global = true, default_value = "config.yaml", env = "XIAOZHI_CONFIG")]
+    config: PathBuf,
+    /// The data directory: `.config.yaml` overrides, firmware images (`bin/`), device bindings.
+    #[arg(long, global = true, default_value = "data", env = "XIAOZHI_DATA_DIR")]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Act as a device: connect, speak a WAV (or type text) and save the reply.
+    Simulate(simulator::SimulateArgs),
+    /// Print a device token for `Authorization: Bearer <token>`.
+    Token {
+        /// The device's MAC address (`Device-Id`).
+        #[arg(long)]
+        device_id: String,
+        /// The device's `Client-Id`.
+        #[arg(long)]
+        client_id: String,
+    },
+    /// Validate the configuration and print the effective result.
+    CheckConfig,
+    /// Bind a device by the 6-digit activation code it shows.
+    Bind {
+        /// The code.
+        code: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let source = ConfigSource { base: cli.config.clone(), override_path: cli.data_dir.join(".config.yaml") };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(source, cli.data_dir),
+        Command::Simulate(args) => {
+            init_logging("warn");
+            runtime().and_then(|rt| rt.block_on(simulator::run(args)))
+        }
+        Command::Token { device_id, client_id } => token(&source, &device_id, &client_id),
+        Command::CheckConfig => check_config(&source),
+        Command::Bind { code } => http::activation::bind(&cli.data_dir, &code)
+            .map(|device| println!("device {device} is bound"))
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}
+
+fn serve(source: ConfigSource, data_dir: PathBuf) -> anyhow::Result<()> {
+    let level = config::load(&source).map(|l| l.config.log_filter()).unwrap_or_else(|_| "info".into());
+    init_logging(&level);
+    let rt = runtime()?;
+    rt.block_on(async {
+        let running = server::start(ServerOptions { source, data_dir, watch_config: true }).await?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate() => {}
+        }
+        tracing::info!("shutting down");
+        running.shutdown().await;
+        Ok(())
+    })
+}
+
+#[cfg(unix)]
+async fn terminate() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn terminate() {
+    std::future::pending().await
+}
+
+fn token(source: &ConfigSource, device_id: &str, client_id: &str) -> anyhow::Result<()> {
+    let loaded = config::load(source)?;
+    let Some(key) = loaded.config.auth_key() else {
+        anyhow::bail!("server.auth_key is not set: tokens need a fixed key (set it in data/.config.yaml)");
+    };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    println!("{}", auth::issue_token(&key, client_id, device_id, now));
+    Ok(())
+}
+
+fn check_config(source: &ConfigSource) -> anyhow::Result<()> {
+    let loaded = config::load(source)?;
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    print!("{}", loaded.config.effective_yaml());
+    Ok(())
+}

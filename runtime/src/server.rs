@@ -1,1 +1,357 @@
-//! (being written)
+//! The accept loops, routing, the WebSocket upgrade and graceful shutdown.
+//!
+//! Two listeners (`server.port` for devices, `server.http_port` for OTA) share one router: a
+//! WebSocket upgrade on `/xiaozhi/v1/` becomes a device session, everything else goes to
+//! [`crate::http::route`]. This module never parses frames or audio.
+//!
+//! Start-up order: load and validate the config, load the ONNX Runtime library and the VAD model,
+//! build the providers, bind, serve. A config change (file watcher) rebuilds the providers for
+//! new sessions; a change that fails to build keeps the previous ones.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::config::{self, Config, ConfigSource};
+use crate::http::{self, HttpContext};
+use crate::onnx;
+use crate::services::{ModelCache, Services};
+use crate::session::{self, DeviceInfo};
+
+/// The WebSocket path devices connect to.
+pub const WS_PATH: &str = "/xiaozhi/v1";
+
+/// Largest WebSocket message the socket layer accepts at all; the session refuses smaller
+/// oversize messages with a clear error (see [`crate::protocol`]).
+const MAX_WS_MESSAGE: usize = 1 << 20;
+
+/// How to start a server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// `config.yaml` and `data/.config.yaml`.
+    pub source: ConfigSource,
+    /// The data directory (`data/`): overrides, firmware images, bindings.
+    pub data_dir: PathBuf,
+    /// Whether to watch the config files and apply valid changes to new sessions.
+    pub watch_config: bool,
+}
+
+/// A running server; dropping it does not stop it, call [`RunningServer::shutdown`].
+pub struct RunningServer {
+    /// Where devices connect (WebSocket).
+    pub ws_addr: SocketAddr,
+    /// Where OTA and health answer.
+    pub http_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    _watcher: Option<config::watch::ConfigWatcher>,
+}
+
+impl RunningServer {
+    /// Tells every session to finish and waits until all connections are gone.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    /// A token that fires when the server shuts down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+struct App {
+    services: watch::Receiver<Arc<Services>>,
+    http: HttpContext,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Loads everything, binds both ports and starts serving in the background.
+pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
+    let loaded = config::load(&options.source)?;
+    for warning in &loaded.warnings {
+        tracing::warn!("config: {warning}");
+    }
+    let config = Arc::new(loaded.config);
+    let library = config.onnxruntime_path();
+    onnx::init(&library).with_context(|| format!("ONNX Runtime ({})", library.display()))?;
+    let mut cache = ModelCache::default();
+    let services = Services::build(Arc::clone(&config), &mut cache)?;
+    let (config_tx, config_rx) = watch::channel(Arc::clone(&config));
+    let (services_tx, services_rx) = watch::channel(Arc::new(services));
+
+    let (key, generated) = crate::auth::resolve_key(config.auth_key());
+    if generated && config.server.auth.enabled {
+        tracing::warn!(
+            "server.auth_key is not set: device tokens are signed with a random key and stop working on restart"
+        );
+    }
+
+    let ws_listener = TcpListener::bind((config.server.ip.as_str(), config.server.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", config.server.ip, config.server.port))?;
+    let ws_addr = ws_listener.local_addr()?;
+    let http_listener = TcpListener::bind((config.server.ip.as_str(), config.server.http_port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", config.server.ip, config.server.http_port))?;
+    let http_addr = http_listener.local_addr()?;
+
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let app = Arc::new(App {
+        services: services_rx,
+        http: HttpContext {
+            config: config_rx.clone(),
+            data_dir: options.data_dir.clone(),
+            auth_key: Arc::from(key.as_str()),
+            ws_port: ws_addr.port(),
+        },
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
+    });
+
+    let watcher = if options.watch_config {
+        Some(config::watch::spawn_watcher(options.source.clone(), config_tx)?)
+    } else {
+        drop(config_tx);
+        None
+    };
+    tasks.spawn(rebuild_services_on_change(config_rx, services_tx, cache, shutdown.clone()));
+    tasks.spawn(accept_loop(ws_listener, Arc::clone(&app)));
+    tasks.spawn(accept_loop(http_listener, Arc::clone(&app)));
+    tracing::info!("WebSocket on ws://{ws_addr}{WS_PATH}/, OTA on http://{http_addr}/xiaozhi/ota/");
+    Ok(RunningServer { ws_addr, http_addr, shutdown, tasks, _watcher: watcher })
+}
+
+async fn rebuild_services_on_change(
+    mut config_rx: watch::Receiver<Arc<Config>>,
+    services_tx: watch::Sender<Arc<Services>>,
+    mut cache: ModelCache,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = config_rx.changed() => if changed.is_err() { return },
+        }
+        let config = Arc::clone(&config_rx.borrow_and_update());
+        // Loading a model file is blocking work: keep it off the async worker threads.
+        let built = tokio::task::spawn_blocking(move || {
+            let result = Services::build(config, &mut cache);
+            (result, cache)
+        })
+        .await;
+        match built {
+            Ok((Ok(services), back)) => {
+                cache = back;
+                let _ = services_tx.send(Arc::new(services));
+                tracing::info!("config applied: new sessions use the new settings");
+            }
+            Ok((Err(e), back)) => {
+                cache = back;
+                tracing::warn!("config change not applied, keeping the previous providers: {e}");
+            }
+            Err(e) => {
+                tracing::error!("provider rebuild panicked: {e}");
+                return;
+            }
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, app: Arc<App>) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app2 = Arc::clone(&app);
+        let shutdown = app.shutdown.clone();
+        app.tasks.spawn(async move {
+            let service = service_fn(move |req| {
+                let app = Arc::clone(&app2);
+                async move { Ok::<_, Infallible>(handle(req, app, peer).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!("connection from {peer}: {e}");
+            }
+        });
+    }
+}
+
+async fn handle(req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if (path == WS_PATH || path.starts_with(&format!("{WS_PATH}/"))) && is_websocket_upgrade(&req) {
+        return upgrade(req, app, peer);
+    }
+    http::route(req, &app.http).await
+}
+
+fn is_websocket_upgrade(req: &Request<Incoming>) -> bool {
+    let has = |name, token: &str| {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|part| part.trim().eq_ignore_ascii_case(token)))
+    };
+    has(CONNECTION, "upgrade") && has(UPGRADE, "websocket")
+}
+
+fn text_response(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(text.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// Reads a device identity field from the headers, or from the query string (browser clients
+/// cannot set headers on a WebSocket).
+fn identity_field(req: &Request<Incoming>, header: &str) -> Option<String> {
+    if let Some(v) = req.headers().get(header).and_then(|v| v.to_str().ok()) {
+        return Some(v.trim().to_string());
+    }
+    let query = req.uri().query()?;
+    let alt = header.replace('-', "_");
+    form_pairs(query).find(|(k, _)| k.eq_ignore_ascii_case(header) || k.eq_ignore_ascii_case(&alt)).map(|(_, v)| v)
+}
+
+fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        Some((percent_decode(k)?, percent_decode(v)?))
+    })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn upgrade(mut req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes())) else {
+        return text_response(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    let Some(device_id) = identity_field(&req, "device-id").filter(|d| !d.is_empty()) else {
+        return text_response(StatusCode::BAD_REQUEST, "missing Device-Id (header, or device-id query parameter)");
+    };
+    let client_id = identity_field(&req, "client-id").unwrap_or_default();
+    let authorization = identity_field(&req, "authorization");
+    let header_version = identity_field(&req, "protocol-version").and_then(|v| v.parse().ok());
+    let gateway = req.uri().query().is_some_and(|q| form_pairs(q).any(|(k, v)| k == "from" && v == "mqtt_gateway"));
+
+    let config = Arc::clone(&app.http.config.borrow());
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    let auth = Authenticator::new(app.http.auth_key.to_string(), &config.server.auth);
+    if let Err(e) = auth.check(authorization.as_deref(), &client_id, &device_id, now) {
+        tracing::warn!(device = %device_id, %peer, "refused: {e}");
+        return text_response(StatusCode::UNAUTHORIZED, &format!("authentication failed: {e}"));
+    }
+    if config.activation.enabled && !http::activation::is_bound(&app.http.data_dir, &device_id) {
+        tracing::warn!(device = %device_id, %peer, "refused: device not activated");
+        return text_response(StatusCode::FORBIDDEN, "device not activated: run the OTA check and bind its code");
+    }
+
+    let upgrade = hyper::upgrade::on(&mut req);
+    let device = DeviceInfo { device_id, client_id, header_version, gateway };
+    let app2 = Arc::clone(&app);
+    app.tasks.spawn(async move {
+        let upgraded = match upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::warn!("WebSocket upgrade from {peer} failed: {e}");
+                return;
+            }
+        };
+        let ws_config =
+            WebSocketConfig::default().max_message_size(Some(MAX_WS_MESSAGE)).max_frame_size(Some(MAX_WS_MESSAGE));
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+        let services = Arc::clone(&app2.services.borrow());
+        session::run(ws, device, services, app2.shutdown.clone()).await;
+    });
+
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&key) {
+        headers.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_identity_is_decoded() {
+        let pairs: Vec<_> = form_pairs("device-id=aa%3Abb&client_id=x+y&authorization=Bearer%20t.1").collect();
+        assert_eq!(pairs[0], ("device-id".into(), "aa:bb".into()));
+        assert_eq!(pairs[1], ("client_id".into(), "x y".into()));
+        assert_eq!(pairs[2].1, "Bearer t.1");
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+    }
+}

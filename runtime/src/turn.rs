@@ -1,1 +1,288 @@
-//! (being written)
+//! One conversational turn: ASR → `stt` → LLM stream (with tool-call rounds) → sentences → TTS →
+//! the session's [`Speaker`] → `tts stop`.
+//!
+//! A turn runs as its own task and never touches the socket directly: JSON goes through the
+//! session's [`Outbox`], audio through the [`Speaker`]. Cancelling the turn's token (abort,
+//! barge-in, disconnect) drops every provider future at once, which cancels their HTTP requests;
+//! the speaker stops within one frame. Provider failures never end the session: the device hears
+//! `system_error_response` and the next turn works as usual.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::audio::AudioClip;
+use crate::config::{Config, IntentMode};
+use crate::connection::Outbox;
+use crate::llm::{ChatMessage, LlmDelta, Role};
+use crate::protocol::message::{ServerMessage, TtsState};
+use crate::services::Services;
+use crate::speaker::Speaker;
+use crate::text::{self, SentenceSplitter};
+use crate::tools::{ToolAction, ToolBox};
+
+/// Most LLM calls in one turn (the first answer plus tool-result rounds), as in the Python server.
+pub const MAX_LLM_ROUNDS: usize = 5;
+
+/// Shortest utterance worth sending to ASR.
+pub const MIN_SPEECH_SAMPLES: usize = 16_000 / 4;
+
+/// What starts a turn.
+#[derive(Debug, Clone)]
+pub enum TurnInput {
+    /// An utterance: 16 kHz mono PCM, pre-roll included.
+    Speech(Vec<i16>),
+    /// Typed text (`listen detect` with text that is not a wake word, or a wake word greeting).
+    Text(String),
+    /// The no-voice timeout: the assistant says goodbye (`end_prompt`) and the session closes.
+    Goodbye,
+}
+
+/// Everything a turn needs, handed over by the session.
+pub struct TurnContext {
+    /// What the user said or typed.
+    pub input: TurnInput,
+    /// Providers and config of the session.
+    pub services: Arc<Services>,
+    /// The dialogue so far (without the system prompt).
+    pub history: Vec<ChatMessage>,
+    /// JSON to the device.
+    pub outbox: Outbox,
+    /// Audio to the device.
+    pub speaker: Speaker,
+    /// Tools the LLM may call.
+    pub tools: ToolBox,
+    /// Fires on abort, barge-in or disconnect.
+    pub cancel: CancellationToken,
+}
+
+/// How a turn ended.
+#[derive(Debug, Default)]
+pub struct TurnOutcome {
+    /// Messages to append to the dialogue (user, assistant, tool), also when cancelled midway.
+    pub messages: Vec<ChatMessage>,
+    /// The session should close (exit command, goodbye).
+    pub close: bool,
+    /// ASR found no words: nothing was said to the device.
+    pub heard_nothing: bool,
+    /// The turn was cancelled before it finished.
+    pub cancelled: bool,
+}
+
+/// Runs one turn to its end or until its token is cancelled.
+pub async fn run(ctx: TurnContext) -> TurnOutcome {
+    let mut outcome = TurnOutcome::default();
+    let finished = tokio::select! {
+        biased;
+        _ = ctx.cancel.cancelled() => false,
+        _ = run_inner(&ctx, &mut outcome) => true,
+    };
+    outcome.cancelled = !finished;
+    outcome
+}
+
+async fn run_inner(ctx: &TurnContext, out: &mut TurnOutcome) {
+    let config = &ctx.services.config;
+    let session_id = ctx.outbox.session_id().to_string();
+    let user_text = match &ctx.input {
+        TurnInput::Speech(pcm) if pcm.len() < MIN_SPEECH_SAMPLES => String::new(),
+        TurnInput::Speech(pcm) => match ctx.services.asr.transcribe(pcm).await {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::warn!("ASR failed: {e}");
+                ctx.outbox.send(ServerMessage::Tts { state: TtsState::Start, text: None, session_id }).await;
+                let (tx, rx) = mpsc::channel(8);
+                let speak = async move { say(&tx, &config.system_error_response).await };
+                tokio::join!(speak, voice(ctx, rx));
+                finish(ctx).await;
+                return;
+            }
+        },
+        TurnInput::Text(text) => text.clone(),
+        TurnInput::Goodbye => String::new(),
+    };
+    let goodbye = matches!(ctx.input, TurnInput::Goodbye);
+    let user_text = user_text.trim().to_string();
+    if !goodbye {
+        if user_text.is_empty() {
+            out.heard_nothing = true;
+            return;
+        }
+        ctx.outbox.send(ServerMessage::Stt { text: user_text.clone(), session_id: session_id.clone() }).await;
+        if text::matches_any(&user_text, &config.exit_commands) {
+            tracing::info!("exit command heard: {user_text}");
+            out.close = true;
+            return;
+        }
+    }
+    out.close = goodbye;
+    ctx.outbox.send(ServerMessage::Tts { state: TtsState::Start, text: None, session_id }).await;
+    let request = if goodbye { config.end_prompt.prompt.clone() } else { user_text };
+    out.messages.push(ChatMessage::new(Role::User, request));
+
+    let (sentences, rx) = mpsc::channel::<String>(32);
+    tokio::join!(think(ctx, out, sentences), voice(ctx, rx));
+    finish(ctx).await;
+}
+
+/// Waits for the device to play everything, then says `tts stop`.
+async fn finish(ctx: &TurnContext) {
+    ctx.speaker.drain(&ctx.cancel).await;
+    if !ctx.cancel.is_cancelled() {
+        let session_id = ctx.outbox.session_id().to_string();
+        ctx.outbox.send(ServerMessage::Tts { state: TtsState::Stop, text: None, session_id }).await;
+    }
+}
+
+/// The LLM side: streams answers, splits them into sentences for [`voice`], runs tool calls and
+/// feeds their results back, up to [`MAX_LLM_ROUNDS`] calls.
+async fn think(ctx: &TurnContext, out: &mut TurnOutcome, sentences: mpsc::Sender<String>) {
+    let config = &ctx.services.config;
+    let tools = match config.providers.intent {
+        IntentMode::FunctionCall => ctx.tools.specs(),
+        IntentMode::NoIntent => Vec::new(),
+    };
+    let system = ChatMessage::new(Role::System, system_prompt(config));
+    let tool_timeout = Duration::from_secs(config.tool_call_timeout.max(1));
+    let mut emotion_sent = false;
+    for round in 0..MAX_LLM_ROUNDS {
+        let mut messages = Vec::with_capacity(1 + ctx.history.len() + out.messages.len());
+        messages.push(system.clone());
+        messages.extend(ctx.history.iter().cloned());
+        messages.extend(out.messages.iter().cloned());
+        // The last round offers no tools, so the model has to answer in words.
+        let offered = if round + 1 < MAX_LLM_ROUNDS { &tools[..] } else { &[] };
+        let mut stream = match ctx.services.llm.stream(&messages, offered).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!("LLM request failed: {e}");
+                say(&sentences, &config.system_error_response).await;
+                return;
+            }
+        };
+        let mut splitter = SentenceSplitter::new();
+        let mut answer = String::new();
+        let mut calls = Vec::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(LlmDelta::Text(delta)) => {
+                    if !emotion_sent && !delta.trim().is_empty() {
+                        let (emoji, name) = text::emotion_of(&delta).unwrap_or(text::DEFAULT_EMOTION);
+                        let msg = ServerMessage::Llm {
+                            text: emoji.to_string(),
+                            emotion: name.to_string(),
+                            session_id: ctx.outbox.session_id().to_string(),
+                        };
+                        ctx.outbox.send(msg).await;
+                        emotion_sent = true;
+                    }
+                    answer.push_str(&delta);
+                    for sentence in splitter.push(&delta) {
+                        let _ = sentences.send(sentence).await;
+                    }
+                }
+                Ok(LlmDelta::ToolCalls(c)) => calls = c,
+                Err(e) => {
+                    tracing::warn!("LLM stream failed: {e}");
+                    if answer.trim().is_empty() && calls.is_empty() {
+                        say(&sentences, &config.system_error_response).await;
+                    }
+                    break;
+                }
+            }
+        }
+        if let Some(rest) = splitter.finish() {
+            let _ = sentences.send(rest).await;
+        }
+        if calls.is_empty() {
+            if !answer.trim().is_empty() {
+                out.messages.push(ChatMessage::new(Role::Assistant, answer));
+            }
+            return;
+        }
+        out.messages.push(ChatMessage::tool_calls(answer, calls.clone()));
+        for call in &calls {
+            tracing::info!("tool call {}({})", call.name, call.arguments);
+        }
+        let actions = join_all(calls.iter().map(|c| ctx.tools.call(&c.name, &c.arguments, tool_timeout))).await;
+        let mut ask_llm = false;
+        for (call, action) in calls.iter().zip(actions) {
+            let result = match action {
+                ToolAction::None => "done".to_string(),
+                ToolAction::Response(text) => {
+                    say(&sentences, &text).await;
+                    text
+                }
+                ToolAction::ReqLlm(result) => {
+                    ask_llm = true;
+                    result
+                }
+                ToolAction::Error(message) => {
+                    tracing::warn!("tool {} failed: {message}", call.name);
+                    ask_llm = true;
+                    message
+                }
+            };
+            out.messages.push(ChatMessage::tool_result(call.id.clone(), result));
+        }
+        if !ask_llm {
+            return;
+        }
+    }
+}
+
+/// Queues a fixed text (error response, a tool's spoken answer) as sentences.
+async fn say(sentences: &mpsc::Sender<String>, text: &str) {
+    let mut splitter = SentenceSplitter::new();
+    for sentence in splitter.push(text).into_iter().chain(splitter.finish()) {
+        let _ = sentences.send(sentence).await;
+    }
+}
+
+/// The TTS side: synthesizes sentences in order and queues them to the speaker, so sentence
+/// N+1 is synthesized while sentence N plays.
+async fn voice(ctx: &TurnContext, mut sentences: mpsc::Receiver<String>) {
+    let config = &ctx.services.config;
+    let timeout = Duration::from_secs(config.tts_timeout.max(1));
+    let mut error_spoken = false;
+    while let Some(sentence) = sentences.recv().await {
+        let clip = match synthesize(ctx, &sentence, timeout).await {
+            Some(clip) => clip,
+            None if !error_spoken => {
+                // Say once that something went wrong, if the TTS can say anything at all.
+                error_spoken = true;
+                synthesize(ctx, &config.system_error_response, timeout).await.unwrap_or_default()
+            }
+            None => AudioClip::default(),
+        };
+        ctx.speaker.play(&ctx.cancel, Some(sentence), clip).await;
+    }
+}
+
+async fn synthesize(ctx: &TurnContext, sentence: &str, timeout: Duration) -> Option<AudioClip> {
+    match tokio::time::timeout(timeout, ctx.services.tts.synthesize(sentence)).await {
+        Ok(Ok(clip)) => Some(clip),
+        Ok(Err(e)) => {
+            tracing::warn!("TTS failed for {sentence:?}: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("TTS timed out after {timeout:?} for {sentence:?}");
+            None
+        }
+    }
+}
+
+/// The configured prompt plus the current local time, which the model cannot know.
+fn system_prompt(config: &Config) -> String {
+    let now = chrono::Utc::now();
+    let now = match config.server.timezone_offset.checked_mul(3600).and_then(chrono::FixedOffset::east_opt) {
+        Some(offset) => now.with_timezone(&offset).fixed_offset(),
+        None => now.fixed_offset(),
+    };
+    format!("{}\n\nCurrent local time: {}", config.prompt.trim(), now.format("%Y-%m-%d %H:%M, %A"))
+}

@@ -1,8 +1,12 @@
 //! Defaults for every config section. They match the documented `config.yaml` at the repository
 //! root, so a partial file (or none of a section) behaves like the Python server's defaults.
+//! The provider dictionaries default to the entries `selected_module` names by default, so
+//! `Config::default()` resolves to `Providers::default()`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+use serde_yaml_ng::Value;
 
 use super::*;
 
@@ -17,10 +21,22 @@ impl Default for Config {
             tool_call_timeout: 30,
             enable_greeting: true,
             exit_commands: vec!["退出".into(), "关闭".into()],
-            wakeup_words: ["你好小智", "嘿你好呀", "你好小志", "小爱同学", "你好小鑫", "你好小新", "小美同学", "小龙小龙", "喵喵同学", "小滨小滨", "小冰小冰"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            wakeup_words: [
+                "你好小智",
+                "嘿你好呀",
+                "你好小志",
+                "小爱同学",
+                "你好小鑫",
+                "你好小新",
+                "小美同学",
+                "小龙小龙",
+                "喵喵同学",
+                "小滨小滨",
+                "小冰小冰",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
             xiaozhi: HelloTemplate::default(),
             prompt: "You are Xiaozhi, a friendly voice assistant. Answer briefly, in one to three short sentences, \
                      in the language the user speaks. Begin every answer with one emoji that shows your mood."
@@ -28,19 +44,70 @@ impl Default for Config {
             end_prompt: EndPrompt::default(),
             system_error_response: "Sorry, I can't answer right now. Please try again in a moment.".into(),
             selected_module: SelectedModule::default(),
-            vad: BTreeMap::new(),
-            asr: BTreeMap::new(),
-            llm: BTreeMap::new(),
-            tts: BTreeMap::new(),
-            memory: BTreeMap::new(),
-            intent: BTreeMap::new(),
+            vad: dictionary([(
+                "SileroVAD",
+                entry([
+                    ("type", "silero".into()),
+                    ("threshold", 0.5.into()),
+                    ("threshold_low", 0.3.into()),
+                    ("model_dir", "models".into()),
+                    ("min_silence_duration_ms", 500.into()),
+                    ("pre_roll_ms", 1000.into()),
+                ]),
+            )]),
+            asr: dictionary([(
+                "OpenaiASR",
+                entry([
+                    ("type", "openai".into()),
+                    ("api_key", "".into()),
+                    ("base_url", "https://api.openai.com/v1/audio/transcriptions".into()),
+                    ("model_name", "gpt-4o-mini-transcribe".into()),
+                ]),
+            )]),
+            llm: dictionary([(
+                "OpenAILLM",
+                entry([
+                    ("type", "openai".into()),
+                    ("base_url", "https://api.openai.com/v1".into()),
+                    ("model_name", "gpt-4o-mini".into()),
+                    ("api_key", "".into()),
+                ]),
+            )]),
+            tts: dictionary([(
+                "OpenAITTS",
+                entry([
+                    ("type", "openai".into()),
+                    ("api_key", "".into()),
+                    ("api_url", "https://api.openai.com/v1/audio/speech".into()),
+                    ("model", "tts-1".into()),
+                    ("voice", "alloy".into()),
+                    ("speed", 1.into()),
+                    ("format", "wav".into()),
+                ]),
+            )]),
+            memory: dictionary([("nomem", entry([("type", "nomem".into())]))]),
+            intent: dictionary([
+                ("nointent", entry([("type", "nointent".into())])),
+                ("function_call", entry([("type", "function_call".into())])),
+            ]),
             vllm: BTreeMap::new(),
             audio: AudioConfig::default(),
             models: ModelsConfig::default(),
             activation: ActivationConfig::default(),
+            manager_api: ManagerApiConfig::default(),
             providers: Providers::default(),
         }
     }
+}
+
+/// A provider dictionary from `(name, entry)` pairs.
+fn dictionary<const N: usize>(entries: [(&str, Value); N]) -> BTreeMap<String, Value> {
+    entries.into_iter().map(|(name, entry)| (name.to_owned(), entry)).collect()
+}
+
+/// A provider entry (a YAML mapping) from `(key, value)` pairs.
+fn entry<const N: usize>(pairs: [(&str, Value); N]) -> Value {
+    Value::Mapping(pairs.into_iter().map(|(key, value)| (Value::from(key), value)).collect())
 }
 
 impl Default for ServerConfig {
@@ -61,13 +128,13 @@ impl Default for ServerConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { enabled: false, allowed_devices: Vec::new(), expire_seconds: None }
+        Self { enabled: false, allowed_devices: Vec::new(), expire_seconds: Some(2_592_000) }
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { log_level: "info".into() }
+        Self { log_level: "INFO".into() }
     }
 }
 
@@ -87,7 +154,8 @@ impl Default for EndPrompt {
     fn default() -> Self {
         Self {
             enable: true,
-            prompt: "Time flies. Say goodbye to the user warmly, in one short sentence, to end this conversation.".into(),
+            prompt: "Time flies. Say goodbye to the user warmly, in one short sentence, to end this conversation."
+                .into(),
         }
     }
 }
@@ -118,6 +186,12 @@ impl Default for ModelsConfig {
     }
 }
 
+impl Default for ManagerApiConfig {
+    fn default() -> Self {
+        Self { url: String::new(), secret: String::new(), timeout: 30, max_retries: 6, retry_delay: 10 }
+    }
+}
+
 impl Default for ActivationConfig {
     fn default() -> Self {
         Self { enabled: false, message: "Bind this device with: xiaozhi-server bind {code}".into() }
@@ -126,7 +200,13 @@ impl Default for ActivationConfig {
 
 impl Default for SileroVadConfig {
     fn default() -> Self {
-        Self { threshold: 0.5, threshold_low: 0.3, model_dir: String::new(), min_silence_duration_ms: 500, pre_roll_ms: 1000 }
+        Self {
+            threshold: 0.5,
+            threshold_low: 0.3,
+            model_dir: "models".into(),
+            min_silence_duration_ms: 500,
+            pre_roll_ms: 1000,
+        }
     }
 }
 
@@ -134,7 +214,7 @@ impl Default for OpenAiAsrConfig {
     fn default() -> Self {
         Self {
             api_key: String::new(),
-            base_url: "https://api.openai.com/v1".into(),
+            base_url: "https://api.openai.com/v1/audio/transcriptions".into(),
             model_name: "gpt-4o-mini-transcribe".into(),
             language: None,
             timeout: 30,
@@ -176,7 +256,7 @@ impl Default for OpenAiTtsConfig {
 impl Default for CustomTtsConfig {
     fn default() -> Self {
         Self {
-            method: "POST".into(),
+            method: "GET".into(),
             url: String::new(),
             params: BTreeMap::new(),
             headers: BTreeMap::new(),

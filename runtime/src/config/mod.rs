@@ -6,7 +6,7 @@
 //! reported as warnings; wrong types, and a selected provider that does not exist or whose `type`
 //! is not supported, are errors naming the YAML path of the problem.
 //!
-//! [`load`] reads `config.yaml`, deep-merges `data/.config.yaml` over it (maps merge, lists and
+//! [`load()`] reads `config.yaml`, deep-merges `data/.config.yaml` over it (maps merge, lists and
 //! scalars replace), validates, and resolves the selected providers into [`Providers`].
 //! [`watch`] reloads on change and publishes each valid config to new sessions.
 
@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use load::{ConfigError, ConfigSource, load};
+pub use load::{ConfigError, ConfigSource, Loaded, load};
 
 /// The whole configuration, as read from YAML (see `config.yaml` at the repository root for the
 /// documented defaults).
@@ -81,7 +81,11 @@ pub struct Config {
     pub models: ModelsConfig,
     /// Device activation through the OTA endpoint.
     pub activation: ActivationConfig,
-    /// The selected providers, typed; filled by [`load`], never read from YAML.
+    /// The Python server's manager API. Only `secret` is used (as the device-token key when
+    /// `server.auth_key` is empty); reading the whole config from the API is not supported.
+    #[serde(rename = "manager-api")]
+    pub manager_api: ManagerApiConfig,
+    /// The selected providers, typed; filled by [`load()`], never read from YAML.
     #[serde(skip)]
     pub providers: Providers,
 }
@@ -228,6 +232,23 @@ pub struct ActivationConfig {
     pub message: String,
 }
 
+/// `manager-api:` — the Python server's management back end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ManagerApiConfig {
+    /// The API root. When set, the Python server reads its whole config from the API; this
+    /// server warns and keeps using the local files.
+    pub url: String,
+    /// The server secret; used as the device-token key when `server.auth_key` is empty.
+    pub secret: String,
+    /// Seconds one API request may take (accepted for compatibility).
+    pub timeout: u64,
+    /// Retries of a failed API request (accepted for compatibility).
+    pub max_retries: u32,
+    /// Seconds between retries (accepted for compatibility).
+    pub retry_delay: u64,
+}
+
 /// The selected providers, parsed into their typed settings.
 #[derive(Debug, Clone, Default)]
 pub struct Providers {
@@ -315,6 +336,67 @@ pub enum MemoryMode {
     /// `nomem`: nothing is remembered between connections.
     #[default]
     NoMem,
+}
+
+impl Config {
+    /// The `tracing_subscriber::EnvFilter` directive for `log.log_level`.
+    ///
+    /// The Python server's upper-case names work (`DEBUG`, `INFO`, `WARNING`, `ERROR`,
+    /// `CRITICAL`), as do the `tracing` names in any case; anything else (for example
+    /// `info,xiaozhi_server=debug`) is passed through as a filter directive. Empty means `info`.
+    pub fn log_filter(&self) -> String {
+        let raw = self.log.log_level.trim();
+        match level_name(raw) {
+            Some(level) => level.to_owned(),
+            None => raw.to_owned(),
+        }
+    }
+
+    /// The secret for device tokens: `server.auth_key`, else `manager-api.secret`, else `None`
+    /// (the caller then uses a random per-process key, as the Python server does).
+    ///
+    /// Like the Python server, a value containing `你` is the shipped placeholder and counts as
+    /// unset.
+    pub fn auth_key(&self) -> Option<String> {
+        [&self.server.auth_key, &self.manager_api.secret]
+            .into_iter()
+            .map(|key| key.trim())
+            .find(|key| !key.is_empty() && !key.contains('你'))
+            .map(str::to_owned)
+    }
+
+    /// The ONNX Runtime shared library: `models.onnxruntime`, or
+    /// `<models.dir>/lib/libonnxruntime.so` when that is empty (`.dylib` on macOS, `.dll` on
+    /// Windows).
+    pub fn onnxruntime_path(&self) -> PathBuf {
+        if self.models.onnxruntime.as_os_str().is_empty() {
+            let file = if cfg!(target_os = "macos") {
+                "libonnxruntime.dylib"
+            } else if cfg!(windows) {
+                "onnxruntime.dll"
+            } else {
+                "libonnxruntime.so"
+            };
+            self.models.dir.join("lib").join(file)
+        } else {
+            self.models.onnxruntime.clone()
+        }
+    }
+}
+
+/// Maps a level name (the Python server's or `tracing`'s, any case) to the `tracing` name.
+/// `None` when `raw` is not a bare level name. An empty name means `info`.
+pub(crate) fn level_name(raw: &str) -> Option<&'static str> {
+    let level = match raw.trim().to_ascii_lowercase().as_str() {
+        "" | "info" => "info",
+        "trace" => "trace",
+        "debug" => "debug",
+        "warn" | "warning" => "warn",
+        "error" | "critical" | "fatal" => "error",
+        "off" => "off",
+        _ => return None,
+    };
+    Some(level)
 }
 
 /// `VAD.<name>` with `type: silero`.

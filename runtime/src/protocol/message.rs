@@ -164,7 +164,10 @@ pub fn parse_inbound(text: &str) -> Result<Inbound, MessageError> {
         "mcp" => match map.get("payload") {
             Some(payload @ Value::Object(_)) => Inbound::Mcp(payload.clone()),
             _ => {
-                return Err(MessageError::BadField { kind: kind.into(), message: "\"payload\" must be an object".into() });
+                return Err(MessageError::BadField {
+                    kind: kind.into(),
+                    message: "\"payload\" must be an object".into(),
+                });
             }
         },
         "iot" => Inbound::Iot,
@@ -300,9 +303,15 @@ mod tests {
     #[test]
     fn parses_listen_and_abort() {
         let m = parse_inbound(r#"{"session_id":"S","type":"listen","state":"start","mode":"realtime"}"#).unwrap();
-        assert_eq!(m, Inbound::Listen(Listen { state: ListenState::Start, mode: Some(ListenMode::Realtime), text: None }));
+        assert_eq!(
+            m,
+            Inbound::Listen(Listen { state: ListenState::Start, mode: Some(ListenMode::Realtime), text: None })
+        );
         let m = parse_inbound(r#"{"session_id":"S","type":"listen","state":"detect","text":"你好小智"}"#).unwrap();
-        assert_eq!(m, Inbound::Listen(Listen { state: ListenState::Detect, mode: None, text: Some("你好小智".into()) }));
+        assert_eq!(
+            m,
+            Inbound::Listen(Listen { state: ListenState::Detect, mode: None, text: Some("你好小智".into()) })
+        );
         let m = parse_inbound(r#"{"session_id":"S","type":"abort","reason":"wake_word_detected"}"#).unwrap();
         assert_eq!(m, Inbound::Abort(Abort { reason: Some("wake_word_detected".into()) }));
     }
@@ -332,7 +341,8 @@ mod tests {
         assert_eq!(v["transport"], "websocket");
         assert_eq!(v["session_id"], "abc");
         assert_eq!(v["audio_params"]["sample_rate"], 24000);
-        let tts = ServerMessage::Tts { state: TtsState::SentenceStart, text: Some("Hi.".into()), session_id: "abc".into() };
+        let tts =
+            ServerMessage::Tts { state: TtsState::SentenceStart, text: Some("Hi.".into()), session_id: "abc".into() };
         assert_eq!(tts.to_json(), r#"{"type":"tts","state":"sentence_start","text":"Hi.","session_id":"abc"}"#);
         let stop = ServerMessage::Tts { state: TtsState::Stop, text: None, session_id: "abc".into() };
         assert_eq!(stop.to_json(), r#"{"type":"tts","state":"stop","session_id":"abc"}"#);

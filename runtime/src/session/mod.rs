@@ -1,1 +1,505 @@
-//! (being written)
+//! The per-device session: one task that owns everything about one connected device.
+//!
+//! Nothing mutable is shared between devices: each session has its own Opus decoder, VAD state,
+//! pre-roll ring, utterance buffer, dialogue, speaker and MCP client. Other tasks (the turn, the
+//! speaker, the writer) talk to it through channels. The loop `select!`s over server shutdown,
+//! finished turns, the socket and a timer.
+//!
+//! Listening: in `auto` and `realtime` modes Silero VAD finds the end of each utterance, counting
+//! silence in audio time (frames received), so a stall of ours can never split an utterance; the
+//! pre-roll ring makes sure the first syllable reaches ASR. In `manual` mode everything between
+//! `listen start` and `listen stop` is the utterance.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::audio::opus::OpusDecoder;
+use crate::audio::ring::PreRoll;
+use crate::audio::vad::{Vad, VadEvent};
+use crate::audio::{UPLINK_FRAME_SAMPLES, UPLINK_SAMPLE_RATE};
+use crate::connection::{self, Outbox, WsReader, WsStream};
+use crate::llm::{ChatMessage, Role};
+use crate::mcp::McpClient;
+use crate::protocol::frame::{self, ProtocolVersion};
+use crate::protocol::message::{
+    ClientHello, Inbound, Listen, ListenMode, ListenState, ServerMessage, TtsState, parse_inbound,
+};
+use crate::services::Services;
+use crate::speaker::Speaker;
+use crate::text;
+use crate::tools::ToolBox;
+use crate::turn::{self, TurnContext, TurnInput, TurnOutcome};
+
+/// How long a device has to send its hello after connecting.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest utterance; longer speech is cut and sent to ASR (Whisper's window is 30 s).
+pub const MAX_UTTERANCE_SAMPLES: usize = 30 * UPLINK_SAMPLE_RATE as usize;
+
+/// Dialogue messages kept per session (older ones are dropped at a user-message boundary).
+pub const HISTORY_LIMIT: usize = 40;
+
+/// Extra wall-clock time after the no-voice timeout before a silent connection is dropped (the
+/// Python server's hard cut: no-voice time + 60 s).
+const HARD_TIMEOUT_MARGIN: Duration = Duration::from_secs(60);
+
+/// Who is connecting, from the upgrade request.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    /// `Device-Id` (the MAC address).
+    pub device_id: String,
+    /// `Client-Id` (a UUID).
+    pub client_id: String,
+    /// `Protocol-Version` header, if any.
+    pub header_version: Option<u32>,
+    /// The connection comes from the MQTT gateway (`?from=mqtt_gateway`): binary v2 framing.
+    pub gateway: bool,
+}
+
+/// Runs one device session to its end. `shutdown` fires when the server stops.
+pub async fn run(ws: WsStream, device: DeviceInfo, services: Arc<Services>, shutdown: CancellationToken) {
+    let session_id = uuid::Uuid::new_v4().to_string();
+    let initial = if device.gateway {
+        ProtocolVersion::V2
+    } else {
+        device.header_version.and_then(ProtocolVersion::from_number).unwrap_or(ProtocolVersion::V1)
+    };
+    let (mut reader, outbox, version_tx) = connection::split(ws, session_id.clone(), initial);
+    let span = tracing::info_span!("session", device = %device.device_id, session = %session_id);
+    let mut session = match Session::new(device, services, outbox.clone(), version_tx, initial) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(parent: &span, "cannot start session: {e}");
+            outbox.close("server error").await;
+            return;
+        }
+    };
+    tracing::info!(parent: &span, "device connected");
+    let reason = tracing::Instrument::instrument(session.run(&mut reader, &shutdown), span.clone()).await;
+    session.cancel_turn();
+    match reason {
+        End::DeviceGone => tracing::info!(parent: &span, "device disconnected"),
+        End::Close(why) => {
+            tracing::info!(parent: &span, "closing: {why}");
+            outbox.close(why).await;
+            connection::drain_after_close(&mut reader).await;
+        }
+    }
+}
+
+/// Why the session loop ended.
+enum End {
+    /// The device dropped the connection (or sent Close).
+    DeviceGone,
+    /// We close, for this reason.
+    Close(&'static str),
+}
+
+struct ActiveTurn {
+    id: u64,
+    cancel: CancellationToken,
+}
+
+struct Session {
+    device: DeviceInfo,
+    services: Arc<Services>,
+    outbox: Outbox,
+    version_tx: tokio::sync::watch::Sender<ProtocolVersion>,
+    version: ProtocolVersion,
+    hello_done: bool,
+    mode: ListenMode,
+    listening: bool,
+    decoder: OpusDecoder,
+    /// Decoded PCM of one uplink frame; reused for every frame.
+    scratch: Vec<i16>,
+    vad: Vad,
+    pre_roll: PreRoll,
+    utterance: Vec<i16>,
+    /// Audio time, in samples, since the last voice.
+    no_voice_samples: u64,
+    last_activity: Instant,
+    speaker: Speaker,
+    mcp: Option<Arc<McpClient>>,
+    history: Vec<ChatMessage>,
+    turn: Option<ActiveTurn>,
+    next_turn_id: u64,
+    turn_tx: mpsc::Sender<(u64, TurnOutcome)>,
+    turn_rx: mpsc::Receiver<(u64, TurnOutcome)>,
+    goodbye_started: bool,
+    bad_frames: u64,
+}
+
+impl Session {
+    fn new(
+        device: DeviceInfo,
+        services: Arc<Services>,
+        outbox: Outbox,
+        version_tx: tokio::sync::watch::Sender<ProtocolVersion>,
+        version: ProtocolVersion,
+    ) -> Result<Self, String> {
+        let config = &services.config;
+        let decoder = OpusDecoder::new(UPLINK_SAMPLE_RATE).map_err(|e| e.to_string())?;
+        let speaker =
+            Speaker::spawn(outbox.clone(), &config.xiaozhi.audio_params, &config.audio).map_err(|e| e.to_string())?;
+        let vad = Vad::new(Arc::clone(&services.vad), &services.vad_config);
+        let pre_roll = PreRoll::new(services.vad_config.pre_roll_ms as usize * UPLINK_SAMPLE_RATE as usize / 1000);
+        let (turn_tx, turn_rx) = mpsc::channel(4);
+        Ok(Self {
+            device,
+            services,
+            outbox,
+            version_tx,
+            version,
+            hello_done: false,
+            mode: ListenMode::Auto,
+            listening: false,
+            decoder,
+            scratch: vec![0; UPLINK_FRAME_SAMPLES],
+            vad,
+            pre_roll,
+            utterance: Vec::new(),
+            no_voice_samples: 0,
+            last_activity: Instant::now(),
+            speaker,
+            mcp: None,
+            history: Vec::new(),
+            turn: None,
+            next_turn_id: 1,
+            turn_tx,
+            turn_rx,
+            goodbye_started: false,
+            bad_frames: 0,
+        })
+    }
+
+    async fn run(&mut self, reader: &mut WsReader, shutdown: &CancellationToken) -> End {
+        let connected = Instant::now();
+        let mut timer = tokio::time::interval(Duration::from_secs(1));
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Some(End::Close("server shutting down")),
+                Some((id, outcome)) = self.turn_rx.recv() => self.on_turn_done(id, outcome),
+                msg = reader.next() => match msg {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Some(End::DeviceGone),
+                    Some(Ok(Message::Text(t))) => self.on_text(t.as_str()).await,
+                    Some(Ok(Message::Binary(b))) => self.on_binary(&b).await,
+                    Some(Ok(_)) => None,
+                },
+                _ = timer.tick() => self.on_timer(connected),
+            };
+            if let Some(end) = step {
+                return end;
+            }
+        }
+    }
+
+    fn on_timer(&mut self, connected: Instant) -> Option<End> {
+        if !self.hello_done && connected.elapsed() > HELLO_TIMEOUT {
+            return Some(End::Close("no hello within 10 s"));
+        }
+        let limit = Duration::from_secs(self.services.config.close_connection_no_voice_time) + HARD_TIMEOUT_MARGIN;
+        if self.turn.is_none() && self.last_activity.elapsed() > limit {
+            return Some(End::Close("inactive"));
+        }
+        None
+    }
+
+    fn sid(&self) -> String {
+        self.outbox.session_id().to_string()
+    }
+
+    async fn on_text(&mut self, text: &str) -> Option<End> {
+        self.last_activity = Instant::now();
+        let msg = match parse_inbound(text) {
+            Ok(msg) => msg,
+            Err(e) => {
+                tracing::warn!("bad message from device: {e}");
+                self.outbox.send(ServerMessage::Error { message: e.to_string(), session_id: self.sid() }).await;
+                return None;
+            }
+        };
+        match msg {
+            Inbound::Hello(hello) => self.on_hello(hello).await,
+            _ if !self.hello_done => {
+                let message = "send a hello first".to_string();
+                self.outbox.send(ServerMessage::Error { message, session_id: self.sid() }).await;
+            }
+            Inbound::Listen(listen) => return self.on_listen(listen).await,
+            Inbound::Abort(abort) => {
+                tracing::info!("abort ({})", abort.reason.as_deref().unwrap_or("no reason"));
+                self.cancel_turn();
+                self.outbox
+                    .send(ServerMessage::Tts { state: TtsState::Stop, text: None, session_id: self.sid() })
+                    .await;
+            }
+            Inbound::Mcp(payload) => match &self.mcp {
+                Some(mcp) => mcp.handle_incoming(&payload),
+                None => tracing::debug!("MCP message from a device that did not announce MCP"),
+            },
+            Inbound::Iot => tracing::debug!("legacy iot message ignored"),
+            Inbound::Goodbye => return Some(End::Close("device said goodbye")),
+            Inbound::Ping => {
+                self.outbox.send(ServerMessage::Pong { session_id: self.sid() }).await;
+            }
+        }
+        None
+    }
+
+    async fn on_hello(&mut self, hello: ClientHello) {
+        let version = if self.device.gateway {
+            ProtocolVersion::V2
+        } else {
+            let asked = self.device.header_version.or(hello.version).unwrap_or(1);
+            ProtocolVersion::from_number(asked).unwrap_or_else(|| {
+                tracing::warn!("unknown protocol version {asked}; using 1");
+                ProtocolVersion::V1
+            })
+        };
+        self.version = version;
+        let _ = self.version_tx.send(version);
+        let config = &self.services.config;
+        let reply = ServerMessage::Hello {
+            version: version.number(),
+            transport: "websocket".into(),
+            session_id: self.sid(),
+            audio_params: config.xiaozhi.audio_params.clone(),
+        };
+        self.outbox.send(reply).await;
+        if let Some(params) = &hello.audio_params
+            && params.sample_rate.is_some_and(|r| r != UPLINK_SAMPLE_RATE)
+        {
+            tracing::warn!(
+                "device announces uplink {:?} Hz; decoding as 16 kHz like the firmware sends",
+                params.sample_rate
+            );
+        }
+        if hello.features.mcp && self.mcp.is_none() {
+            let mcp = McpClient::new(self.outbox.clone());
+            let vision = Some(config.server.vision_explain.clone())
+                .filter(|url| !url.is_empty())
+                .map(|url| (url, String::new()));
+            mcp.start(vision);
+            self.mcp = Some(mcp);
+        }
+        self.hello_done = true;
+        tracing::info!("hello: protocol v{}, mcp {}", version.number(), hello.features.mcp);
+    }
+
+    async fn on_listen(&mut self, listen: Listen) -> Option<End> {
+        match listen.state {
+            ListenState::Start => {
+                if let Some(mode) = listen.mode {
+                    self.mode = mode;
+                }
+                self.listening = true;
+                self.reset_listening();
+            }
+            ListenState::Stop => {
+                if self.listening && self.turn.is_none() {
+                    self.listening = false;
+                    let pcm = std::mem::take(&mut self.utterance);
+                    if !pcm.is_empty() {
+                        self.start_turn(TurnInput::Speech(pcm));
+                    }
+                }
+            }
+            ListenState::Detect => {
+                let text = listen.text.map(|t| t.trim().to_string()).filter(|t| !t.is_empty())?;
+                let config = &self.services.config;
+                if text::matches_any(&text, &config.wakeup_words) && !config.enable_greeting {
+                    self.outbox.send(ServerMessage::Stt { text, session_id: self.sid() }).await;
+                    self.outbox
+                        .send(ServerMessage::Tts { state: TtsState::Stop, text: None, session_id: self.sid() })
+                        .await;
+                } else {
+                    // A wake word gets a greeting from the LLM; any other text is a typed turn.
+                    self.start_turn(TurnInput::Text(text));
+                }
+            }
+        }
+        None
+    }
+
+    async fn on_binary(&mut self, data: &[u8]) -> Option<End> {
+        if !self.hello_done {
+            return None;
+        }
+        let frame = match frame::decode(self.version, data) {
+            Ok(frame) => frame,
+            Err(e) => {
+                self.bad_frames += 1;
+                if self.bad_frames.is_power_of_two() {
+                    tracing::warn!("dropped bad audio frame ({} so far): {e}", self.bad_frames);
+                }
+                return None;
+            }
+        };
+        self.last_activity = Instant::now();
+        if frame.kind != 0 || !self.listening || self.turn.is_some() {
+            return None;
+        }
+        let n = match self.decoder.decode(frame.payload, &mut self.scratch) {
+            Ok(n) => n,
+            Err(e) => {
+                self.bad_frames += 1;
+                if self.bad_frames.is_power_of_two() {
+                    tracing::warn!("dropped undecodable Opus packet ({} so far): {e}", self.bad_frames);
+                }
+                return None;
+            }
+        };
+        let pcm = &self.scratch[..n];
+        if self.mode == ListenMode::Manual {
+            if self.utterance.len() + n <= MAX_UTTERANCE_SAMPLES {
+                self.utterance.extend_from_slice(pcm);
+            }
+            return None;
+        }
+        if self.vad.in_speech() {
+            self.utterance.extend_from_slice(pcm);
+        } else {
+            self.pre_roll.push(pcm);
+        }
+        let event = match self.vad.push(pcm) {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::error!("VAD failed: {e}");
+                VadEvent::None
+            }
+        };
+        match event {
+            VadEvent::SpeechStart => {
+                self.utterance.clear();
+                self.pre_roll.drain_into(&mut self.utterance);
+                tracing::debug!("speech started");
+            }
+            VadEvent::SpeechEnd => {
+                tracing::debug!("speech ended after {} ms", self.utterance.len() * 1000 / UPLINK_SAMPLE_RATE as usize);
+                let pcm = std::mem::take(&mut self.utterance);
+                self.start_turn(TurnInput::Speech(pcm));
+                return None;
+            }
+            VadEvent::None => {}
+        }
+        if self.vad.in_speech() {
+            self.no_voice_samples = 0;
+            if self.utterance.len() >= MAX_UTTERANCE_SAMPLES {
+                let pcm = std::mem::take(&mut self.utterance);
+                self.vad.reset();
+                self.start_turn(TurnInput::Speech(pcm));
+            }
+        } else {
+            self.no_voice_samples += n as u64;
+            let limit = self.services.config.close_connection_no_voice_time * UPLINK_SAMPLE_RATE as u64;
+            if self.no_voice_samples >= limit && !self.goodbye_started {
+                self.goodbye_started = true;
+                tracing::info!(
+                    "no voice for {} s: saying goodbye",
+                    self.services.config.close_connection_no_voice_time
+                );
+                if !self.services.config.end_prompt.enable {
+                    return Some(End::Close("no voice"));
+                }
+                self.start_turn(TurnInput::Goodbye);
+            }
+        }
+        None
+    }
+
+    fn reset_listening(&mut self) {
+        self.vad.reset();
+        self.pre_roll.clear();
+        self.utterance.clear();
+        self.no_voice_samples = 0;
+    }
+
+    fn start_turn(&mut self, input: TurnInput) {
+        // A new utterance while we still speak replaces the old reply (the Python server aborts too).
+        self.cancel_turn();
+        let id = self.next_turn_id;
+        self.next_turn_id += 1;
+        let cancel = CancellationToken::new();
+        let ctx = TurnContext {
+            input,
+            services: Arc::clone(&self.services),
+            history: self.history.clone(),
+            outbox: self.outbox.clone(),
+            speaker: self.speaker.clone(),
+            tools: ToolBox::new(self.mcp.clone()),
+            cancel: cancel.clone(),
+        };
+        let done = self.turn_tx.clone();
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            let outcome = turn::run(ctx).await;
+            let _ = done.send((id, outcome)).await;
+        }));
+        self.turn = Some(ActiveTurn { id, cancel });
+    }
+
+    fn cancel_turn(&mut self) {
+        if let Some(turn) = self.turn.take() {
+            turn.cancel.cancel();
+        }
+    }
+
+    fn on_turn_done(&mut self, id: u64, outcome: TurnOutcome) -> Option<End> {
+        self.history.extend(outcome.messages);
+        trim_history(&mut self.history, HISTORY_LIMIT);
+        if self.turn.as_ref().is_none_or(|t| t.id != id) {
+            // An aborted turn finishing late: keep what was said, change nothing else.
+            return None;
+        }
+        self.turn = None;
+        if outcome.close {
+            return Some(End::Close(if self.goodbye_started { "no voice" } else { "exit command" }));
+        }
+        if outcome.heard_nothing {
+            tracing::debug!("no words recognized");
+        }
+        self.reset_listening();
+        None
+    }
+}
+
+/// Drops the oldest messages beyond `limit`, cutting only before a user message so that tool
+/// calls and their results stay together.
+fn trim_history(history: &mut Vec<ChatMessage>, limit: usize) {
+    if history.len() <= limit {
+        return;
+    }
+    let excess = history.len() - limit;
+    let cut = history.iter().enumerate().skip(excess).find(|(_, m)| m.role == Role::User).map(|(i, _)| i);
+    match cut {
+        Some(i) => {
+            history.drain(..i);
+        }
+        None => history.clear(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_is_trimmed_at_user_boundaries() {
+        let mut h = Vec::new();
+        for i in 0..30 {
+            h.push(ChatMessage::new(Role::User, format!("q{i}")));
+            h.push(ChatMessage::tool_calls("", vec![]));
+            h.push(ChatMessage::tool_result("c", "r"));
+        }
+        trim_history(&mut h, 40);
+        assert!(h.len() <= 40);
+        assert_eq!(h[0].role, Role::User);
+        assert_eq!(h.last().map(|m| m.content.as_str()), Some("r"));
+    }
+}

@@ -1,0 +1,73 @@
+//! The shared, read-only state a new session starts with: the config and the providers built
+//! from it. A config change builds a new [`Services`]; sessions already running keep theirs, new
+//! sessions take the new one, so a change applies without a restart and never mid-conversation.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::asr::{self, Asr};
+use crate::audio::vad::{self, SileroModel};
+use crate::config::{Config, SileroVadConfig, VadSpec};
+use crate::llm::{self, Llm};
+use crate::tts::{self, Tts};
+
+/// Providers and config for new sessions.
+pub struct Services {
+    /// The config these were built from.
+    pub config: Arc<Config>,
+    /// Speech recognition.
+    pub asr: Arc<dyn Asr>,
+    /// Language model.
+    pub llm: Arc<dyn Llm>,
+    /// Speech synthesis.
+    pub tts: Arc<dyn Tts>,
+    /// The Silero model (shared by all sessions) and its settings.
+    pub vad: Arc<SileroModel>,
+    /// Silero settings of the selected VAD entry.
+    pub vad_config: SileroVadConfig,
+}
+
+/// Why the services could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ServicesError {
+    /// A provider rejected its settings.
+    #[error("{kind} provider: {message}")]
+    Provider {
+        /// ASR, LLM or TTS.
+        kind: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// The VAD model could not be loaded.
+    #[error("VAD: {0}")]
+    Vad(String),
+}
+
+/// Keeps the loaded VAD model between rebuilds, so a config change does not reload it unless
+/// its file changed.
+#[derive(Default)]
+pub struct ModelCache {
+    vad: Option<(PathBuf, Arc<SileroModel>)>,
+}
+
+impl Services {
+    /// Builds the providers `config` selects.
+    pub fn build(config: Arc<Config>, cache: &mut ModelCache) -> Result<Self, ServicesError> {
+        let p = &config.providers;
+        let asr = asr::build(&p.asr).map_err(|e| ServicesError::Provider { kind: "ASR", message: e.to_string() })?;
+        let llm = llm::build(&p.llm).map_err(|e| ServicesError::Provider { kind: "LLM", message: e.to_string() })?;
+        let tts = tts::build(&p.tts).map_err(|e| ServicesError::Provider { kind: "TTS", message: e.to_string() })?;
+        let VadSpec::Silero(vad_config) = p.vad.clone();
+        let path = vad::find_model(&vad_config.model_dir, &config.models.dir)
+            .map_err(|e| ServicesError::Vad(e.to_string()))?;
+        let vad = match &cache.vad {
+            Some((cached, model)) if *cached == path => Arc::clone(model),
+            _ => {
+                let model = SileroModel::load(&path).map_err(|e| ServicesError::Vad(e.to_string()))?;
+                cache.vad = Some((path, Arc::clone(&model)));
+                model
+            }
+        };
+        Ok(Self { config, asr, llm, tts, vad, vad_config })
+    }
+}

@@ -1,0 +1,77 @@
+//! Starts a real `xiaozhi-server` in the test process: the repository's `config.yaml` with a
+//! `data/.config.yaml` override that binds loopback port 0 and points the providers at a
+//! [`MockOpenAi`]. The real VAD model and ONNX Runtime from `models/` are used (run
+//! `models/fetch.sh` first; the test suite's `tests/run.sh` does).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use xiaozhi_server::config::ConfigSource;
+use xiaozhi_server::server::{self, RunningServer, ServerOptions};
+use xiaozhi_server::simulator::{SimConfig, SimDevice};
+
+use crate::mock::MockOpenAi;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A server under test with its data directory.
+pub struct TestServer {
+    /// The running server.
+    pub server: RunningServer,
+    /// Its data directory (holds `.config.yaml`).
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server whose providers are `mock`, with `extra` YAML appended to the override
+    /// (top-level keys other than `server`, `models`, `selected_module`, `ASR`, `LLM`, `TTS`, `VAD`).
+    pub async fn start(mock: &MockOpenAi, extra: &str) -> anyhow::Result<Self> {
+        Self::start_with_server_yaml(mock, "", extra).await
+    }
+
+    /// Like [`TestServer::start`], with extra keys inside `server:` (indented by two spaces).
+    pub async fn start_with_server_yaml(mock: &MockOpenAi, server_extra: &str, extra: &str) -> anyhow::Result<Self> {
+        let _ = tracing_subscriber_init();
+        let dir = tempfile::tempdir()?;
+        let models = repo_root().join("models").canonicalize().context("models/ is missing: run models/fetch.sh")?;
+        let yaml = format!(
+            "server:\n  ip: 127.0.0.1\n  port: 0\n  http_port: 0\n{server_extra}\
+             models:\n  dir: \"{models}\"\n\
+             VAD:\n  SileroVAD:\n    type: silero\n    model_dir: \"{models}\"\n    min_silence_duration_ms: 500\n\
+             {mock}{extra}",
+            models = models.display(),
+            mock = mock.config_override_yaml(),
+        );
+        std::fs::write(dir.path().join(".config.yaml"), yaml)?;
+        let source =
+            ConfigSource { base: repo_root().join("config.yaml"), override_path: dir.path().join(".config.yaml") };
+        let server =
+            server::start(ServerOptions { source, data_dir: dir.path().to_path_buf(), watch_config: false }).await?;
+        Ok(Self { server, dir })
+    }
+
+    /// The WebSocket URL devices use.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/xiaozhi/v1/", self.server.ws_addr)
+    }
+
+    /// Connects a simulated device with protocol version `version`.
+    pub async fn device(&self, device_id: &str, version: u32) -> anyhow::Result<SimDevice> {
+        let cfg = SimConfig {
+            url: self.ws_url(),
+            device_id: device_id.to_string(),
+            protocol_version: version,
+            ..SimConfig::default()
+        };
+        SimDevice::connect(cfg).await
+    }
+}
+
+fn tracing_subscriber_init() -> Option<()> {
+    // Logs help when a test fails; `RUST_LOG=debug cargo test` shows them.
+    let filter = std::env::var("RUST_LOG").ok()?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init().ok()
+}
