@@ -110,15 +110,13 @@ async fn llm_calls_the_device_volume_tool() -> anyhow::Result<()> {
     .await?;
     let server = TestServer::start(&mock, "").await?;
     let mut device = server.device("aa:bb:cc:00:00:03", 1).await?;
-    // Give the MCP start-up (initialize, paged tools/list) a moment, as a real device session has.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while device.mcp_state().tools_listed < 3 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Typed right after the hello: the turn waits for the device's tool list (initialize, paged
+    // tools/list) instead of missing the tools.
     device.detect("please set the volume to thirty").await?;
     let reply = device.collect_reply(REPLY_WAIT).await?;
     assert_eq!(device.mcp_calls(), vec![("self.audio_speaker.set_volume".to_string(), json!({"volume": 30}))]);
     assert_eq!(device.volume(), 30);
+    assert_eq!(device.mcp_state().tools_listed, 3, "all pages of tools/list were read");
     assert_eq!(reply.sentences, vec!["Done".to_string(), "the volume is now thirty".to_string()]);
     // The tool result went back to the LLM as a tool message.
     let last_chat = mock.requests().into_iter().rfind(|r| r.path.ends_with("/chat/completions")).expect("chat");

@@ -17,6 +17,9 @@ use serde_json::Value;
 use crate::llm::ToolSpec;
 use crate::mcp::McpClient;
 
+/// How long a turn waits for a just-connected device to list its tools.
+const MCP_READY_WAIT: Duration = Duration::from_secs(2);
+
 /// What the turn does with a tool's outcome (the Python server's `Action`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToolAction {
@@ -42,9 +45,11 @@ impl ToolBox {
         Self { mcp }
     }
 
-    /// The tool definitions offered to the LLM.
-    pub fn specs(&self) -> Vec<ToolSpec> {
+    /// The tool definitions offered to the LLM. Waits briefly for the device's tool list when
+    /// the session has only just started.
+    pub async fn specs(&self) -> Vec<ToolSpec> {
         let Some(mcp) = &self.mcp else { return Vec::new() };
+        mcp.wait_ready(MCP_READY_WAIT).await;
         mcp.tools()
             .into_iter()
             .map(|t| ToolSpec { name: t.exposed, description: t.description, parameters: t.input_schema })

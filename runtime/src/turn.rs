@@ -143,7 +143,7 @@ async fn finish(ctx: &TurnContext) {
 async fn think(ctx: &TurnContext, out: &mut TurnOutcome, sentences: mpsc::Sender<String>) {
     let config = &ctx.services.config;
     let tools = match config.providers.intent {
-        IntentMode::FunctionCall => ctx.tools.specs(),
+        IntentMode::FunctionCall => ctx.tools.specs().await,
         IntentMode::NoIntent => Vec::new(),
     };
     let system = ChatMessage::new(Role::System, system_prompt(config));

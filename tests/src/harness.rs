@@ -34,6 +34,20 @@ impl TestServer {
 
     /// Like [`TestServer::start`], with extra keys inside `server:` (indented by two spaces).
     pub async fn start_with_server_yaml(mock: &MockOpenAi, server_extra: &str, extra: &str) -> anyhow::Result<Self> {
+        Self::start_inner(mock, server_extra, extra, false).await
+    }
+
+    /// Like [`TestServer::start`], watching the config files for changes.
+    pub async fn start_watched(mock: &MockOpenAi, extra: &str) -> anyhow::Result<Self> {
+        Self::start_inner(mock, "", extra, true).await
+    }
+
+    /// The override file (`data/.config.yaml`) of this server.
+    pub fn override_path(&self) -> PathBuf {
+        self.dir.path().join(".config.yaml")
+    }
+
+    async fn start_inner(mock: &MockOpenAi, server_extra: &str, extra: &str, watch: bool) -> anyhow::Result<Self> {
         let _ = tracing_subscriber_init();
         let dir = tempfile::tempdir()?;
         let models = repo_root().join("models").canonicalize().context("models/ is missing: run models/fetch.sh")?;
@@ -49,8 +63,13 @@ impl TestServer {
         let source =
             ConfigSource { base: repo_root().join("config.yaml"), override_path: dir.path().join(".config.yaml") };
         let server =
-            server::start(ServerOptions { source, data_dir: dir.path().to_path_buf(), watch_config: false }).await?;
+            server::start(ServerOptions { source, data_dir: dir.path().to_path_buf(), watch_config: watch }).await?;
         Ok(Self { server, dir })
+    }
+
+    /// The OTA URL devices use.
+    pub fn ota_url(&self) -> String {
+        format!("http://{}/xiaozhi/ota/", self.server.http_addr)
     }
 
     /// The WebSocket URL devices use.

@@ -176,7 +176,12 @@ impl Drop for MockOpenAi {
 impl MockOpenAi {
     /// Starts the mock on `127.0.0.1` with an OS-chosen port.
     pub async fn start(script: MockScript) -> anyhow::Result<MockOpenAi> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.context("binding the mock server")?;
+        Self::start_on(0, script).await
+    }
+
+    /// Like [`MockOpenAi::start`], on a chosen loopback port (0 = any free port).
+    pub async fn start_on(port: u16, script: MockScript) -> anyhow::Result<MockOpenAi> {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.context("binding the mock server")?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             script: Mutex::new(script),

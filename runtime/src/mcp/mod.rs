@@ -61,6 +61,8 @@ pub struct McpClient {
     pending: Mutex<Pending>,
     // std Mutex: replaced once when the tool list arrives, read (cloned) per turn.
     tools: Mutex<Vec<DeviceTool>>,
+    /// Becomes true when start-up has finished (tools listed, or failed).
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl McpClient {
@@ -71,6 +73,7 @@ impl McpClient {
             next_id: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             tools: Mutex::new(Vec::new()),
+            ready: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -81,6 +84,7 @@ impl McpClient {
             if let Err(e) = this.discover(vision).await {
                 tracing::warn!("device MCP start-up failed: {e}");
             }
+            this.ready.send_replace(true);
         });
     }
 
@@ -123,6 +127,13 @@ impl McpClient {
         tracing::info!("device offers {} MCP tools", exposed.len());
         *self.tools.lock().unwrap_or_else(|p| p.into_inner()) = exposed;
         Ok(())
+    }
+
+    /// Waits (at most `timeout`) until start-up has finished, so a turn that begins right after
+    /// the hello still sees the device's tools.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let mut ready = self.ready.subscribe();
+        let _ = tokio::time::timeout(timeout, ready.wait_for(|done| *done)).await;
     }
 
     /// The device's tools known so far.
