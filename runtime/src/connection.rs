@@ -112,7 +112,7 @@ async fn write_loop(
     version: tokio::sync::watch::Receiver<ProtocolVersion>,
 ) {
     // Reused for every framed (v2/v3) packet: no allocation per frame beyond the message itself.
-    let mut scratch = Vec::with_capacity(frame::MAX_AUDIO_PAYLOAD + 16);
+    let mut scratch = Vec::new();
     while let Some(item) = rx.recv().await {
         let result = match item {
             Outbound::Text(text) => sink.send(Message::Text(text.into())).await,

@@ -42,7 +42,10 @@ pub const WS_PATH: &str = "/xiaozhi/v1";
 
 /// Largest WebSocket message the socket layer accepts at all; the session refuses smaller
 /// oversize messages with a clear error (see [`crate::protocol`]).
-const MAX_WS_MESSAGE: usize = 1 << 20;
+const MAX_WS_MESSAGE: usize = 256 * 1024;
+
+/// Initial read buffer of a device socket.
+const WS_READ_BUFFER: usize = 4 * 1024;
 
 /// How to start a server.
 #[derive(Debug, Clone)]
@@ -323,8 +326,15 @@ fn upgrade(mut req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Respo
                 return;
             }
         };
-        let ws_config =
-            WebSocketConfig::default().max_message_size(Some(MAX_WS_MESSAGE)).max_frame_size(Some(MAX_WS_MESSAGE));
+        // Small eager buffers: device messages are tiny (Opus frames of at most a few hundred
+        // bytes) and every message is written at once, so the 128 KiB defaults would only cost
+        // memory on every idle connection.
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(WS_READ_BUFFER)
+            .write_buffer_size(0)
+            .max_write_buffer_size(MAX_WS_MESSAGE)
+            .max_message_size(Some(MAX_WS_MESSAGE))
+            .max_frame_size(Some(MAX_WS_MESSAGE));
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
         let services = Arc::clone(&app2.services.borrow());
         session::run(ws, device, services, app2.shutdown.clone()).await;

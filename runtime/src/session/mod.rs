@@ -19,10 +19,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::audio::opus::OpusDecoder;
-use crate::audio::ring::PreRoll;
-use crate::audio::vad::{Vad, VadEvent};
-use crate::audio::{UPLINK_FRAME_SAMPLES, UPLINK_SAMPLE_RATE};
+use crate::audio::UPLINK_SAMPLE_RATE;
 use crate::connection::{self, Outbox, WsReader, WsStream};
 use crate::llm::{ChatMessage, Role};
 use crate::mcp::McpClient;
@@ -34,13 +31,14 @@ use crate::services::Services;
 use crate::speaker::Speaker;
 use crate::text;
 use crate::tools::ToolBox;
+
+mod listener;
+
 use crate::turn::{self, TurnContext, TurnInput, TurnOutcome};
+use listener::{Heard, Listener};
 
 /// How long a device has to send its hello after connecting.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Longest utterance; longer speech is cut and sent to ASR (Whisper's window is 30 s).
-pub const MAX_UTTERANCE_SAMPLES: usize = 30 * UPLINK_SAMPLE_RATE as usize;
 
 /// Dialogue messages kept per session (older ones are dropped at a user-message boundary).
 pub const HISTORY_LIMIT: usize = 40;
@@ -72,14 +70,7 @@ pub async fn run(ws: WsStream, device: DeviceInfo, services: Arc<Services>, shut
     };
     let (mut reader, outbox, version_tx) = connection::split(ws, session_id.clone(), initial);
     let span = tracing::info_span!("session", device = %device.device_id, session = %session_id);
-    let mut session = match Session::new(device, services, outbox.clone(), version_tx, initial) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(parent: &span, "cannot start session: {e}");
-            outbox.close("server error").await;
-            return;
-        }
-    };
+    let mut session = Session::new(device, services, outbox.clone(), version_tx, initial);
     tracing::info!(parent: &span, "device connected");
     let reason = tracing::Instrument::instrument(session.run(&mut reader, &shutdown), span.clone()).await;
     session.cancel_turn();
@@ -115,16 +106,11 @@ struct Session {
     hello_done: bool,
     mode: ListenMode,
     listening: bool,
-    decoder: OpusDecoder,
-    /// Decoded PCM of one uplink frame; reused for every frame.
-    scratch: Vec<i16>,
-    vad: Vad,
-    pre_roll: PreRoll,
-    utterance: Vec<i16>,
-    /// Audio time, in samples, since the last voice.
-    no_voice_samples: u64,
+    /// Created on the first `listen start`: idle devices cost no decoder or VAD memory.
+    listener: Option<Listener>,
     last_activity: Instant,
-    speaker: Speaker,
+    /// Created on the first reply.
+    speaker: Option<Speaker>,
     mcp: Option<Arc<McpClient>>,
     history: Vec<ChatMessage>,
     turn: Option<ActiveTurn>,
@@ -142,15 +128,9 @@ impl Session {
         outbox: Outbox,
         version_tx: tokio::sync::watch::Sender<ProtocolVersion>,
         version: ProtocolVersion,
-    ) -> Result<Self, String> {
-        let config = &services.config;
-        let decoder = OpusDecoder::new(UPLINK_SAMPLE_RATE).map_err(|e| e.to_string())?;
-        let speaker =
-            Speaker::spawn(outbox.clone(), &config.xiaozhi.audio_params, &config.audio).map_err(|e| e.to_string())?;
-        let vad = Vad::new(Arc::clone(&services.vad), &services.vad_config);
-        let pre_roll = PreRoll::new(services.vad_config.pre_roll_ms as usize * UPLINK_SAMPLE_RATE as usize / 1000);
+    ) -> Self {
         let (turn_tx, turn_rx) = mpsc::channel(4);
-        Ok(Self {
+        Self {
             device,
             services,
             outbox,
@@ -159,14 +139,9 @@ impl Session {
             hello_done: false,
             mode: ListenMode::Auto,
             listening: false,
-            decoder,
-            scratch: vec![0; UPLINK_FRAME_SAMPLES],
-            vad,
-            pre_roll,
-            utterance: Vec::new(),
-            no_voice_samples: 0,
+            listener: None,
             last_activity: Instant::now(),
-            speaker,
+            speaker: None,
             mcp: None,
             history: Vec::new(),
             turn: None,
@@ -175,7 +150,7 @@ impl Session {
             turn_rx,
             goodbye_started: false,
             bad_frames: 0,
-        })
+        }
     }
 
     async fn run(&mut self, reader: &mut WsReader, shutdown: &CancellationToken) -> End {
@@ -305,7 +280,7 @@ impl Session {
             ListenState::Stop => {
                 if self.listening && self.turn.is_none() {
                     self.listening = false;
-                    let pcm = std::mem::take(&mut self.utterance);
+                    let pcm = self.listener.as_mut().map(Listener::take_utterance).unwrap_or_default();
                     if !pcm.is_empty() {
                         self.start_turn(TurnInput::Speech(pcm));
                     }
@@ -335,10 +310,7 @@ impl Session {
         let frame = match frame::decode(self.version, data) {
             Ok(frame) => frame,
             Err(e) => {
-                self.bad_frames += 1;
-                if self.bad_frames.is_power_of_two() {
-                    tracing::warn!("dropped bad audio frame ({} so far): {e}", self.bad_frames);
-                }
+                self.count_bad_frame(&e);
                 return None;
             }
         };
@@ -346,84 +318,64 @@ impl Session {
         if frame.kind != 0 || !self.listening || self.turn.is_some() {
             return None;
         }
-        let n = match self.decoder.decode(frame.payload, &mut self.scratch) {
-            Ok(n) => n,
+        let listener = self.listener.as_mut()?;
+        let heard = match listener.push_packet(frame.payload, self.mode == ListenMode::Manual) {
+            Ok(heard) => heard,
             Err(e) => {
-                self.bad_frames += 1;
-                if self.bad_frames.is_power_of_two() {
-                    tracing::warn!("dropped undecodable Opus packet ({} so far): {e}", self.bad_frames);
-                }
+                self.count_bad_frame(&e);
                 return None;
             }
         };
-        let pcm = &self.scratch[..n];
-        if self.mode == ListenMode::Manual {
-            if self.utterance.len() + n <= MAX_UTTERANCE_SAMPLES {
-                self.utterance.extend_from_slice(pcm);
-            }
+        if let Heard::Utterance(pcm) = heard {
+            self.start_turn(TurnInput::Speech(pcm));
             return None;
         }
-        if self.vad.in_speech() {
-            self.utterance.extend_from_slice(pcm);
-        } else {
-            self.pre_roll.push(pcm);
-        }
-        let event = match self.vad.push(pcm) {
-            Ok(event) => event,
-            Err(e) => {
-                tracing::error!("VAD failed: {e}");
-                VadEvent::None
+        let config = &self.services.config;
+        if listener.no_voice_ms() >= config.close_connection_no_voice_time * 1000 && !self.goodbye_started {
+            self.goodbye_started = true;
+            tracing::info!("no voice for {} s: saying goodbye", config.close_connection_no_voice_time);
+            if !config.end_prompt.enable {
+                return Some(End::Close("no voice"));
             }
-        };
-        match event {
-            VadEvent::SpeechStart => {
-                self.utterance.clear();
-                self.pre_roll.drain_into(&mut self.utterance);
-                tracing::debug!("speech started");
-            }
-            VadEvent::SpeechEnd => {
-                tracing::debug!("speech ended after {} ms", self.utterance.len() * 1000 / UPLINK_SAMPLE_RATE as usize);
-                let pcm = std::mem::take(&mut self.utterance);
-                self.start_turn(TurnInput::Speech(pcm));
-                return None;
-            }
-            VadEvent::None => {}
-        }
-        if self.vad.in_speech() {
-            self.no_voice_samples = 0;
-            if self.utterance.len() >= MAX_UTTERANCE_SAMPLES {
-                let pcm = std::mem::take(&mut self.utterance);
-                self.vad.reset();
-                self.start_turn(TurnInput::Speech(pcm));
-            }
-        } else {
-            self.no_voice_samples += n as u64;
-            let limit = self.services.config.close_connection_no_voice_time * UPLINK_SAMPLE_RATE as u64;
-            if self.no_voice_samples >= limit && !self.goodbye_started {
-                self.goodbye_started = true;
-                tracing::info!(
-                    "no voice for {} s: saying goodbye",
-                    self.services.config.close_connection_no_voice_time
-                );
-                if !self.services.config.end_prompt.enable {
-                    return Some(End::Close("no voice"));
-                }
-                self.start_turn(TurnInput::Goodbye);
-            }
+            self.start_turn(TurnInput::Goodbye);
         }
         None
     }
 
+    fn count_bad_frame(&mut self, error: &dyn std::fmt::Display) {
+        self.bad_frames += 1;
+        if self.bad_frames.is_power_of_two() {
+            tracing::warn!("dropped bad audio frame ({} so far): {error}", self.bad_frames);
+        }
+    }
+
+    /// Arms listening: creates the decoder and VAD state on first use, resets them after.
     fn reset_listening(&mut self) {
-        self.vad.reset();
-        self.pre_roll.clear();
-        self.utterance.clear();
-        self.no_voice_samples = 0;
+        match &mut self.listener {
+            Some(listener) => listener.reset(),
+            None => match Listener::new(Arc::clone(&self.services.vad), &self.services.vad_config) {
+                Ok(listener) => self.listener = Some(listener),
+                Err(e) => tracing::error!("cannot start listening: {e}"),
+            },
+        }
+    }
+
+    /// The session's speaker, started on the first reply.
+    fn speaker(&mut self) -> Option<Speaker> {
+        if self.speaker.is_none() {
+            let config = &self.services.config;
+            match Speaker::spawn(self.outbox.clone(), &config.xiaozhi.audio_params, &config.audio) {
+                Ok(speaker) => self.speaker = Some(speaker),
+                Err(e) => tracing::error!("cannot start the speaker: {e}"),
+            }
+        }
+        self.speaker.clone()
     }
 
     fn start_turn(&mut self, input: TurnInput) {
         // A new utterance while we still speak replaces the old reply (the Python server aborts too).
         self.cancel_turn();
+        let Some(speaker) = self.speaker() else { return };
         let id = self.next_turn_id;
         self.next_turn_id += 1;
         let cancel = CancellationToken::new();
@@ -432,7 +384,7 @@ impl Session {
             services: Arc::clone(&self.services),
             history: self.history.clone(),
             outbox: self.outbox.clone(),
-            speaker: self.speaker.clone(),
+            speaker,
             tools: ToolBox::new(self.mcp.clone()),
             cancel: cancel.clone(),
         };
@@ -464,7 +416,9 @@ impl Session {
         if outcome.heard_nothing {
             tracing::debug!("no words recognized");
         }
-        self.reset_listening();
+        if let Some(listener) = &mut self.listener {
+            listener.reset();
+        }
         None
     }
 }

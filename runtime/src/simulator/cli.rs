@@ -80,10 +80,20 @@ pub struct SimulateArgs {
     /// How many turns to hold (the same input each time).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub turns: u32,
+    /// Instead of a conversation: connect this many devices (hello and `listen start` only) and
+    /// hold them idle, e.g. to read the server's memory per idle device.
+    #[arg(long, conflicts_with_all = ["wav", "text"], value_parser = clap::value_parser!(u32).range(1..=65535))]
+    pub idle: Option<u32>,
+    /// With --idle: seconds to hold the connections open.
+    #[arg(long, default_value_t = 10)]
+    pub hold: u64,
 }
 
 /// Runs the simulated conversation described by `args`, printing one line per event.
 pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
+    if let Some(count) = args.idle {
+        return hold_idle(&args, count).await;
+    }
     let speech = match (&args.wav, &args.text) {
         (Some(path), _) => Some(load_wav_16k(path)?),
         (None, Some(_)) => None,
@@ -111,6 +121,35 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let result = turns(&mut device, &args, speech.as_deref()).await;
     device.close_abruptly().await;
     result
+}
+
+/// Connects `count` devices with distinct ids and keeps them open for `args.hold` seconds.
+async fn hold_idle(args: &SimulateArgs, count: u32) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut devices = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let cfg = SimConfig {
+            url: args.server.clone(),
+            device_id: format!("02:00:00:00:{:02x}:{:02x}", i >> 8, i & 0xff),
+            client_id: format!("00000000-0000-4000-8000-{i:012x}"),
+            token: args.token.clone(),
+            protocol_version: args.protocol_version,
+            ..SimConfig::default()
+        };
+        let device = SimDevice::connect(cfg).await.with_context(|| format!("device {i}"))?;
+        device.listen_start(args.mode.into()).await?;
+        devices.push(device);
+    }
+    println!(
+        "{count} devices connected in {} ms; holding them idle for {} s",
+        started.elapsed().as_millis(),
+        args.hold
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(args.hold)).await;
+    for device in devices {
+        device.close_abruptly().await;
+    }
+    Ok(())
 }
 
 async fn turns(device: &mut SimDevice, args: &SimulateArgs, speech: Option<&[i16]>) -> anyhow::Result<()> {
