@@ -24,12 +24,17 @@ async fn spoken_turn(version: u32) -> anyhow::Result<()> {
     )
     .await?;
     let server = TestServer::start(&mock, "").await?;
+    // An instant mock: synthesize the reply's sentences once beforehand, so the figure below is
+    // the server's own time and not espeak-ng's.
+    mock.warm_tts(&["It is sunny and warm today", "Enjoy it"]).await?;
     let mut device = server.device("aa:bb:cc:00:00:01", version).await?;
     device.listen_start(ListenMode::Auto).await?;
 
     let speech = speech_16k("what is the weather like today")?;
     let before_ms = 400;
-    let voiced_end = Duration::from_millis(before_ms as u64 + speech.len() as u64 * 1000 / 16_000);
+    // The voice ends at the last sample above the noise floor (espeak pads its output with silence).
+    let voiced_len = speech.iter().rposition(|s| s.unsigned_abs() > 300).map_or(0, |i| i + 1);
+    let voiced_end = Duration::from_millis(before_ms as u64 + voiced_len as u64 * 1000 / 16_000);
     let audio = with_silence(&speech, before_ms, 2000);
     let started = Instant::now();
     device.stream_speech(&audio, true).await?;
@@ -50,10 +55,12 @@ async fn spoken_turn(version: u32) -> anyhow::Result<()> {
     assert!(asr_ms >= speech_ms, "ASR got {asr_ms} ms of audio for {speech_ms} ms of speech");
 
     let first = reply.frames.first().map(|(t, _)| *t).expect("audio frames");
-    let latency = first.saturating_duration_since(started + voiced_end).saturating_sub(SILENCE_WINDOW);
+    let since_voice = first.saturating_duration_since(started + voiced_end);
+    let latency = since_voice.as_millis() as i64 - SILENCE_WINDOW.as_millis() as i64;
     eprintln!(
-        "protocol v{version}: server-added latency {} ms (first downlink frame − last voiced frame − 500 ms window), {} frames, max {:.1} frames ahead",
-        latency.as_millis(),
+        "protocol v{version}: server-added latency {latency} ms (first downlink frame - end of voice - {} ms \
+         silence window), {} frames, max {:.1} frames ahead",
+        SILENCE_WINDOW.as_millis(),
         reply.frames.len(),
         reply.max_frames_ahead(60)
     );
@@ -80,9 +87,14 @@ async fn spoken_turn_protocol_v3() -> anyhow::Result<()> {
 async fn typed_turn_and_history() -> anyhow::Result<()> {
     let mock = MockOpenAi::start(MockScript::default().reply("😆 Ha, that is a good one.")).await?;
     let server = TestServer::start(&mock, "").await?;
+    mock.warm_tts(&["Ha", "that is a good one"]).await?;
     let mut device = server.device("aa:bb:cc:00:00:02", 1).await?;
+    let sent = Instant::now();
     device.detect("tell me a joke").await?;
     let reply = device.collect_reply(REPLY_WAIT).await?;
+    if let Some((first, _)) = reply.frames.first() {
+        eprintln!("typed turn: detect sent -> first downlink frame {} ms", first.duration_since(sent).as_millis());
+    }
     assert_eq!(reply.stt.as_deref(), Some("tell me a joke"));
     assert_eq!(reply.emotion.as_deref(), Some("laughing"));
     assert!(!reply.sentences.is_empty());
@@ -273,6 +285,37 @@ async fn provider_failure_speaks_the_error_response_and_the_session_goes_on() ->
     mock.set_script(MockScript::default().reply("🙂 Back again."));
     device.detect("hello again").await?;
     assert_eq!(device.collect_reply(REPLY_WAIT).await?.sentences, vec!["Back again".to_string()]);
+    server.server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asr_and_tts_failures_are_survived() -> anyhow::Result<()> {
+    let mock = MockOpenAi::start(MockScript::default().asr_fail(true)).await?;
+    let server = TestServer::start(&mock, "system_error_response: \"Sorry, something went wrong.\"\n").await?;
+    let mut device = server.device("aa:bb:cc:00:00:06", 1).await?;
+    device.listen_start(ListenMode::Auto).await?;
+    let speech = with_silence(&speech_16k("hello there")?, 300, 1500);
+    device.stream_speech(&speech, true).await?;
+    // ASR down: no stt, the error response is spoken.
+    let reply = device.collect_reply(REPLY_WAIT).await?;
+    assert_eq!(reply.stt, None);
+    assert_eq!(reply.sentences, vec!["Sorry".to_string(), "something went wrong".to_string()]);
+    assert!(reply.audio_ms() > 500);
+
+    // TTS down: the subtitles still arrive, without audio; the turn ends with tts stop.
+    mock.set_script(MockScript::default().tts_fail(true).reply("🙂 No voice today."));
+    device.detect("say something").await?;
+    let reply = device.collect_reply(REPLY_WAIT).await?;
+    assert_eq!(reply.sentences, vec!["No voice today".to_string()]);
+    assert_eq!(reply.frames.len(), 0);
+
+    // Both back: the session goes on normally.
+    mock.set_script(MockScript::default().reply("🙂 All good."));
+    device.detect("how about now").await?;
+    let reply = device.collect_reply(REPLY_WAIT).await?;
+    assert_eq!(reply.sentences, vec!["All good".to_string()]);
+    assert!(reply.audio_ms() > 300);
     server.server.shutdown().await;
     Ok(())
 }

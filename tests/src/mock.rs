@@ -193,6 +193,16 @@ impl MockOpenAi {
         Ok(MockOpenAi { addr, shared, task })
     }
 
+    /// Synthesizes `sentences` (at speed 1) into the TTS cache now, so that later speech requests
+    /// for them answer at once: an instant mock for latency figures.
+    pub async fn warm_tts(&self, sentences: &[&str]) -> anyhow::Result<()> {
+        for sentence in sentences {
+            let wav = espeak(sentence, 175).await?;
+            lock(&self.shared.tts_cache).insert(format!("175|{sentence}"), wav);
+        }
+        Ok(())
+    }
+
     /// The API root, `http://127.0.0.1:PORT/v1`.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
