@@ -21,7 +21,8 @@
 //! - [`turn`]: one conversational turn: ASR → LLM stream (tool calls) → sentences → TTS.
 //! - [`speaker`]: the per-session audio output: resampling, Opus encoding and real-time pacing.
 //! - [`audio`]: Opus codec wrappers, resampling, audio file decoding, the pacer and Silero VAD.
-//! - [`asr`], [`llm`], [`tts`]: provider traits and their backends.
+//! - [`asr`], [`llm`], [`tts`]: provider traits and their backends; [`remote`]: the provider error
+//!   type and the HTTP plumbing the remote backends share.
 //! - [`text`]: sentence segmentation, emoji → emotion, markdown and `<think>` cleaning.
 //! - [`mcp`]: the MCP client that talks to the device's tools over the session.
 //! - [`tools`]: the one registry of tools offered to the LLM.
@@ -39,6 +40,7 @@ pub mod llm;
 pub mod mcp;
 pub mod onnx;
 pub mod protocol;
+pub mod remote;
 pub mod server;
 pub mod services;
 pub mod session;

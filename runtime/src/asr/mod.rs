@@ -11,7 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::AsrSpec;
-use crate::llm::ProviderError;
+use crate::remote::ProviderError;
 
 /// Sample rate of the PCM handed to every ASR backend.
 pub const ASR_SAMPLE_RATE: u32 = 16_000;

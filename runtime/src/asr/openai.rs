@@ -16,8 +16,8 @@ use serde::Deserialize;
 use super::ASR_SAMPLE_RATE;
 use crate::audio::decode::wav_bytes;
 use crate::config::OpenAiAsrConfig;
-use crate::llm::ProviderError;
-use crate::llm::openai::{body_start, check_url, endpoint, http_client, request_error, status_error, timeout_from};
+use crate::remote::ProviderError;
+use crate::remote::{body_start, check_url, endpoint, http_client, request_error, status_error, timeout_from};
 
 /// The transcription endpoint's path under the API root.
 const TRANSCRIPTIONS_PATH: &str = "/audio/transcriptions";
@@ -109,7 +109,7 @@ mod tests {
     use super::*;
     use crate::asr::Asr;
     use crate::audio::decode::{AudioFormat, decode_audio};
-    use crate::llm::openai::test_server::{Recorded, Step, full, serve};
+    use crate::remote::test_server::{Recorded, Step, full, serve};
 
     fn config(base_url: &str) -> OpenAiAsrConfig {
         OpenAiAsrConfig {

@@ -1,5 +1,4 @@
-//! Language models: the [`Llm`] trait, chat messages, tool calls, and the error type shared by
-//! every provider (ASR, LLM, TTS).
+//! Language models: the [`Llm`] trait, chat messages and tool calls.
 //!
 //! Contract: [`Llm::stream`] sends the dialogue (and the tools, when there are any) and returns a
 //! stream of [`LlmDelta`]s: text as it arrives with any `<think>…</think>` block already removed,
@@ -16,48 +15,7 @@ use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 
 use crate::config::LlmSpec;
-
-/// Why a provider call failed. Shared by ASR, LLM and TTS backends.
-#[derive(Debug, thiserror::Error)]
-pub enum ProviderError {
-    /// The request could not be sent or the connection broke.
-    #[error("request to {url} failed: {message}")]
-    Transport {
-        /// The endpoint.
-        url: String,
-        /// What went wrong.
-        message: String,
-    },
-    /// The provider answered with a non-success HTTP status.
-    #[error("{url} answered HTTP {status}: {body}")]
-    Status {
-        /// The endpoint.
-        url: String,
-        /// The HTTP status code.
-        status: u16,
-        /// The start of the response body.
-        body: String,
-    },
-    /// No answer within the configured time.
-    #[error("{what} timed out after {seconds} s")]
-    Timeout {
-        /// Which call timed out.
-        what: String,
-        /// The limit that was exceeded.
-        seconds: u64,
-    },
-    /// The provider answered something we could not understand.
-    #[error("unexpected answer from {url}: {message}")]
-    Protocol {
-        /// The endpoint.
-        url: String,
-        /// What was wrong with the answer.
-        message: String,
-    },
-    /// The provider is configured wrongly.
-    #[error("provider configuration: {0}")]
-    Config(String),
-}
+use crate::remote::ProviderError;
 
 /// Who wrote a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,8 +17,8 @@ use super::openai::decode_answer;
 use crate::audio::AudioClip;
 use crate::audio::decode::AudioFormat;
 use crate::config::CustomTtsConfig;
-use crate::llm::ProviderError;
-use crate::llm::openai::{check_url, http_client, is_json, request_error, status_error, timeout_from};
+use crate::remote::ProviderError;
+use crate::remote::{check_url, http_client, is_json, request_error, status_error, timeout_from};
 
 /// The placeholder replaced by the sentence.
 const PLACEHOLDER: &str = "{prompt_text}";
@@ -151,7 +151,7 @@ mod tests {
 
     use super::*;
     use crate::audio::decode::wav_bytes;
-    use crate::llm::openai::test_server::{full, serve};
+    use crate::remote::test_server::{full, serve};
     use crate::tts::Tts;
 
     fn config(url: &str, method: &str) -> CustomTtsConfig {

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use crate::audio::AudioClip;
 use crate::config::TtsSpec;
-use crate::llm::ProviderError;
+use crate::remote::ProviderError;
 
 /// A speech synthesizer.
 #[async_trait]

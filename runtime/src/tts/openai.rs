@@ -14,10 +14,8 @@ use serde_json::json;
 use crate::audio::AudioClip;
 use crate::audio::decode::AudioFormat;
 use crate::config::OpenAiTtsConfig;
-use crate::llm::ProviderError;
-use crate::llm::openai::{
-    check_url, endpoint, http_client, is_json, json_f32, request_error, status_error, timeout_from,
-};
+use crate::remote::ProviderError;
+use crate::remote::{check_url, endpoint, http_client, is_json, json_f32, request_error, status_error, timeout_from};
 
 /// The speech endpoint's path under the API root.
 const SPEECH_PATH: &str = "/audio/speech";
@@ -83,7 +81,7 @@ pub(crate) async fn decode_answer(
 ) -> Result<AudioClip, ProviderError> {
     let protocol = |message: String| ProviderError::Protocol { url: url.to_string(), message };
     if json_answer {
-        return Err(protocol(format!("answered JSON instead of audio: {}", crate::llm::openai::body_start(&bytes))));
+        return Err(protocol(format!("answered JSON instead of audio: {}", crate::remote::body_start(&bytes))));
     }
     if bytes.is_empty() {
         return Err(protocol("answered no audio".into()));
@@ -117,7 +115,7 @@ impl super::Tts for OpenAiTts {
 mod tests {
     use super::*;
     use crate::audio::decode::wav_bytes;
-    use crate::llm::openai::test_server::{Step, full, serve};
+    use crate::remote::test_server::{Step, full, serve};
     use crate::tts::Tts;
 
     fn config(api_url: &str, format: &str) -> OpenAiTtsConfig {
