@@ -99,8 +99,12 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     let config = Arc::new(loaded.config);
     let library = config.onnxruntime_path();
     onnx::init(&library).with_context(|| format!("ONNX Runtime ({})", library.display()))?;
-    let mut cache = ModelCache::default();
-    let services = Services::build(Arc::clone(&config), &mut cache)?;
+    let first = Arc::clone(&config);
+    let (services, cache) = tokio::task::spawn_blocking(move || {
+        let mut cache = ModelCache::default();
+        Services::build(first, &mut cache).map(|services| (services, cache))
+    })
+    .await??;
     let (config_tx, config_rx) = watch::channel(Arc::clone(&config));
     let (services_tx, services_rx) = watch::channel(Arc::new(services));
 

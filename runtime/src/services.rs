@@ -43,20 +43,41 @@ pub enum ServicesError {
     Vad(String),
 }
 
-/// Keeps the loaded VAD model between rebuilds, so a config change does not reload it unless
-/// its file changed.
+/// Keeps loaded models between rebuilds, so a config change reloads a model (seconds for a local
+/// ASR or TTS) only when its own settings changed.
 #[derive(Default)]
 pub struct ModelCache {
     vad: Option<(PathBuf, Arc<SileroModel>)>,
+    asr: Option<(String, Arc<dyn Asr>)>,
+    tts: Option<(String, Arc<dyn Tts>)>,
+}
+
+/// Returns the cached value when `key` matches, else builds, caches and returns a new one.
+fn cached<T: ?Sized, E>(
+    slot: &mut Option<(String, Arc<T>)>,
+    key: String,
+    build: impl FnOnce() -> Result<Arc<T>, E>,
+) -> Result<Arc<T>, E> {
+    if let Some((cached_key, value)) = slot
+        && *cached_key == key
+    {
+        return Ok(Arc::clone(value));
+    }
+    let value = build()?;
+    *slot = Some((key, Arc::clone(&value)));
+    Ok(value)
 }
 
 impl Services {
-    /// Builds the providers `config` selects.
+    /// Builds the providers `config` selects. Loading local models blocks: call it off the
+    /// async runtime threads.
     pub fn build(config: Arc<Config>, cache: &mut ModelCache) -> Result<Self, ServicesError> {
         let p = &config.providers;
-        let asr = asr::build(&p.asr).map_err(|e| ServicesError::Provider { kind: "ASR", message: e.to_string() })?;
+        let asr = cached(&mut cache.asr, format!("{:?}", p.asr), || asr::build(&p.asr))
+            .map_err(|e| ServicesError::Provider { kind: "ASR", message: e.to_string() })?;
         let llm = llm::build(&p.llm).map_err(|e| ServicesError::Provider { kind: "LLM", message: e.to_string() })?;
-        let tts = tts::build(&p.tts).map_err(|e| ServicesError::Provider { kind: "TTS", message: e.to_string() })?;
+        let tts = cached(&mut cache.tts, format!("{:?}", p.tts), || tts::build(&p.tts))
+            .map_err(|e| ServicesError::Provider { kind: "TTS", message: e.to_string() })?;
         let VadSpec::Silero(vad_config) = p.vad.clone();
         let path = vad::find_model(&vad_config.model_dir, &config.models.dir)
             .map_err(|e| ServicesError::Vad(e.to_string()))?;

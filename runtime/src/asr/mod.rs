@@ -5,6 +5,8 @@
 //! string, not an error. It must be cancel-safe: the turn drops the future on abort.
 
 pub mod openai;
+pub mod sensevoice;
+pub mod whisper;
 
 use std::sync::Arc;
 
@@ -23,9 +25,12 @@ pub trait Asr: Send + Sync {
     async fn transcribe(&self, pcm: &[i16]) -> Result<String, ProviderError>;
 }
 
-/// Builds the ASR backend that a validated config entry names.
+/// Builds the ASR backend that a validated config entry names. Local models are loaded here:
+/// call it off the async runtime threads.
 pub fn build(spec: &AsrSpec) -> Result<Arc<dyn Asr>, ProviderError> {
     match spec {
         AsrSpec::OpenAi(cfg) => Ok(Arc::new(openai::OpenAiAsr::new(cfg.clone())?)),
+        AsrSpec::Whisper(cfg) => Ok(Arc::new(whisper::WhisperAsr::load(cfg)?)),
+        AsrSpec::SenseVoice(cfg) => Ok(Arc::new(sensevoice::SenseVoiceAsr::load(cfg)?)),
     }
 }

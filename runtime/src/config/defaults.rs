@@ -267,3 +267,36 @@ impl Default for CustomTtsConfig {
         }
     }
 }
+
+impl Default for WhisperConfig {
+    fn default() -> Self {
+        Self {
+            model_dir: "models/whisper-tiny-en".into(),
+            language: String::new(),
+            task: "transcribe".into(),
+            max_tokens: 224,
+            threads: 1,
+        }
+    }
+}
+
+impl Default for SenseVoiceConfig {
+    fn default() -> Self {
+        Self { model_dir: "models/sensevoice".into(), language: "auto".into(), use_itn: true, threads: 1 }
+    }
+}
+
+impl Default for PiperConfig {
+    fn default() -> Self {
+        Self {
+            model: "models/piper/en_US-joe-medium.onnx".into(),
+            config: String::new(),
+            speaker_id: None,
+            length_scale: None,
+            noise_scale: None,
+            noise_w: None,
+            espeak: "espeak-ng".into(),
+            threads: 1,
+        }
+    }
+}

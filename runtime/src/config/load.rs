@@ -302,11 +302,11 @@ fn kind_name(value: &Value) -> &'static str {
 /// Supported `type`s of the selected VAD entry.
 const VAD_TYPES: &[&str] = &["silero"];
 /// Supported `type`s of the selected ASR entry.
-const ASR_TYPES: &[&str] = &["openai"];
+const ASR_TYPES: &[&str] = &["openai", "whisper_onnx", "sensevoice_onnx"];
 /// Supported `type`s of the selected LLM entry (`ollama` and `xinference` speak the OpenAI API).
 const LLM_TYPES: &[&str] = &["openai", "ollama", "xinference"];
 /// Supported `type`s of the selected TTS entry.
-const TTS_TYPES: &[&str] = &["openai", "custom"];
+const TTS_TYPES: &[&str] = &["openai", "custom", "piper"];
 
 /// Resolves `selected_module` against the provider dictionaries into typed [`Providers`].
 fn resolve_providers(config: &Config, warnings: &mut Vec<String>) -> Result<Providers, ConfigError> {
@@ -325,7 +325,11 @@ fn resolve_providers(config: &Config, warnings: &mut Vec<String>) -> Result<Prov
 
     let asr = {
         let entry = SelectedEntry::find("ASR", &selected.asr, &config.asr, ASR_TYPES)?;
-        AsrSpec::OpenAi(entry.typed(warnings)?)
+        match entry.kind.as_str() {
+            "whisper_onnx" => AsrSpec::Whisper(entry.typed(warnings)?),
+            "sensevoice_onnx" => AsrSpec::SenseVoice(entry.typed(warnings)?),
+            _ => AsrSpec::OpenAi(entry.typed(warnings)?),
+        }
     };
 
     let llm = {
@@ -354,10 +358,10 @@ fn resolve_providers(config: &Config, warnings: &mut Vec<String>) -> Result<Prov
 
     let tts = {
         let entry = SelectedEntry::find("TTS", &selected.tts, &config.tts, TTS_TYPES)?;
-        if entry.kind == "custom" {
-            TtsSpec::Custom(entry.typed(warnings)?)
-        } else {
-            TtsSpec::OpenAi(entry.typed(warnings)?)
+        match entry.kind.as_str() {
+            "custom" => TtsSpec::Custom(entry.typed(warnings)?),
+            "piper" => TtsSpec::Piper(entry.typed(warnings)?),
+            _ => TtsSpec::OpenAi(entry.typed(warnings)?),
         }
     };
 
@@ -614,9 +618,20 @@ impl Config {
         let selected = &self.selected_module;
         let providers = &self.providers;
         let VadSpec::Silero(vad) = &providers.vad;
-        let AsrSpec::OpenAi(asr) = &providers.asr;
+        let asr = match &providers.asr {
+            AsrSpec::OpenAi(asr) => {
+                format!("ASR    {} (openai): model {}, at {}", selected.asr, asr.model_name, asr.base_url)
+            }
+            AsrSpec::Whisper(w) => {
+                format!("ASR    {} (whisper_onnx): {}, language {:?}", selected.asr, w.model_dir, w.language)
+            }
+            AsrSpec::SenseVoice(s) => {
+                format!("ASR    {} (sensevoice_onnx): {}, language {}", selected.asr, s.model_dir, s.language)
+            }
+        };
         let LlmSpec::OpenAi(llm) = &providers.llm;
         let tts = match &providers.tts {
+            TtsSpec::Piper(p) => format!("TTS    {} (piper): {}", selected.tts, p.model),
             TtsSpec::OpenAi(tts) => format!(
                 "TTS    {} (openai): model {}, voice {}, format {}, at {}",
                 selected.tts, tts.model, tts.voice, tts.format, tts.api_url
@@ -637,7 +652,7 @@ impl Config {
                 "VAD    {} (silero): threshold {}, threshold_low {}, min_silence_duration_ms {}",
                 selected.vad, vad.threshold, vad.threshold_low, vad.min_silence_duration_ms
             ),
-            format!("ASR    {} (openai): model {}, at {}", selected.asr, asr.model_name, asr.base_url),
+            asr,
             format!("LLM    {} (openai-compatible): model {}, at {}", selected.llm, llm.model_name, llm.base_url),
             tts,
             format!("Intent {} → {intent}", selected.intent),

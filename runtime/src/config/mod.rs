@@ -284,6 +284,10 @@ impl Default for VadSpec {
 pub enum AsrSpec {
     /// `type: openai` — POST `/v1/audio/transcriptions`.
     OpenAi(OpenAiAsrConfig),
+    /// `type: whisper_onnx` — Whisper in process (Hugging Face ONNX layout).
+    Whisper(WhisperConfig),
+    /// `type: sensevoice_onnx` — SenseVoice in process (sherpa-onnx export).
+    SenseVoice(SenseVoiceConfig),
 }
 
 impl Default for AsrSpec {
@@ -312,6 +316,8 @@ pub enum TtsSpec {
     OpenAi(OpenAiTtsConfig),
     /// `type: custom` — a templated HTTP request that returns audio.
     Custom(CustomTtsConfig),
+    /// `type: piper` — a Piper (VITS) voice in process, phonemes from espeak-ng.
+    Piper(PiperConfig),
 }
 
 impl Default for TtsSpec {
@@ -497,4 +503,59 @@ pub struct CustomTtsConfig {
     pub timeout: u64,
     /// Python server compatibility; not used (no audio is written).
     pub output_dir: Option<String>,
+}
+
+/// `ASR.<name>` with `type: whisper_onnx`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WhisperConfig {
+    /// Directory in the Hugging Face ONNX layout: `config.json`, `generation_config.json`,
+    /// `tokenizer.json` and `onnx/encoder_model*.onnx` with `onnx/decoder_model_merged*.onnx` or
+    /// the `decoder_model*` / `decoder_with_past_model*` pair.
+    pub model_dir: String,
+    /// Spoken language (ISO 639-1, e.g. `en`, `zh`, `de`) for multilingual models; empty or
+    /// `auto` = detected by the model. English-only models ignore it.
+    pub language: String,
+    /// `transcribe`, or `translate` (into English; multilingual models only).
+    pub task: String,
+    /// Most tokens generated for one utterance.
+    pub max_tokens: u32,
+    /// ONNX Runtime intra-op threads for this model.
+    pub threads: u16,
+}
+
+/// `ASR.<name>` with `type: sensevoice_onnx`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SenseVoiceConfig {
+    /// Directory holding `model.onnx` (or `model.int8.onnx`) and `tokens.txt`.
+    pub model_dir: String,
+    /// `auto`, `zh`, `en`, `yue`, `ja` or `ko`.
+    pub language: String,
+    /// Inverse text normalisation (punctuation and numbers in the output).
+    pub use_itn: bool,
+    /// ONNX Runtime intra-op threads for this model.
+    pub threads: u16,
+}
+
+/// `TTS.<name>` with `type: piper`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PiperConfig {
+    /// The voice model (`*.onnx`); relative paths are taken from the working directory.
+    pub model: String,
+    /// The voice config; empty = `<model>.json`.
+    pub config: String,
+    /// Speaker id of multi-speaker voices.
+    pub speaker_id: Option<i64>,
+    /// Speaking rate: > 1 is slower; empty = the voice's own setting.
+    pub length_scale: Option<f32>,
+    /// Generator noise; empty = the voice's own setting.
+    pub noise_scale: Option<f32>,
+    /// Phoneme duration noise; empty = the voice's own setting.
+    pub noise_w: Option<f32>,
+    /// The espeak-ng program used for phonemes.
+    pub espeak: String,
+    /// ONNX Runtime intra-op threads for this model.
+    pub threads: u16,
 }

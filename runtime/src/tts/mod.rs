@@ -6,6 +6,7 @@
 
 pub mod custom;
 pub mod openai;
+pub mod piper;
 
 use std::sync::Arc;
 
@@ -22,10 +23,12 @@ pub trait Tts: Send + Sync {
     async fn synthesize(&self, text: &str) -> Result<AudioClip, ProviderError>;
 }
 
-/// Builds the TTS backend that a validated config entry names.
+/// Builds the TTS backend that a validated config entry names. Local voices are loaded here:
+/// call it off the async runtime threads.
 pub fn build(spec: &TtsSpec) -> Result<Arc<dyn Tts>, ProviderError> {
     match spec {
         TtsSpec::OpenAi(cfg) => Ok(Arc::new(openai::OpenAiTts::new(cfg.clone())?)),
         TtsSpec::Custom(cfg) => Ok(Arc::new(custom::CustomTts::new(cfg.clone())?)),
+        TtsSpec::Piper(cfg) => Ok(Arc::new(piper::PiperTts::load(cfg)?)),
     }
 }
