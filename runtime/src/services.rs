@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::asr::{self, Asr};
-use crate::audio::vad::{self, SileroModel};
+use crate::audio::vad::{self, SileroModel, VadBatcher};
 use crate::config::{Config, SileroVadConfig, VadSpec};
 use crate::llm::{self, Llm};
+use crate::speaker::PhraseCache;
 use crate::tts::{self, Tts};
 
 /// Providers and config for new sessions.
@@ -21,8 +22,12 @@ pub struct Services {
     pub llm: Arc<dyn Llm>,
     /// Speech synthesis.
     pub tts: Arc<dyn Tts>,
-    /// The Silero model (shared by all sessions) and its settings.
-    pub vad: Arc<SileroModel>,
+    /// The Silero VAD batcher: one model and one inference thread shared by all sessions.
+    pub vad: Arc<VadBatcher>,
+    /// Encoded fixed phrases, shared by all sessions and kept across config changes.
+    pub phrases: Arc<PhraseCache>,
+    /// Describes the voice and downlink format: the phrase cache key prefix.
+    pub voice_key: String,
     /// Silero settings of the selected VAD entry.
     pub vad_config: SileroVadConfig,
 }
@@ -47,9 +52,10 @@ pub enum ServicesError {
 /// ASR or TTS) only when its own settings changed.
 #[derive(Default)]
 pub struct ModelCache {
-    vad: Option<(PathBuf, Arc<SileroModel>)>,
+    vad: Option<(PathBuf, Arc<VadBatcher>)>,
     asr: Option<(String, Arc<dyn Asr>)>,
     tts: Option<(String, Arc<dyn Tts>)>,
+    phrases: Arc<PhraseCache>,
 }
 
 /// Returns the cached value when `key` matches, else builds, caches and returns a new one.
@@ -82,13 +88,17 @@ impl Services {
         let path = vad::find_model(&vad_config.model_dir, &config.models.dir)
             .map_err(|e| ServicesError::Vad(e.to_string()))?;
         let vad = match &cache.vad {
-            Some((cached, model)) if *cached == path => Arc::clone(model),
+            Some((cached, batcher)) if *cached == path => Arc::clone(batcher),
             _ => {
-                let model = SileroModel::load(&path).map_err(|e| ServicesError::Vad(e.to_string()))?;
-                cache.vad = Some((path, Arc::clone(&model)));
-                model
+                let batcher = SileroModel::load(&path)
+                    .and_then(VadBatcher::new)
+                    .map_err(|e| ServicesError::Vad(e.to_string()))?;
+                cache.vad = Some((path, Arc::clone(&batcher)));
+                batcher
             }
         };
-        Ok(Self { config, asr, llm, tts, vad, vad_config })
+        // A phrase is cached per voice and downlink format: any change of those is another key.
+        let voice_key = format!("{:?}|{:?}|{:?}", p.tts, config.xiaozhi.audio_params, config.audio);
+        Ok(Self { config, asr, llm, tts, vad, vad_config, phrases: Arc::clone(&cache.phrases), voice_key })
     }
 }

@@ -7,6 +7,8 @@
 //! 40-packet queue never overflows. Every item carries its turn's cancellation token: an abort
 //! stops the output within one frame interval and drops whatever was still queued.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,8 +28,64 @@ use crate::protocol::message::{ServerMessage, TtsState};
 const SPEAKER_QUEUE: usize = 16;
 
 enum Command {
-    Play { turn: CancellationToken, text: Option<String>, clip: AudioClip },
+    Play { turn: CancellationToken, text: Option<String>, clip: AudioClip, record: Option<oneshot::Sender<Vec<Bytes>>> },
+    PlayEncoded { turn: CancellationToken, text: Option<String>, frames: Arc<[Bytes]> },
     Drain { turn: CancellationToken, done: oneshot::Sender<()> },
+}
+
+/// Most phrases kept by a [`PhraseCache`].
+const PHRASE_CACHE_ENTRIES: usize = 64;
+
+/// Encoded audio of fixed phrases (error prompts and the like), shared by all sessions: a phrase
+/// said once is never synthesized or encoded again for the same voice and downlink format.
+/// Bounded; the oldest entry is evicted first.
+#[derive(Default)]
+pub struct PhraseCache {
+    // std Mutex: held only for a map lookup or insert, never across an await.
+    entries: Mutex<Phrases>,
+}
+
+/// The cached phrases and their insertion order (oldest first).
+#[derive(Default)]
+struct Phrases {
+    map: HashMap<String, Arc<[Bytes]>>,
+    order: VecDeque<String>,
+}
+
+impl PhraseCache {
+    /// The cache key of `text` said by `voice` (a description of the TTS and downlink settings).
+    pub fn key(voice: &str, text: &str) -> String {
+        format!("{voice}\u{1f}{text}")
+    }
+
+    /// The encoded frames of a phrase, if cached.
+    pub fn get(&self, key: &str) -> Option<Arc<[Bytes]>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).map.get(key).cloned()
+    }
+
+    /// Stores the encoded frames of a phrase.
+    pub fn insert(&self, key: String, frames: Vec<Bytes>) {
+        let mut guard = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let Phrases { map, order } = &mut *guard;
+        if map.insert(key.clone(), frames.into()).is_none() {
+            order.push_back(key);
+        }
+        while order.len() > PHRASE_CACHE_ENTRIES {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    /// How many phrases are cached.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).map.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Handle to a session's speaker task; cloning shares the same speaker.
@@ -65,7 +123,24 @@ impl Speaker {
     /// Queues one sentence: its subtitle (`tts sentence_start`, sent just before its first frame)
     /// and its audio. An empty clip sends only the subtitle.
     pub async fn play(&self, turn: &CancellationToken, text: Option<String>, clip: AudioClip) {
-        let _ = self.tx.send(Command::Play { turn: turn.clone(), text, clip }).await;
+        let _ = self.tx.send(Command::Play { turn: turn.clone(), text, clip, record: None }).await;
+    }
+
+    /// Like [`Speaker::play`], and hands back every encoded frame once the clip has been sent
+    /// whole (not when the turn is cancelled midway), for the [`PhraseCache`].
+    pub async fn play_recorded(
+        &self,
+        turn: &CancellationToken,
+        text: Option<String>,
+        clip: AudioClip,
+        record: oneshot::Sender<Vec<Bytes>>,
+    ) {
+        let _ = self.tx.send(Command::Play { turn: turn.clone(), text, clip, record: Some(record) }).await;
+    }
+
+    /// Queues already encoded frames (a cached phrase), paced like any other audio.
+    pub async fn play_encoded(&self, turn: &CancellationToken, text: Option<String>, frames: Arc<[Bytes]>) {
+        let _ = self.tx.send(Command::PlayEncoded { turn: turn.clone(), text, frames }).await;
     }
 
     /// Waits until the device has played everything queued for `turn` (by the pacing clock), or
@@ -96,50 +171,57 @@ impl Task {
         let mut packet = vec![0u8; MAX_PACKET];
         while let Some(cmd) = rx.recv().await {
             match cmd {
-                Command::Play { turn, text, clip } => {
+                Command::Play { turn, text, clip, record } => {
                     if turn.is_cancelled() {
                         continue;
                     }
-                    if let Some(text) = text {
-                        let msg = ServerMessage::Tts {
-                            state: TtsState::SentenceStart,
-                            text: Some(text),
-                            session_id: self.outbox.session_id().to_string(),
-                        };
-                        self.outbox.send(msg).await;
-                    }
+                    self.subtitle(text).await;
                     let pcm = if clip.sample_rate == self.rate || clip.samples.is_empty() {
                         clip.samples
                     } else {
                         resample(&clip.samples, clip.sample_rate, self.rate)
                     };
+                    let mut recorded = record.as_ref().map(|_| Vec::with_capacity(pcm.len() / frame_samples + 1));
                     for chunk in pcm.chunks(frame_samples) {
                         // The last frame of a sentence is zero-padded, as the Python server does.
                         pcm_frame[..chunk.len()].copy_from_slice(chunk);
                         pcm_frame[chunk.len()..].fill(0);
-                        let due = self.pacer.due(Instant::now().into_std());
-                        tokio::select! {
-                            biased;
-                            _ = turn.cancelled() => break,
-                            _ = tokio::time::sleep_until(Instant::from_std(due)) => {}
+                        if !self.wait_due(&turn).await {
+                            break;
                         }
-                        let len = match self.encoder.encode(&pcm_frame, &mut packet) {
-                            Ok(len) => len,
+                        // Encoded just before it is due: the encoder's work is spread over the reply.
+                        let opus = match self.encoder.encode(&pcm_frame, &mut packet) {
+                            Ok(len) => Bytes::copy_from_slice(&packet[..len]),
                             Err(e) => {
                                 tracing::warn!("opus encode failed, frame skipped: {e}");
                                 continue;
                             }
                         };
-                        let timestamp = self.started.elapsed().as_millis() as u32;
-                        let item = Outbound::Audio {
-                            opus: Bytes::copy_from_slice(&packet[..len]),
-                            timestamp,
-                            turn: turn.clone(),
-                        };
-                        if !self.outbox.send_raw(item).await {
+                        if let Some(frames) = &mut recorded {
+                            frames.push(opus.clone());
+                        }
+                        if !self.send(opus, &turn).await {
                             return;
                         }
-                        self.pacer.sent(Instant::now().into_std());
+                    }
+                    if turn.is_cancelled() {
+                        self.pacer.reset();
+                    } else if let (Some(record), Some(frames)) = (record, recorded) {
+                        let _ = record.send(frames);
+                    }
+                }
+                Command::PlayEncoded { turn, text, frames } => {
+                    if turn.is_cancelled() {
+                        continue;
+                    }
+                    self.subtitle(text).await;
+                    for opus in frames.iter() {
+                        if !self.wait_due(&turn).await {
+                            break;
+                        }
+                        if !self.send(opus.clone(), &turn).await {
+                            return;
+                        }
                     }
                     if turn.is_cancelled() {
                         self.pacer.reset();
@@ -156,5 +238,53 @@ impl Task {
                 }
             }
         }
+    }
+
+    /// Sends `tts sentence_start` with the subtitle, just before the sentence's first frame.
+    async fn subtitle(&mut self, text: Option<String>) {
+        if let Some(text) = text {
+            let session_id = self.outbox.session_id().to_string();
+            self.outbox.send(ServerMessage::Tts { state: TtsState::SentenceStart, text: Some(text), session_id }).await;
+        }
+    }
+
+    /// Waits until the pacer lets the next frame go; false if the turn was cancelled meanwhile.
+    async fn wait_due(&mut self, turn: &CancellationToken) -> bool {
+        let due = self.pacer.due(Instant::now().into_std());
+        tokio::select! {
+            biased;
+            _ = turn.cancelled() => false,
+            _ = tokio::time::sleep_until(Instant::from_std(due)) => true,
+        }
+    }
+
+    /// Queues one frame to the writer and records it with the pacer; false if the connection is gone.
+    async fn send(&mut self, opus: Bytes, turn: &CancellationToken) -> bool {
+        let timestamp = self.started.elapsed().as_millis() as u32;
+        if !self.outbox.send_raw(Outbound::Audio { opus, timestamp, turn: turn.clone() }).await {
+            return false;
+        }
+        self.pacer.sent(Instant::now().into_std());
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phrase_cache_is_bounded_and_keyed_by_voice() {
+        let cache = PhraseCache::default();
+        let frame = Bytes::from_static(b"opus");
+        cache.insert(PhraseCache::key("voice-a", "Sorry"), vec![frame.clone()]);
+        assert!(cache.get(&PhraseCache::key("voice-a", "Sorry")).is_some());
+        assert!(cache.get(&PhraseCache::key("voice-b", "Sorry")).is_none());
+        for i in 0..(PHRASE_CACHE_ENTRIES + 10) {
+            cache.insert(PhraseCache::key("v", &i.to_string()), vec![frame.clone()]);
+        }
+        assert_eq!(cache.len(), PHRASE_CACHE_ENTRIES);
+        assert!(cache.get(&PhraseCache::key("voice-a", "Sorry")).is_none(), "the oldest entry went first");
+        assert!(cache.get(&PhraseCache::key("v", &(PHRASE_CACHE_ENTRIES + 9).to_string())).is_some());
     }
 }

@@ -21,7 +21,7 @@ use crate::connection::Outbox;
 use crate::llm::{ChatMessage, LlmDelta, Role};
 use crate::protocol::message::{ServerMessage, TtsState};
 use crate::services::Services;
-use crate::speaker::Speaker;
+use crate::speaker::{PhraseCache, Speaker};
 use crate::text::{self, SentenceSplitter};
 use crate::tools::{ToolAction, ToolBox};
 
@@ -96,7 +96,7 @@ async fn run_inner(ctx: &TurnContext, out: &mut TurnOutcome) {
                 tracing::warn!("ASR failed: {e}");
                 ctx.outbox.send(ServerMessage::Tts { state: TtsState::Start, text: None, session_id }).await;
                 let (tx, rx) = mpsc::channel(8);
-                let speak = async move { say(&tx, &config.system_error_response).await };
+                let speak = async move { say(&tx, &config.system_error_response, true).await };
                 tokio::join!(speak, voice(ctx, rx));
                 finish(ctx).await;
                 return;
@@ -124,7 +124,7 @@ async fn run_inner(ctx: &TurnContext, out: &mut TurnOutcome) {
     let request = if goodbye { config.end_prompt.prompt.clone() } else { user_text };
     out.messages.push(ChatMessage::new(Role::User, request));
 
-    let (sentences, rx) = mpsc::channel::<String>(32);
+    let (sentences, rx) = mpsc::channel::<Sentence>(32);
     tokio::join!(think(ctx, out, sentences), voice(ctx, rx));
     finish(ctx).await;
 }
@@ -140,7 +140,7 @@ async fn finish(ctx: &TurnContext) {
 
 /// The LLM side: streams answers, splits them into sentences for [`voice`], runs tool calls and
 /// feeds their results back, up to [`MAX_LLM_ROUNDS`] calls.
-async fn think(ctx: &TurnContext, out: &mut TurnOutcome, sentences: mpsc::Sender<String>) {
+async fn think(ctx: &TurnContext, out: &mut TurnOutcome, sentences: mpsc::Sender<Sentence>) {
     let config = &ctx.services.config;
     let tools = match config.providers.intent {
         IntentMode::FunctionCall => ctx.tools.specs().await,
@@ -160,7 +160,7 @@ async fn think(ctx: &TurnContext, out: &mut TurnOutcome, sentences: mpsc::Sender
             Ok(stream) => stream,
             Err(e) => {
                 tracing::warn!("LLM request failed: {e}");
-                say(&sentences, &config.system_error_response).await;
+                say(&sentences, &config.system_error_response, true).await;
                 return;
             }
         };
@@ -182,21 +182,21 @@ async fn think(ctx: &TurnContext, out: &mut TurnOutcome, sentences: mpsc::Sender
                     }
                     answer.push_str(&delta);
                     for sentence in splitter.push(&delta) {
-                        let _ = sentences.send(sentence).await;
+                        let _ = sentences.send(Sentence::Reply(sentence)).await;
                     }
                 }
                 Ok(LlmDelta::ToolCalls(c)) => calls = c,
                 Err(e) => {
                     tracing::warn!("LLM stream failed: {e}");
                     if answer.trim().is_empty() && calls.is_empty() {
-                        say(&sentences, &config.system_error_response).await;
+                        say(&sentences, &config.system_error_response, true).await;
                     }
                     break;
                 }
             }
         }
         if let Some(rest) = splitter.finish() {
-            let _ = sentences.send(rest).await;
+            let _ = sentences.send(Sentence::Reply(rest)).await;
         }
         if calls.is_empty() {
             if !answer.trim().is_empty() {
@@ -214,7 +214,7 @@ async fn think(ctx: &TurnContext, out: &mut TurnOutcome, sentences: mpsc::Sender
             let result = match action {
                 ToolAction::None => "done".to_string(),
                 ToolAction::Response(text) => {
-                    say(&sentences, &text).await;
+                    say(&sentences, &text, false).await;
                     text
                 }
                 ToolAction::ReqLlm(result) => {
@@ -235,32 +235,84 @@ async fn think(ctx: &TurnContext, out: &mut TurnOutcome, sentences: mpsc::Sender
     }
 }
 
-/// Queues a fixed text (error response, a tool's spoken answer) as sentences.
-async fn say(sentences: &mpsc::Sender<String>, text: &str) {
+/// One sentence for the [`voice`] side.
+enum Sentence {
+    /// Model output: synthesized every time.
+    Reply(String),
+    /// A fixed phrase (the error response): served from the shared phrase cache after its first use.
+    Fixed(String),
+}
+
+/// A whole text cut into the sentences that are spoken one by one.
+fn split_sentences(text: &str) -> Vec<String> {
     let mut splitter = SentenceSplitter::new();
-    for sentence in splitter.push(text).into_iter().chain(splitter.finish()) {
-        let _ = sentences.send(sentence).await;
+    let mut sentences = splitter.push(text);
+    sentences.extend(splitter.finish());
+    sentences
+}
+
+/// Queues a text (the error response, a tool's spoken answer) as sentences.
+async fn say(sentences: &mpsc::Sender<Sentence>, text: &str, fixed: bool) {
+    for sentence in split_sentences(text) {
+        let item = if fixed { Sentence::Fixed(sentence) } else { Sentence::Reply(sentence) };
+        let _ = sentences.send(item).await;
     }
 }
 
 /// The TTS side: synthesizes sentences in order and queues them to the speaker, so sentence
 /// N+1 is synthesized while sentence N plays.
-async fn voice(ctx: &TurnContext, mut sentences: mpsc::Receiver<String>) {
+async fn voice(ctx: &TurnContext, mut sentences: mpsc::Receiver<Sentence>) {
     let config = &ctx.services.config;
     let timeout = Duration::from_secs(config.tts_timeout.max(1));
     let mut error_spoken = false;
     while let Some(sentence) = sentences.recv().await {
-        let clip = match synthesize(ctx, &sentence, timeout).await {
-            Some(clip) => clip,
-            None if !error_spoken => {
-                // Say once that something went wrong, if the TTS can say anything at all.
-                error_spoken = true;
-                synthesize(ctx, &config.system_error_response, timeout).await.unwrap_or_default()
+        let text = match sentence {
+            Sentence::Fixed(text) => {
+                speak_fixed(ctx, text, timeout).await;
+                continue;
             }
-            None => AudioClip::default(),
+            Sentence::Reply(text) => text,
         };
-        ctx.speaker.play(&ctx.cancel, Some(sentence), clip).await;
+        match synthesize(ctx, &text, timeout).await {
+            Some(clip) => ctx.speaker.play(&ctx.cancel, Some(text), clip).await,
+            None if !error_spoken => {
+                // Say once that something went wrong (if the TTS can say anything at all), with
+                // the failed sentence still shown as the subtitle.
+                // The error phrase usually comes from the phrase cache, so it is heard even while
+                // the TTS is down.
+                error_spoken = true;
+                ctx.speaker.play(&ctx.cancel, Some(text), AudioClip::default()).await;
+                for phrase in split_sentences(&config.system_error_response) {
+                    speak_fixed(ctx, phrase, timeout).await;
+                }
+            }
+            None => ctx.speaker.play(&ctx.cancel, Some(text), AudioClip::default()).await,
+        }
     }
+}
+
+/// Speaks a fixed phrase: from the shared cache when this voice has said it before, otherwise
+/// synthesized, played, and cached once it has been sent whole.
+async fn speak_fixed(ctx: &TurnContext, text: String, timeout: Duration) {
+    let phrases = &ctx.services.phrases;
+    let key = PhraseCache::key(&ctx.services.voice_key, &text);
+    if let Some(frames) = phrases.get(&key) {
+        ctx.speaker.play_encoded(&ctx.cancel, Some(text), frames).await;
+        return;
+    }
+    let Some(clip) = synthesize(ctx, &text, timeout).await else {
+        ctx.speaker.play(&ctx.cancel, Some(text), AudioClip::default()).await;
+        return;
+    };
+    let (record, recorded) = tokio::sync::oneshot::channel();
+    ctx.speaker.play_recorded(&ctx.cancel, Some(text), clip, record).await;
+    let phrases = Arc::clone(phrases);
+    // Stored when the speaker has encoded the whole phrase; never if the turn is cancelled first.
+    tokio::spawn(async move {
+        if let Ok(frames) = recorded.await {
+            phrases.insert(key, frames);
+        }
+    });
 }
 
 async fn synthesize(ctx: &TurnContext, sentence: &str, timeout: Duration) -> Option<AudioClip> {

@@ -34,12 +34,18 @@ impl TestServer {
 
     /// Like [`TestServer::start`], with extra keys inside `server:` (indented by two spaces).
     pub async fn start_with_server_yaml(mock: &MockOpenAi, server_extra: &str, extra: &str) -> anyhow::Result<Self> {
-        Self::start_inner(mock, server_extra, extra, false).await
+        Self::start_inner(&mock.config_override_yaml(), server_extra, extra, false).await
     }
 
     /// Like [`TestServer::start`], watching the config files for changes.
     pub async fn start_watched(mock: &MockOpenAi, extra: &str) -> anyhow::Result<Self> {
-        Self::start_inner(mock, "", extra, true).await
+        Self::start_inner(&mock.config_override_yaml(), "", extra, true).await
+    }
+
+    /// Starts a server whose providers are given whole by `providers` (`selected_module` and the
+    /// provider dictionaries), e.g. local models with only the LLM on a mock.
+    pub async fn start_with_providers(providers: &str) -> anyhow::Result<Self> {
+        Self::start_inner(providers, "", "", false).await
     }
 
     /// The override file (`data/.config.yaml`) of this server.
@@ -47,7 +53,7 @@ impl TestServer {
         self.dir.path().join(".config.yaml")
     }
 
-    async fn start_inner(mock: &MockOpenAi, server_extra: &str, extra: &str, watch: bool) -> anyhow::Result<Self> {
+    async fn start_inner(providers: &str, server_extra: &str, extra: &str, watch: bool) -> anyhow::Result<Self> {
         let _ = tracing_subscriber_init();
         let dir = tempfile::tempdir()?;
         let models = repo_root().join("models").canonicalize().context("models/ is missing: run models/fetch.sh")?;
@@ -57,7 +63,7 @@ impl TestServer {
              VAD:\n  SileroVAD:\n    type: silero\n    model_dir: \"{models}\"\n    min_silence_duration_ms: 500\n\
              {mock}{extra}",
             models = models.display(),
-            mock = mock.config_override_yaml(),
+            mock = providers,
         );
         std::fs::write(dir.path().join(".config.yaml"), yaml)?;
         let source =

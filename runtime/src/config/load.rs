@@ -918,7 +918,10 @@ TTS:
         let message = expect_error(load_over_repo(
             "selected_module:\n  ASR: FunASR\nASR:\n  FunASR:\n    type: fun_local\n    model_dir: models/x\n",
         ));
-        assert_eq!(message, "ASR.FunASR.type: \"fun_local\" is not supported by this server (supported: openai)");
+        assert_eq!(
+            message,
+            "ASR.FunASR.type: \"fun_local\" is not supported by this server (supported: openai, whisper_onnx, sensevoice_onnx)"
+        );
 
         let message = expect_error(load_over_repo("selected_module:\n  TTS: Edge\nTTS:\n  Edge:\n    voice: x\n"));
         assert!(message.starts_with("TTS.Edge.type: missing"), "{message}");
@@ -958,7 +961,7 @@ TTS:
         assert_eq!(vad.min_silence_duration_ms, 200);
         assert_eq!(vad.pre_roll_ms, 1000, "unset keys keep their defaults");
 
-        let AsrSpec::OpenAi(asr) = &config.providers.asr;
+        let AsrSpec::OpenAi(asr) = &config.providers.asr else { panic!("openai ASR") };
         assert_eq!(asr.base_url, "https://api.openai.com/v1/audio/transcriptions");
         assert_eq!(asr.api_key, "sk-xxx");
         assert_eq!(asr.output_dir.as_deref(), Some("tmp/"));

@@ -315,21 +315,39 @@ impl Session {
             }
         };
         self.last_activity = Instant::now();
-        if frame.kind != 0 || !self.listening || self.turn.is_some() {
+        // While we speak, the microphone is only heard in realtime mode (the device has echo
+        // cancellation there): that is what makes a barge-in possible.
+        let realtime = self.mode == ListenMode::Realtime;
+        if frame.kind != 0 || !self.listening || (self.turn.is_some() && !realtime) {
             return None;
         }
         let listener = self.listener.as_mut()?;
-        let heard = match listener.push_packet(frame.payload, self.mode == ListenMode::Manual) {
+        let heard = match listener.push_packet(frame.payload, self.mode == ListenMode::Manual).await {
             Ok(heard) => heard,
             Err(e) => {
                 self.count_bad_frame(&e);
                 return None;
             }
         };
-        if let Heard::Utterance(pcm) = heard {
-            self.start_turn(TurnInput::Speech(pcm));
+        match heard {
+            Heard::Utterance(pcm) => {
+                self.start_turn(TurnInput::Speech(pcm));
+                return None;
+            }
+            Heard::SpeechStart if self.turn.is_some() => {
+                tracing::info!("barge-in: the user speaks over the reply");
+                self.cancel_turn();
+                self.outbox
+                    .send(ServerMessage::Tts { state: TtsState::Stop, text: None, session_id: self.sid() })
+                    .await;
+                return None;
+            }
+            Heard::SpeechStart | Heard::Nothing => {}
+        }
+        if self.turn.is_some() {
             return None;
         }
+        let listener = self.listener.as_ref()?;
         let config = &self.services.config;
         if listener.no_voice_ms() >= config.close_connection_no_voice_time * 1000 && !self.goodbye_started {
             self.goodbye_started = true;
@@ -416,7 +434,10 @@ impl Session {
         if outcome.heard_nothing {
             tracing::debug!("no words recognized");
         }
-        if let Some(listener) = &mut self.listener {
+        // In realtime mode the user may already be speaking again: keep what was heard.
+        if self.mode != ListenMode::Realtime
+            && let Some(listener) = &mut self.listener
+        {
             listener.reset();
         }
         None
