@@ -104,10 +104,93 @@ fn main() {
 }
 
 mod models {
-    //! Filled in as the local models land.
+    //! Rows that need the ONNX models.
     use std::path::Path;
+    use std::time::{Duration, Instant};
 
-    pub fn vad_rows(_root: &Path) {}
-    pub fn whisper_rows(_root: &Path) {}
-    pub fn piper_rows(_root: &Path) {}
+    use xiaozhi_server::asr::whisper::WhisperAsr;
+    use xiaozhi_server::audio::vad::{INPUT, STATE, SileroModel, Vad};
+    use xiaozhi_server::config::{PiperConfig, SileroVadConfig, WhisperConfig};
+    use xiaozhi_server::tts::piper::PiperTts;
+
+    use super::{missing, row, signal, time_per_call};
+
+    pub fn vad_rows(root: &Path) {
+        let path = root.join("models/silero_vad.onnx");
+        if !path.exists() {
+            return missing("Silero VAD", &path);
+        }
+        let model = SileroModel::load(&path).expect("silero");
+        // Unbatched: the per-session path, one run per 32 ms window, decisions included.
+        let cfg = SileroVadConfig::default();
+        let mut vad = Vad::new_unbatched(model.clone(), &cfg);
+        let pcm = signal(16_000, 512);
+        let per = time_per_call(Duration::from_millis(800), || {
+            vad.push_blocking(&pcm).expect("vad");
+        });
+        row("Silero VAD unbatched (per 32 ms window)", format!("{:.1} µs", per.as_secs_f64() * 1e6));
+        let input: Vec<f32> = signal(16_000, INPUT).iter().map(|&s| s as f32 / 32768.0).collect();
+        let mut window = [0f32; INPUT];
+        window.copy_from_slice(&input);
+        for batch in [1usize, 16, 64, 256] {
+            let inputs = vec![window; batch];
+            let mut states = vec![[0f32; STATE]; batch];
+            let per = time_per_call(Duration::from_millis(800), || {
+                model.infer_batch(&inputs, &mut states).expect("batch");
+            });
+            row(
+                &format!("Silero VAD batched, {batch} sessions (per window)"),
+                format!("{:.1} µs", per.as_secs_f64() * 1e6 / batch as f64),
+            );
+        }
+    }
+
+    pub fn whisper_rows(root: &Path) {
+        let dir = root.join("../shared/models/whisper-tiny-en");
+        let wav = dir.join("test.wav");
+        if !wav.exists() {
+            return missing("Whisper tiny.en", &wav);
+        }
+        let pcm: Vec<i16> =
+            hound::WavReader::open(&wav).expect("wav").into_samples().map(|s| s.expect("sample")).collect();
+        let audio = pcm.len() as f64 / 16_000.0;
+        for threads in [1u16, 2] {
+            let cfg = WhisperConfig { model_dir: dir.display().to_string(), threads, ..WhisperConfig::default() };
+            let whisper = WhisperAsr::load(&cfg).expect("whisper");
+            let per = time_per_call(Duration::from_secs(4), || {
+                whisper.transcribe_blocking(&pcm).expect("transcribe");
+            });
+            row(
+                &format!("Whisper tiny.en int8, {threads} thread(s), {audio:.1} s clip"),
+                format!("RTF {:.3} ({} ms)", per.as_secs_f64() / audio, per.as_millis()),
+            );
+        }
+    }
+
+    pub fn piper_rows(root: &Path) {
+        let model = root.join("models/piper/en_US-joe-medium.onnx");
+        if !model.exists() {
+            return missing("Piper", &model);
+        }
+        let cfg = PiperConfig { model: model.display().to_string(), ..PiperConfig::default() };
+        let piper = PiperTts::load(&cfg).expect("piper");
+        for text in ["Sure.", "It is sunny and warm today, a good day for a walk in the park."] {
+            let mut audio = 0.0;
+            let per = time_per_call(Duration::from_secs(3), || {
+                let clip = piper.synthesize_blocking(text).expect("piper");
+                audio = clip.samples.len() as f64 / clip.sample_rate as f64;
+            });
+            row(
+                &format!("Piper joe-medium, {:.1} s sentence: time to first audio", audio),
+                format!("{} ms", per.as_millis()),
+            );
+            row(
+                &format!("Piper joe-medium, {:.1} s sentence: real-time factor", audio),
+                format!("{:.3}", per.as_secs_f64() / audio),
+            );
+        }
+        let start = Instant::now();
+        let _ = PiperTts::load(&cfg).expect("piper");
+        row("Piper voice load", format!("{} ms", start.elapsed().as_millis()));
+    }
 }

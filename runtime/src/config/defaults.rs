@@ -73,18 +73,24 @@ impl Default for Config {
                     ("api_key", "".into()),
                 ]),
             )]),
-            tts: dictionary([(
-                "OpenAITTS",
-                entry([
-                    ("type", "openai".into()),
-                    ("api_key", "".into()),
-                    ("api_url", "https://api.openai.com/v1/audio/speech".into()),
-                    ("model", "tts-1".into()),
-                    ("voice", "alloy".into()),
-                    ("speed", 1.into()),
-                    ("format", "wav".into()),
-                ]),
-            )]),
+            tts: dictionary([
+                (
+                    "PiperLocal",
+                    entry([("type", "piper".into()), ("model", "models/piper/en_US-joe-medium.onnx".into())]),
+                ),
+                (
+                    "OpenAITTS",
+                    entry([
+                        ("type", "openai".into()),
+                        ("api_key", "".into()),
+                        ("api_url", "https://api.openai.com/v1/audio/speech".into()),
+                        ("model", "tts-1".into()),
+                        ("voice", "alloy".into()),
+                        ("speed", 1.into()),
+                        ("format", "wav".into()),
+                    ]),
+                ),
+            ]),
             memory: dictionary([("nomem", entry([("type", "nomem".into())]))]),
             intent: dictionary([
                 ("nointent", entry([("type", "nointent".into())])),
@@ -166,7 +172,7 @@ impl Default for SelectedModule {
             vad: "SileroVAD".into(),
             asr: "OpenaiASR".into(),
             llm: "OpenAILLM".into(),
-            tts: "OpenAITTS".into(),
+            tts: "PiperLocal".into(),
             memory: "nomem".into(),
             intent: "function_call".into(),
             vllm: String::new(),

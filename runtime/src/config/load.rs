@@ -851,7 +851,7 @@ TTS:
                 assert!(repo_dictionary.contains_key(key), "config.yaml lacks {name}.{key}");
             }
         }
-        assert!(matches!(loaded.config.providers.tts, TtsSpec::OpenAi(_)));
+        assert!(matches!(loaded.config.providers.tts, TtsSpec::Piper(_)));
         assert!(loaded.config.tts.contains_key("CustomTTS"), "config.yaml documents the custom TTS");
     }
 
@@ -907,7 +907,10 @@ TTS:
     #[test]
     fn missing_selected_provider_is_an_error_listing_the_entries() {
         let message = expect_error(load_over_repo("selected_module:\n  ASR: Foo\n"));
-        assert_eq!(message, "selected_module.ASR names \"Foo\", but there is no ASR.Foo (entries: OpenaiASR)");
+        assert_eq!(
+            message,
+            "selected_module.ASR names \"Foo\", but there is no ASR.Foo (entries: OpenaiASR, SenseVoiceLocal, WhisperLocal)"
+        );
 
         let message = expect_error(load_over_repo("selected_module:\n  LLM: ''\n"));
         assert!(message.starts_with("selected_module.LLM: no LLM entry is selected"), "{message}");
@@ -1010,7 +1013,7 @@ TTS:
         );
 
         // No entries at all: the selected name is the type.
-        let base = "selected_module:\n  Intent: nointent\n  Memory: nomem\n".to_owned()
+        let base = "selected_module:\n  Intent: nointent\n  Memory: nomem\n  TTS: OpenAITTS\n".to_owned()
             + "VAD: {SileroVAD: {type: silero}}\nASR: {OpenaiASR: {type: openai}}\n"
             + "LLM: {OpenAILLM: {type: openai}}\nTTS: {OpenAITTS: {type: openai}}\n";
         let loaded = load_files(&base, None).expect("loads without Memory/Intent dictionaries");
@@ -1040,7 +1043,7 @@ TTS:
     #[test]
     fn lowering_only_the_threshold_keeps_the_hysteresis_valid() {
         let loaded = load_files(
-            "VAD: {V: {type: silero, threshold: 0.2}}\nselected_module: {VAD: V}\n\
+            "VAD: {V: {type: silero, threshold: 0.2}}\nselected_module: {VAD: V, TTS: OpenAITTS}\n\
              ASR: {OpenaiASR: {type: openai}}\nLLM: {OpenAILLM: {type: openai}}\nTTS: {OpenAITTS: {type: openai}}\n",
             None,
         )

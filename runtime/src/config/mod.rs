@@ -322,7 +322,7 @@ pub enum TtsSpec {
 
 impl Default for TtsSpec {
     fn default() -> Self {
-        Self::OpenAi(OpenAiTtsConfig::default())
+        Self::Piper(PiperConfig::default())
     }
 }
 
