@@ -123,6 +123,10 @@ async fn realtime_barge_in_aborts_the_reply_and_starts_a_new_turn() -> anyhow::R
         }
     }
     let stop_at = stop_at.expect("the reply was stopped by the barge-in");
+    eprintln!(
+        "barge-in: tts stop {} ms after the user started talking",
+        stop_at.duration_since(interrupted_at).as_millis()
+    );
     // Speech start needs ~100 ms of voice; the reply stops well before the user finishes.
     assert!(stop_at.duration_since(interrupted_at) < Duration::from_millis(1500));
     assert_eq!(stt.as_deref(), Some("Stop, what time is it?"), "the interruption became the next turn");

@@ -1,14 +1,16 @@
 //! The per-device session: one task that owns everything about one connected device.
 //!
 //! Nothing mutable is shared between devices: each session has its own Opus decoder, VAD state,
-//! pre-roll ring, utterance buffer, dialogue, speaker and MCP client. Other tasks (the turn, the
+//! pre-roll ring, utterance buffer ([`listener`]), dialogue, speaker and MCP client. (The VAD
+//! *model* is shared and batched across sessions; each session keeps its own recurrent state.) Other tasks (the turn, the
 //! speaker, the writer) talk to it through channels. The loop `select!`s over server shutdown,
 //! finished turns, the socket and a timer.
 //!
 //! Listening: in `auto` and `realtime` modes Silero VAD finds the end of each utterance, counting
 //! silence in audio time (frames received), so a stall of ours can never split an utterance; the
 //! pre-roll ring makes sure the first syllable reaches ASR. In `manual` mode everything between
-//! `listen start` and `listen stop` is the utterance.
+//! `listen start` and `listen stop` is the utterance. In `realtime` mode the microphone is heard
+//! while we speak too: speech from the user stops the reply (barge-in) and becomes the next turn.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,10 +33,10 @@ use crate::services::Services;
 use crate::speaker::Speaker;
 use crate::text;
 use crate::tools::ToolBox;
+use crate::turn::{self, TurnContext, TurnInput, TurnOutcome};
 
 mod listener;
 
-use crate::turn::{self, TurnContext, TurnInput, TurnOutcome};
 use listener::{Heard, Listener};
 
 /// How long a device has to send its hello after connecting.
