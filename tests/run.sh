@@ -9,4 +9,4 @@ if ! python3 -c 'import onnx, numpy' 2>/dev/null; then
   python3 -m pip install --quiet "onnx>=1.16" "numpy>=1.24" ||
     python3 -m pip install --quiet --break-system-packages "onnx>=1.16" "numpy>=1.24"
 fi
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
