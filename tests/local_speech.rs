@@ -61,9 +61,19 @@ async fn spoken_request_to_spoken_answer_with_local_models() -> anyhow::Result<(
     let mut device = server.device("aa:bb:cc:00:03:01", 1).await?;
     device.listen_start(ListenMode::Auto).await?;
     let request = "what is the weather like today";
-    let audio = with_silence(&speech_16k(request)?, 400, 2500);
+    let speech = speech_16k(request)?;
+    let audio = with_silence(&speech, 400, 2500);
+    let started = Instant::now();
     device.stream_speech(&audio, true).await?;
     let reply = device.collect_reply(REPLY_WAIT).await?;
+    let voiced = speech.iter().rposition(|s| s.unsigned_abs() > 300).map_or(0, |i| i + 1) as u64;
+    let voice_end = started + Duration::from_millis(400 + voiced * 1000 / 16_000);
+    if let Some((first, _)) = reply.frames.first() {
+        eprintln!(
+            "local path: first downlink frame {} ms after the end of voice (500 ms of it is the silence window)",
+            first.saturating_duration_since(voice_end).as_millis()
+        );
+    }
 
     // The stt message is local Whisper's transcript of the request.
     assert_eq!(words(reply.stt.as_deref().unwrap_or("")), request);

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Builds every Rust guest under extensions/*/ (each directory with a Cargo.toml) into the
+# WebAssembly component extensions/<name>/<name>.wasm, next to its extension.toml.
+#
+# It uses Debian's Rust toolchain (/usr/bin/cargo, /usr/bin/rustc: 1.96 with the wasm32-wasip2
+# target, std sources, rust-lld and wasm-component-ld), because the rustup toolchain here has no
+# wasm target and cannot download one. std is rebuilt for the target with -Zbuild-std.
+#
+# Usage: extensions/build.sh [--offline | --fetch] [name ...]
+#   name        build only these guests (directory names under extensions/)
+#   --offline   pass --offline to cargo: fail instead of touching crates.io (needs a warm cache)
+#   --fetch     only download what a later --offline build needs (std's own dependencies, which
+#               -Zbuild-std takes from crates.io, and the guests' dependencies), then stop
+# Environment:
+#   CARGO_TARGET_DIR   build directory (default: <repo>/target/wasm-guests)
+#   SKIP_APT=1         never try to install the Debian packages
+#
+# Extension authors with a normal rustup toolchain do not need this script:
+#   rustup target add wasm32-wasip2 && cargo build --release --target wasm32-wasip2
+set -euo pipefail
+
+EXT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$EXT_DIR/.." && pwd)"
+TARGET=wasm32-wasip2
+PACKAGES=(rustc-web cargo-web rust-web-src lld-22 wasi-libc)
+WASI_LIBC_DIR=/usr/lib/wasm32-wasi
+
+die() {
+    echo "build.sh: error: $*" >&2
+    exit 1
+}
+step() { echo "==> $*"; }
+
+offline=()
+fetch_only=0
+names=()
+for arg in "$@"; do
+    case "$arg" in
+        --offline) offline=(--offline) ;;
+        --fetch) fetch_only=1 ;;
+        -h | --help)
+            awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
+            exit 0
+            ;;
+        -*) die "unknown option $arg (see --help)" ;;
+        *) names+=("$arg") ;;
+    esac
+done
+
+# 1. The Debian toolchain.
+missing=()
+for package in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed"; then
+        missing+=("$package")
+    fi
+done
+if ((${#missing[@]})); then
+    [[ "${SKIP_APT:-0}" != 1 ]] || die "missing Debian packages: ${missing[*]} (SKIP_APT=1 is set)"
+    command -v apt-get >/dev/null || die "missing Debian packages ${missing[*]} and no apt-get on this machine"
+    if ((EUID == 0)); then
+        sudo=()
+    elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+        sudo=(sudo -n)
+    else
+        die "missing Debian packages: ${missing[*]}; install them as root: apt-get install -y ${missing[*]}"
+    fi
+    step "installing ${missing[*]}"
+    if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"; then
+        step "apt-get install failed; refreshing the package lists and retrying"
+        "${sudo[@]}" apt-get update -q || die "apt-get update failed"
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" ||
+            die "could not install ${missing[*]}"
+    fi
+fi
+
+# Debian's tools live in /usr/bin; rustup's shims usually come first on PATH, so name them all
+# explicitly (cargo would otherwise run the rustup rustc, which has no wasm32-wasip2 std).
+export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
+CARGO=/usr/bin/cargo
+[[ -x "$CARGO" && -x "$RUSTC" ]] || die "$CARGO or $RUSTC is missing although the packages are installed"
+"$RUSTC" --print target-list | grep -qx "$TARGET" || die "$RUSTC does not know the $TARGET target"
+SYSROOT="$("$RUSTC" --print sysroot)"
+[[ -f "$SYSROOT/lib/rustlib/src/rust/library/Cargo.lock" ]] ||
+    die "std sources missing under $SYSROOT/lib/rustlib/src (package rust-web-src)"
+[[ -f "$WASI_LIBC_DIR/libc.a" ]] || die "$WASI_LIBC_DIR/libc.a missing (package wasi-libc)"
+
+# -Zbuild-std is unstable: allow it on the stable Debian compiler. std for wasm32-wasip2 links
+# against wasi-libc; Debian's copy is not in rustc's self-contained directory, so add it to the
+# link path of target artifacts only (build scripts and proc macros are unaffected).
+export RUSTC_BOOTSTRAP=1
+export CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS="-L native=$WASI_LIBC_DIR"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target/wasm-guests}"
+unset RUSTC_WRAPPER RUSTFLAGS CARGO_BUILD_RUSTFLAGS
+
+step "toolchain: $("$RUSTC" --version), $("$CARGO" --version)"
+step "target dir: $CARGO_TARGET_DIR"
+
+# 2. The guests.
+if ((${#names[@]} == 0)); then
+    for manifest in "$EXT_DIR"/*/Cargo.toml; do
+        [[ -f "$manifest" ]] && names+=("$(basename "$(dirname "$manifest")")")
+    done
+fi
+((${#names[@]})) || die "no guest crates (extensions/*/Cargo.toml) found"
+((fetch_only == 0 || ${#offline[@]} == 0)) || die "--fetch and --offline exclude each other"
+
+if ((fetch_only)); then
+    step "fetching std's dependencies (for -Zbuild-std)"
+    "$CARGO" fetch --locked --manifest-path "$SYSROOT/lib/rustlib/src/rust/library/Cargo.toml" ||
+        die "could not fetch std's dependencies from crates.io"
+    for name in "${names[@]}"; do
+        [[ -f "$EXT_DIR/$name/Cargo.toml" ]] || die "extensions/$name/Cargo.toml does not exist"
+        step "fetching the dependencies of $name"
+        "$CARGO" fetch --manifest-path "$EXT_DIR/$name/Cargo.toml" || die "could not fetch the dependencies of $name"
+    done
+    step "fetched: later builds work with --offline"
+    exit 0
+fi
+
+# The library target name of a guest: [lib] name, else the package name with - turned into _.
+lib_name() {
+    awk '
+        /^\[/ { section = $0 }
+        section == "[package]" && /^name[ \t]*=/ && package == "" { package = $0 }
+        section == "[lib]" && /^name[ \t]*=/ && lib == "" { lib = $0 }
+        END {
+            name = (lib != "") ? lib : package
+            sub(/^name[ \t]*=[ \t]*"/, "", name); sub(/".*$/, "", name); gsub(/-/, "_", name)
+            print name
+        }' "$1"
+}
+
+failed=()
+for name in "${names[@]}"; do
+    crate="$EXT_DIR/$name"
+    [[ -f "$crate/Cargo.toml" ]] || die "extensions/$name/Cargo.toml does not exist"
+    library="$(lib_name "$crate/Cargo.toml")"
+    [[ -n "$library" ]] || die "cannot read the package name from extensions/$name/Cargo.toml"
+    [[ -f "$crate/extension.toml" ]] || echo "build.sh: warning: extensions/$name/extension.toml is missing" >&2
+
+    step "building $name"
+    started=$SECONDS
+    if ! "$CARGO" build "${offline[@]}" --release --target "$TARGET" -Zbuild-std=std,panic_abort \
+        --manifest-path "$crate/Cargo.toml"; then
+        echo "build.sh: error: cargo build failed for $name" >&2
+        failed+=("$name")
+        continue
+    fi
+    artifact="$CARGO_TARGET_DIR/$TARGET/release/$library.wasm"
+    [[ -f "$artifact" ]] || die "cargo succeeded but $artifact is missing (is crate-type = [\"cdylib\"] set?)"
+    # wasm32-wasip2 output is already a component: check the preamble (layer 1 = component).
+    if [[ "$(od -An -tx1 -j4 -N4 "$artifact" | tr -d ' \n')" != "0d000100" ]]; then
+        die "$artifact is a core module, not a component"
+    fi
+    install -m 0644 "$artifact" "$crate/$name.wasm"
+    if command -v wasm-tools >/dev/null; then
+        wasm-tools validate --features all "$crate/$name.wasm" || die "extensions/$name/$name.wasm does not validate"
+    fi
+    size=$(stat -c %s "$crate/$name.wasm")
+    printf '==> %s: extensions/%s/%s.wasm, %d bytes (%d KiB), %d s\n' \
+        "$name" "$name" "$name" "$size" $(((size + 1023) / 1024)) $((SECONDS - started))
+done
+
+if ((${#failed[@]})); then
+    die "failed: ${failed[*]}"
+fi
+step "done: ${names[*]}"
