@@ -12,6 +12,9 @@
 //! Everything is computed in `f64` and returned as `f32`, the model's input type.
 
 use std::f64::consts::PI;
+use std::sync::Arc;
+
+use rustfft::num_complex::Complex;
 
 /// Sample rate the front end runs at.
 const SAMPLE_RATE: f64 = 16_000.0;
@@ -47,8 +50,8 @@ pub(crate) struct Fbank {
     window: Vec<f64>,
     /// The mel filters.
     bins: Vec<MelBin>,
-    /// The FFT.
-    fft: Fft,
+    /// The FFT (the same `rustfft` the Whisper front end uses).
+    fft: Arc<dyn rustfft::Fft<f64>>,
 }
 
 impl Fbank {
@@ -83,7 +86,7 @@ impl Fbank {
                 MelBin { first: first.unwrap_or(0), weights }
             })
             .collect();
-        Self { window, bins, fft: Fft::new(FFT_LENGTH) }
+        Self { window, bins, fft: rustfft::FftPlanner::new().plan_fft_forward(FFT_LENGTH) }
     }
 
     /// Log-mel features of `samples` (already scaled as the model wants): one row of
@@ -93,8 +96,8 @@ impl Fbank {
         let frames = frame_count(samples.len());
         let mut out = Vec::with_capacity(frames * NUM_MEL_BINS);
         let mut frame = [0.0f64; FRAME_LENGTH];
-        let mut re = vec![0.0f64; FFT_LENGTH];
-        let mut im = vec![0.0f64; FFT_LENGTH];
+        let mut spectrum = vec![Complex::new(0.0f64, 0.0); FFT_LENGTH];
+        let mut scratch = vec![Complex::new(0.0f64, 0.0); self.fft.get_inplace_scratch_len()];
         let mut power = vec![0.0f64; FFT_LENGTH / 2 + 1];
         for f in 0..frames {
             let start = f * FRAME_SHIFT;
@@ -110,18 +113,17 @@ impl Fbank {
                 frame[i] -= PREEMPHASIS * frame[i - 1];
             }
             frame[0] -= PREEMPHASIS * frame[0];
-            re.fill(0.0);
-            im.fill(0.0);
-            for ((dst, &v), &w) in re.iter_mut().zip(frame.iter()).zip(self.window.iter()) {
-                *dst = v * w;
+            spectrum.fill(Complex::new(0.0, 0.0));
+            for ((dst, &v), &w) in spectrum.iter_mut().zip(frame.iter()).zip(self.window.iter()) {
+                dst.re = v * w;
             }
-            self.fft.run(&mut re, &mut im);
-            for (p, (r, i)) in power.iter_mut().zip(re.iter().zip(im.iter())) {
-                *p = r * r + i * i;
+            self.fft.process_with_scratch(&mut spectrum, &mut scratch);
+            for (p, c) in power.iter_mut().zip(spectrum.iter()) {
+                *p = c.norm_sqr();
             }
             for bin in &self.bins {
-                let spectrum = power.get(bin.first..).unwrap_or(&[]);
-                let energy: f64 = bin.weights.iter().zip(spectrum).map(|(w, p)| w * p).sum();
+                let band = power.get(bin.first..).unwrap_or(&[]);
+                let energy: f64 = bin.weights.iter().zip(band).map(|(w, p)| w * p).sum();
                 out.push(energy.max(f64::from(f32::EPSILON)).ln() as f32);
             }
         }
@@ -177,84 +179,9 @@ pub(crate) fn cmvn(feats: &mut [f32], neg_mean: &[f32], inv_stddev: &[f32]) {
     }
 }
 
-/// An in-place iterative radix-2 complex FFT of one power-of-two size.
-struct Fft {
-    /// `exp(-2πik/n)` for `k < n / 2`: (cos, sin) pairs.
-    twiddles: Vec<(f64, f64)>,
-    /// The bit-reversal permutation.
-    reversed: Vec<usize>,
-}
-
-impl Fft {
-    /// Tables for size `n` (a power of two).
-    fn new(n: usize) -> Self {
-        debug_assert!(n.is_power_of_two());
-        let bits = n.trailing_zeros();
-        let twiddles = (0..n / 2)
-            .map(|k| {
-                let angle = -2.0 * PI * k as f64 / n as f64;
-                (angle.cos(), angle.sin())
-            })
-            .collect();
-        let reversed = (0..n).map(|i| if bits == 0 { 0 } else { i.reverse_bits() >> (usize::BITS - bits) }).collect();
-        Self { twiddles, reversed }
-    }
-
-    /// Transforms `(re, im)` in place. Both must have the table size.
-    fn run(&self, re: &mut [f64], im: &mut [f64]) {
-        let n = self.reversed.len();
-        if re.len() != n || im.len() != n {
-            return;
-        }
-        for (i, &j) in self.reversed.iter().enumerate() {
-            if i < j {
-                re.swap(i, j);
-                im.swap(i, j);
-            }
-        }
-        let mut size = 2;
-        while size <= n {
-            let half = size / 2;
-            let step = n / size;
-            for start in (0..n).step_by(size) {
-                for k in 0..half {
-                    let (wr, wi) = self.twiddles[k * step];
-                    let (a, b) = (start + k, start + k + half);
-                    let tr = re[b] * wr - im[b] * wi;
-                    let ti = re[b] * wi + im[b] * wr;
-                    re[b] = re[a] - tr;
-                    im[b] = im[a] - ti;
-                    re[a] += tr;
-                    im[a] += ti;
-                }
-            }
-            size *= 2;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fft_matches_a_direct_dft() {
-        let n = 64;
-        let fft = Fft::new(n);
-        let signal: Vec<f64> = (0..n).map(|i| ((i * 7 % 13) as f64 - 6.0) * 0.3 + (i as f64 * 0.2).sin()).collect();
-        let mut re = signal.clone();
-        let mut im = vec![0.0; n];
-        fft.run(&mut re, &mut im);
-        for k in 0..n {
-            let (mut dr, mut di) = (0.0, 0.0);
-            for (t, x) in signal.iter().enumerate() {
-                let angle = -2.0 * PI * (k * t) as f64 / n as f64;
-                dr += x * angle.cos();
-                di += x * angle.sin();
-            }
-            assert!((re[k] - dr).abs() < 1e-9 && (im[k] - di).abs() < 1e-9, "bin {k}");
-        }
-    }
 
     #[test]
     fn frame_count_snips_edges() {
