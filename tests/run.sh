@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the system packages and fetches
-# the models (models/setup.sh), then runs every unit and end-to-end test.
+# the models (models/setup.sh), builds the WebAssembly extensions (extensions/build.sh, which
+# installs Debian's wasm toolchain), then runs every unit and end-to-end test, and the
+# extensions' own tests on the host.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 models/setup.sh
@@ -9,4 +11,11 @@ if ! python3 -c 'import onnx, numpy' 2>/dev/null; then
   python3 -m pip install --quiet "onnx>=1.16" "numpy>=1.24" ||
     python3 -m pip install --quiet --break-system-packages "onnx>=1.16" "numpy>=1.24"
 fi
-cargo test --workspace --locked --no-fail-fast
+extensions/build.sh
+status=0
+for manifest in extensions/*/Cargo.toml; do
+  echo "==> guest tests: ${manifest%/Cargo.toml}"
+  cargo test --quiet --manifest-path "$manifest" || status=1
+done
+cargo test --workspace --locked --no-fail-fast || status=1
+exit $status

@@ -26,6 +26,7 @@
 //! - [`text`]: sentence segmentation, emoji → emotion, markdown and `<think>` cleaning.
 //! - [`mcp`]: the MCP client that talks to the device's tools over the session.
 //! - [`tools`]: the one registry of tools offered to the LLM.
+//! - [`extensions`]: the WebAssembly extension host (tool, intent and memory components).
 //! - [`onnx`]: ONNX Runtime initialisation.
 //! - [`simulator`]: a device simulator that speaks the firmware's protocol (used by the
 //!   `simulate` subcommand and by the end-to-end tests).
@@ -35,6 +36,7 @@ pub mod audio;
 pub mod auth;
 pub mod config;
 pub mod connection;
+pub mod extensions;
 pub mod http;
 pub mod llm;
 pub mod mcp;

@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::{self, Config, ConfigSource};
+use crate::extensions::{ExtensionHost, HostServices, MemoryKv, Registry};
 use crate::http::{self, HttpContext};
 use crate::onnx;
 use crate::services::{ModelCache, Services};
@@ -99,12 +100,16 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     let config = Arc::new(loaded.config);
     let library = config.onnxruntime_path();
     onnx::init(&library).with_context(|| format!("ONNX Runtime ({})", library.display()))?;
+    let shutdown = CancellationToken::new();
+    let extensions = start_extensions(&config, &shutdown).await;
     let first = Arc::clone(&config);
     let (services, cache) = tokio::task::spawn_blocking(move || {
         let mut cache = ModelCache::default();
+        cache.extensions = extensions;
         Services::build(first, &mut cache).map(|services| (services, cache))
     })
     .await??;
+    let extensions = services.extensions.clone();
     let (config_tx, config_rx) = watch::channel(Arc::clone(&config));
     let (services_tx, services_rx) = watch::channel(Arc::new(services));
 
@@ -124,7 +129,6 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         .with_context(|| format!("cannot listen on {}:{}", config.server.ip, config.server.http_port))?;
     let http_addr = http_listener.local_addr()?;
 
-    let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let app = Arc::new(App {
         services: services_rx,
@@ -133,6 +137,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
             data_dir: options.data_dir.clone(),
             auth_key: Arc::from(key.as_str()),
             ws_port: ws_addr.port(),
+            extensions,
         },
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
@@ -149,6 +154,31 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     tasks.spawn(accept_loop(http_listener, Arc::clone(&app)));
     tracing::info!("WebSocket on ws://{ws_addr}{WS_PATH}/, OTA on http://{http_addr}/xiaozhi/ota/");
     Ok(RunningServer { ws_addr, http_addr, shutdown, tasks, _watcher: watcher })
+}
+
+/// Starts the WebAssembly extension host, loads the extension folders and watches them. A host
+/// that cannot start is logged and the server runs without extensions.
+async fn start_extensions(config: &Config, shutdown: &CancellationToken) -> Option<Arc<Registry>> {
+    let llm = match crate::llm::build(&config.providers.llm) {
+        Ok(llm) => Some(llm),
+        Err(e) => {
+            tracing::warn!("extensions get no LLM: {e}");
+            None
+        }
+    };
+    let services = HostServices { llm, kv: Arc::new(MemoryKv::new()) };
+    let host = match ExtensionHost::new(&config.extensions, services) {
+        Ok(host) => Arc::new(host),
+        Err(e) => {
+            tracing::error!("the extension host cannot start, running without extensions: {e:#}");
+            return None;
+        }
+    };
+    let registry = Registry::new(host, config.extensions.dirs.clone());
+    let serving = registry.reload().await;
+    tracing::info!("{serving} extension(s) loaded from {:?}", config.extensions.dirs);
+    crate::extensions::registry::watch(Arc::clone(&registry), shutdown.clone());
+    Some(registry)
 }
 
 async fn rebuild_services_on_change(

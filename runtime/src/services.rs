@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::asr::{self, Asr};
 use crate::audio::vad::{self, SileroModel, VadBatcher};
 use crate::config::{Config, SileroVadConfig, VadSpec};
+use crate::extensions::Registry;
 use crate::llm::{self, Llm};
 use crate::speaker::PhraseCache;
 use crate::tts::{self, Tts};
@@ -24,6 +25,8 @@ pub struct Services {
     pub tts: Arc<dyn Tts>,
     /// The Silero VAD batcher: one model and one inference thread shared by all sessions.
     pub vad: Arc<VadBatcher>,
+    /// The WebAssembly extensions (tools, intent, memory), when the host could start.
+    pub extensions: Option<Arc<Registry>>,
     /// Encoded fixed phrases, shared by all sessions and kept across config changes.
     pub phrases: Arc<PhraseCache>,
     /// Describes the voice and downlink format: the phrase cache key prefix.
@@ -56,6 +59,8 @@ pub struct ModelCache {
     asr: Option<(String, Arc<dyn Asr>)>,
     tts: Option<(String, Arc<dyn Tts>)>,
     phrases: Arc<PhraseCache>,
+    /// The extension registry: created once at start-up, carried over every rebuild.
+    pub extensions: Option<Arc<Registry>>,
 }
 
 /// Returns the cached value when `key` matches, else builds, caches and returns a new one.
@@ -99,6 +104,16 @@ impl Services {
         };
         // A phrase is cached per voice and downlink format: any change of those is another key.
         let voice_key = format!("{:?}|{:?}|{:?}", p.tts, config.xiaozhi.audio_params, config.audio);
-        Ok(Self { config, asr, llm, tts, vad, vad_config, phrases: Arc::clone(&cache.phrases), voice_key })
+        Ok(Self {
+            config,
+            asr,
+            llm,
+            tts,
+            vad,
+            vad_config,
+            extensions: cache.extensions.clone(),
+            phrases: Arc::clone(&cache.phrases),
+            voice_key,
+        })
     }
 }

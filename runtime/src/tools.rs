@@ -1,11 +1,12 @@
 //! The one registry of tools offered to the LLM in a turn, and what a tool call does.
 //!
-//! Today the tools are the device's MCP tools (issue #4 adds WebAssembly extension tools here).
-//! Name-clash rule: names are unique in what the LLM sees. Device tools are exposed under their
-//! sanitized names (`self.audio_speaker.set_volume` → `self_audio_speaker_set_volume`); two
-//! device names that sanitize alike keep both, the later with a numeric suffix (logged). When
-//! server-side tools arrive, a server tool keeps its name and a clashing device tool is the one
-//! renamed, with a warning — never silently dropped.
+//! The tools are the server's WebAssembly extension tools and the device's MCP tools.
+//! Name-clash rule: names are unique in what the LLM sees. Extension tools keep their names (the
+//! registry's snapshot at the start of the turn; in id order, a later extension offering a name
+//! already taken is skipped for that name, with a warning). Device tools are exposed under their
+//! sanitized names (`self.audio_speaker.set_volume` → `self_audio_speaker_set_volume`); a device
+//! tool whose name is taken by an extension tool, or two device names that sanitize alike, keep
+//! both: the later one gets a numeric suffix, logged — never silently dropped.
 //!
 //! A tool call ends in a [`ToolAction`] that mirrors the Python server's `ActionResponse`.
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::extensions::{CallContext, ExtensionHost, Kind, Snapshot, ToolAction as ExtAction, ToolResult};
 use crate::llm::ToolSpec;
 use crate::mcp::McpClient;
 
@@ -37,23 +39,52 @@ pub enum ToolAction {
 #[derive(Clone, Default)]
 pub struct ToolBox {
     mcp: Option<Arc<McpClient>>,
+    extensions: Option<ExtensionTools>,
+}
+
+/// The extension tools of one turn: a snapshot of the registry (in-flight calls keep the version
+/// they started with) and who the calls are for.
+#[derive(Clone)]
+pub struct ExtensionTools {
+    /// The registry's snapshot at the start of the turn.
+    pub snapshot: Arc<Snapshot>,
+    /// The host that runs them.
+    pub host: Arc<ExtensionHost>,
+    /// Device, session and language of the calls.
+    pub context: CallContext,
 }
 
 impl ToolBox {
-    /// Tools of a session whose device may offer MCP tools.
-    pub fn new(mcp: Option<Arc<McpClient>>) -> Self {
-        Self { mcp }
+    /// Tools of a session: its device's MCP tools (if any) and the server's extension tools.
+    pub fn new(mcp: Option<Arc<McpClient>>, extensions: Option<ExtensionTools>) -> Self {
+        Self { mcp, extensions }
     }
 
     /// The tool definitions offered to the LLM. Waits briefly for the device's tool list when
     /// the session has only just started.
     pub async fn specs(&self) -> Vec<ToolSpec> {
-        let Some(mcp) = &self.mcp else { return Vec::new() };
-        mcp.wait_ready(MCP_READY_WAIT).await;
-        mcp.tools()
-            .into_iter()
-            .map(|t| ToolSpec { name: t.exposed, description: t.description, parameters: t.input_schema })
-            .collect()
+        let mut specs: Vec<ToolSpec> = Vec::new();
+        if let Some(ext) = &self.extensions {
+            for loaded in ext.snapshot.of_kind(Kind::Tool) {
+                for tool in &loaded.tools {
+                    if specs.iter().any(|s| s.name == tool.name) {
+                        tracing::warn!(extension = %loaded.id(), "tool {} is offered twice; the first extension keeps it", tool.name);
+                        continue;
+                    }
+                    let parameters = serde_json::from_str(&tool.parameters_json)
+                        .unwrap_or_else(|_| serde_json::json!({"type": "object"}));
+                    specs.push(ToolSpec { name: tool.name.clone(), description: tool.description.clone(), parameters });
+                }
+            }
+        }
+        if let Some(mcp) = &self.mcp {
+            mcp.wait_ready(MCP_READY_WAIT).await;
+            for t in mcp.tools() {
+                let name = unique_name(&specs, &t.exposed);
+                specs.push(ToolSpec { name, description: t.description, parameters: t.input_schema });
+            }
+        }
+        specs
     }
 
     /// Runs the tool the LLM called `name` with `arguments` (JSON text).
@@ -67,16 +98,68 @@ impl ToolBox {
                 }
             },
         };
+        if let Some(ext) = &self.extensions
+            && let Some(loaded) = ext.snapshot.tool_owner(name)
+        {
+            return match ext.host.call_tool(loaded, name, arguments, ext.context.clone()).await {
+                Ok(result) => action_from_extension(result),
+                Err(e) => ToolAction::Error(format!("{name} failed: {e}")),
+            };
+        }
         let Some(mcp) = &self.mcp else {
             return ToolAction::Error(format!("no tool named {name}"));
         };
-        let Some(tool) = mcp.tools().into_iter().find(|t| t.exposed == name) else {
+        // The same order and renaming as `specs`, so a renamed device tool is found again.
+        let taken: Vec<ToolSpec> = match &self.extensions {
+            Some(ext) => ext
+                .snapshot
+                .of_kind(Kind::Tool)
+                .flat_map(|l| l.tools.iter())
+                .map(|t| ToolSpec { name: t.name.clone(), description: String::new(), parameters: Value::Null })
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut listed = taken;
+        let mut found = None;
+        for t in mcp.tools() {
+            let exposed = unique_name(&listed, &t.exposed);
+            if exposed == name {
+                found = Some(t.clone());
+            }
+            listed.push(ToolSpec { name: exposed, description: String::new(), parameters: Value::Null });
+        }
+        let Some(tool) = found else {
             return ToolAction::Error(format!("no tool named {name}"));
         };
         match mcp.call(&tool.name, args, timeout).await {
             Ok(text) => action_from_device_text(text),
             Err(e) => ToolAction::Error(format!("{name} failed: {e}")),
         }
+    }
+}
+
+/// `name`, or `name_2`, `name_3`, … if an earlier tool already took it.
+fn unique_name(taken: &[ToolSpec], name: &str) -> String {
+    let mut candidate = name.to_string();
+    let mut n = 2;
+    while taken.iter().any(|t| t.name == candidate) {
+        candidate = format!("{name}_{n}");
+        n += 1;
+    }
+    if candidate != name {
+        tracing::warn!("device tool {name} is exposed as {candidate}: an extension tool has its name");
+    }
+    candidate
+}
+
+/// An extension's result as the turn's action (`record` is spoken and recorded, like `response`).
+fn action_from_extension(result: ToolResult) -> ToolAction {
+    match result.action {
+        ExtAction::None => ToolAction::None,
+        ExtAction::Response | ExtAction::Record => {
+            ToolAction::Response(result.response.or(result.result).unwrap_or_default())
+        }
+        ExtAction::ReqLlm => ToolAction::ReqLlm(result.result.or(result.response).unwrap_or_default()),
     }
 }
 

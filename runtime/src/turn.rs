@@ -28,6 +28,9 @@ use crate::tools::{ToolAction, ToolBox};
 /// Most LLM calls in one turn (the first answer plus tool-result rounds), as in the Python server.
 pub const MAX_LLM_ROUNDS: usize = 5;
 
+/// The tool whose spoken response ends the conversation (the built-in `handle_exit_intent`).
+pub const EXIT_TOOL: &str = "handle_exit_intent";
+
 /// Shortest utterance worth sending to ASR.
 pub const MIN_SPEECH_SAMPLES: usize = 16_000 / 4;
 
@@ -215,6 +218,10 @@ async fn think(ctx: &TurnContext, out: &mut TurnOutcome, sentences: mpsc::Sender
                 ToolAction::None => "done".to_string(),
                 ToolAction::Response(text) => {
                     say(&sentences, &text, false).await;
+                    // As in the Python server, the exit tool's goodbye ends the conversation.
+                    if call.name == EXIT_TOOL {
+                        out.close = true;
+                    }
                     text
                 }
                 ToolAction::ReqLlm(result) => {

@@ -59,10 +59,13 @@ impl TestServer {
         let models = repo_root().join("models").canonicalize().context("models/ is missing: run models/fetch.sh")?;
         let yaml = format!(
             "server:\n  ip: 127.0.0.1\n  port: 0\n  http_port: 0\n{server_extra}\
+             extensions:\n  dirs: [\"{extensions}\"]\n  cache_dir: \"{cache}\"\n\
              models:\n  dir: \"{models}\"\n\
              VAD:\n  SileroVAD:\n    type: silero\n    model_dir: \"{models}\"\n    min_silence_duration_ms: 500\n\
              {mock}{extra}",
             models = models.display(),
+            extensions = repo_root().join("extensions").display(),
+            cache = dir.path().join("cache").display(),
             mock = providers,
         );
         std::fs::write(dir.path().join(".config.yaml"), yaml)?;

@@ -101,6 +101,7 @@ impl Default for Config {
             models: ModelsConfig::default(),
             activation: ActivationConfig::default(),
             manager_api: ManagerApiConfig::default(),
+            extensions: ExtensionsConfig::default(),
             providers: Providers::default(),
         }
     }
@@ -195,6 +196,16 @@ impl Default for ModelsConfig {
 impl Default for ManagerApiConfig {
     fn default() -> Self {
         Self { url: String::new(), secret: String::new(), timeout: 30, max_retries: 6, retry_delay: 10 }
+    }
+}
+
+impl Default for ExtensionsConfig {
+    fn default() -> Self {
+        Self {
+            dirs: vec![PathBuf::from("extensions")],
+            cache_dir: PathBuf::from("data/.cache/extensions"),
+            grants: BTreeMap::new(),
+        }
     }
 }
 

@@ -85,6 +85,8 @@ pub struct Config {
     /// `server.auth_key` is empty); reading the whole config from the API is not supported.
     #[serde(rename = "manager-api")]
     pub manager_api: ManagerApiConfig,
+    /// WebAssembly extensions: where they are installed and what each one is granted.
+    pub extensions: ExtensionsConfig,
     /// The selected providers, typed; filled by [`load()`], never read from YAML.
     #[serde(skip)]
     pub providers: Providers,
@@ -247,6 +249,38 @@ pub struct ManagerApiConfig {
     pub max_retries: u32,
     /// Seconds between retries (accepted for compatibility).
     pub retry_delay: u64,
+}
+
+/// `extensions:` — WebAssembly extensions (tools, intent, memory).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExtensionsConfig {
+    /// Directories searched for extensions; each extension is a sub-directory holding
+    /// `extension.toml` and `<id>.wasm`.
+    pub dirs: Vec<PathBuf>,
+    /// Where compiled extensions are cached (owned by the server, never an extension directory).
+    pub cache_dir: PathBuf,
+    /// What the operator grants each extension, by extension id. Everything not granted here is
+    /// denied, and an extension whose manifest asks for more than its grant is not loaded.
+    pub grants: BTreeMap<String, Grant>,
+}
+
+/// `extensions.grants.<id>:` — the capabilities granted to one extension.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Grant {
+    /// Hosts the extension may send HTTP requests to (exact host names, any port).
+    pub http_hosts: Vec<String>,
+    /// Whether the extension may use its key/value store.
+    pub kv: bool,
+    /// Whether the extension may use the server's LLM.
+    pub llm: bool,
+    /// The settings the extension can read, by key.
+    pub config: BTreeMap<String, String>,
+    /// Most linear memory the extension may use, in MiB; empty = the host maximum.
+    pub memory_mb: Option<u32>,
+    /// Longest single call, in milliseconds; empty = the host maximum.
+    pub timeout_ms: Option<u32>,
 }
 
 /// The selected providers, parsed into their typed settings.

@@ -55,6 +55,8 @@ pub struct HttpContext {
     pub auth_key: Arc<str>,
     /// The port the WebSocket listener really bound (given to devices in the OTA answer).
     pub ws_port: u16,
+    /// The extension registry (`GET /xiaozhi/extensions`, `POST /xiaozhi/extensions/reload`).
+    pub extensions: Option<Arc<crate::extensions::Registry>>,
 }
 
 /// Answers one plain HTTP request. Never fails: every problem is an HTTP status.
@@ -98,6 +100,21 @@ where
         (&Method::GET, p) if p.starts_with(DOWNLOAD_PREFIX) => {
             download(p.strip_prefix(DOWNLOAD_PREFIX).unwrap_or_default(), ctx).await
         }
+        (&Method::GET, "/xiaozhi/extensions" | "/xiaozhi/extensions/") => match &ctx.extensions {
+            Some(registry) => json_response(StatusCode::OK, &json!({"extensions": registry.status()})),
+            None => {
+                json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"message": "the extension host is not running"}))
+            }
+        },
+        (&Method::POST, "/xiaozhi/extensions/reload") => match &ctx.extensions {
+            Some(registry) => {
+                let serving = registry.reload().await;
+                json_response(StatusCode::OK, &json!({"serving": serving, "extensions": registry.status()}))
+            }
+            None => {
+                json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"message": "the extension host is not running"}))
+            }
+        },
         _ => json_response(StatusCode::NOT_FOUND, &json!({"success": false, "message": "not found"})),
     }
 }
@@ -300,8 +317,13 @@ mod tests {
         let mut config = Config::default();
         edit(&mut config);
         let (tx, rx) = tokio::sync::watch::channel(Arc::new(config));
-        let ctx =
-            HttpContext { config: rx, data_dir: dir.path().to_path_buf(), auth_key: Arc::from("k3y"), ws_port: 18000 };
+        let ctx = HttpContext {
+            config: rx,
+            data_dir: dir.path().to_path_buf(),
+            auth_key: Arc::from("k3y"),
+            ws_port: 18000,
+            extensions: None,
+        };
         Fixture { _dir: dir, ctx, _tx: tx }
     }
 

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audio::UPLINK_SAMPLE_RATE;
 use crate::connection::{self, Outbox, WsReader, WsStream};
+use crate::extensions::CallContext;
 use crate::llm::{ChatMessage, Role};
 use crate::mcp::McpClient;
 use crate::protocol::frame::{self, ProtocolVersion};
@@ -32,7 +33,7 @@ use crate::protocol::message::{
 use crate::services::Services;
 use crate::speaker::Speaker;
 use crate::text;
-use crate::tools::ToolBox;
+use crate::tools::{ExtensionTools, ToolBox};
 use crate::turn::{self, TurnContext, TurnInput, TurnOutcome};
 
 mod listener;
@@ -405,7 +406,7 @@ impl Session {
             history: self.history.clone(),
             outbox: self.outbox.clone(),
             speaker,
-            tools: ToolBox::new(self.mcp.clone()),
+            tools: ToolBox::new(self.mcp.clone(), self.extension_tools()),
             cancel: cancel.clone(),
         };
         let done = self.turn_tx.clone();
@@ -414,6 +415,20 @@ impl Session {
             let _ = done.send((id, outcome)).await;
         }));
         self.turn = Some(ActiveTurn { id, cancel });
+    }
+
+    /// The extension tools for a new turn: the registry's current snapshot.
+    fn extension_tools(&self) -> Option<ExtensionTools> {
+        let registry = self.services.extensions.as_ref()?;
+        Some(ExtensionTools {
+            snapshot: registry.snapshot(),
+            host: Arc::clone(registry.host()),
+            context: CallContext {
+                device_id: self.device.device_id.clone(),
+                session_id: self.sid(),
+                language: String::new(),
+            },
+        })
     }
 
     fn cancel_turn(&mut self) {

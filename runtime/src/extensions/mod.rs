@@ -1,0 +1,195 @@
+//! WebAssembly extensions: tools (LLM function calls), intent recognition and long-term memory
+//! as components built against the WIT package `xiaozhi:extension@0.1.0`
+//! (`wit/xiaozhi-extension@0.1.0/`, described in `extensions/README.md`).
+//!
+//! - [`manifest`]: `extension.toml` (id, WIT version, kinds, requested capabilities).
+//! - [`grant`]: declare and grant: the manifest's requests checked against the operator's
+//!   `extensions.grants.<id>`; everything else is denied.
+//! - [`host`]: the [`ExtensionHost`]: one Wasmtime engine (epoch interruption, pooling allocator
+//!   when available), the compile cache, loading, and calls in a fresh store per call with memory,
+//!   time and concurrency limits.
+//! - `iface`: the host imports (`log`, `config`, `kv`, `http`, `llm`), each checking the grant
+//!   before doing anything; [`KvStore`] and [`MemoryKv`] for the key/value store.
+//!
+//! A failing extension (trap, out of memory, deadline, bad output) never takes the server down:
+//! every failure is an [`ExtensionError`] naming the extension.
+
+mod bindings;
+pub mod grant;
+pub mod host;
+mod iface;
+pub mod manifest;
+pub mod registry;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use grant::{EffectiveGrant, GrantError};
+pub use host::{CallState, ExtensionHost, HostServices, LoadedExtension};
+pub use iface::kv::{KvError, KvStore, MemoryKv, kv_namespace};
+pub use manifest::{Kind, Manifest, ManifestError};
+pub use registry::{Registry, Snapshot};
+
+/// One tool offered by an extension (the WIT `tool-definition`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolDefinition {
+    /// Function name shown to the LLM (`[A-Za-z0-9_-]{1,64}`, checked on load).
+    pub name: String,
+    /// What the tool does, for the LLM.
+    pub description: String,
+    /// JSON schema of the arguments (an object schema; checked to be a JSON object on load).
+    pub parameters_json: String,
+}
+
+/// What the host does with a tool result (mirrors the Python server's `Action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolAction {
+    /// Nothing more.
+    None,
+    /// Speak `response` as is.
+    Response,
+    /// Give `result` to the LLM as the tool message and ask it again.
+    ReqLlm,
+    /// Write the call and its result into the history without calling the LLM.
+    Record,
+}
+
+/// The outcome of a successful tool call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolResult {
+    /// What the host does next.
+    pub action: ToolAction,
+    /// Text for the LLM (the tool message).
+    pub result: Option<String>,
+    /// Text for the user (spoken).
+    pub response: Option<String>,
+}
+
+/// What an intent extension decided about an utterance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntentDecision {
+    /// Let the normal chat handle the text.
+    ContinueChat,
+    /// Call a tool with arguments (a JSON object text).
+    CallTool {
+        /// The tool name.
+        name: String,
+        /// The arguments as JSON text.
+        arguments_json: String,
+    },
+    /// Speak this text and skip the LLM.
+    Reply(String),
+    /// End the conversation.
+    Exit,
+}
+
+/// Who a call is made for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallContext {
+    /// The device id (normally the MAC address); also the key/value namespace.
+    pub device_id: String,
+    /// The session id of the connection.
+    pub session_id: String,
+    /// The conversation language (BCP 47 tag or a name).
+    pub language: String,
+}
+
+/// Why loading or calling an extension failed. Every case names the extension (or its path).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExtensionError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {message}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        message: String,
+    },
+    /// `extension.toml` is invalid (the message names the file).
+    #[error("{path}: {source}")]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// What is wrong.
+        source: ManifestError,
+    },
+    /// The manifest asks for something the operator did not grant.
+    #[error(transparent)]
+    Grant(#[from] GrantError),
+    /// The wasm file is a core module or not WebAssembly at all.
+    #[error("extension {id}: {path} {what}")]
+    NotAComponent {
+        /// The extension id.
+        id: String,
+        /// The wasm file.
+        path: PathBuf,
+        /// What the file is instead.
+        what: &'static str,
+    },
+    /// Wasmtime could not compile (or validate) the component.
+    #[error("extension {id}: the component does not compile: {message}")]
+    Compile {
+        /// The extension id.
+        id: String,
+        /// Wasmtime's error.
+        message: String,
+    },
+    /// The component's imports or exports do not fit the host or the manifest.
+    #[error("extension {id}: {message}")]
+    Link {
+        /// The extension id.
+        id: String,
+        /// What does not fit.
+        message: String,
+    },
+    /// The extension is called for a kind its manifest does not declare.
+    #[error("extension {id} is not a {kind:?} extension")]
+    WrongKind {
+        /// The extension id.
+        id: String,
+        /// The kind asked for.
+        kind: Kind,
+    },
+    /// The guest trapped (a bug, `unreachable`, running out of its memory cap, ...).
+    #[error("extension {id} failed in {call}: {message}")]
+    Trap {
+        /// The extension id.
+        id: String,
+        /// The export called (`tool.call`, ...).
+        call: &'static str,
+        /// The trap and its context.
+        message: String,
+    },
+    /// The call ran past its time limit and was stopped.
+    #[error("extension {id} ran out of time in {call} (limit {limit:?})")]
+    Timeout {
+        /// The extension id.
+        id: String,
+        /// The export called.
+        call: &'static str,
+        /// The limit.
+        limit: Duration,
+    },
+    /// The guest returned its own `extension-error`.
+    #[error("extension {id} returned an error from {call}: {message}")]
+    Guest {
+        /// The extension id.
+        id: String,
+        /// The export called.
+        call: &'static str,
+        /// The guest's error case and message.
+        message: String,
+    },
+    /// The guest's answer is unusable (for example a tool definition with a bad name).
+    #[error("extension {id}: invalid answer from {call}: {message}")]
+    InvalidOutput {
+        /// The extension id.
+        id: String,
+        /// The export called.
+        call: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}

@@ -1,0 +1,521 @@
+//! Tests of the extension host with real components: the `get_time` guest built by
+//! `extensions/build.sh get_time`, and small components written here in WAT that misbehave.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::config::{ExtensionsConfig, Grant};
+
+/// The `get_time` extension directory; fails with the fix when the guest is not built.
+fn get_time_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../extensions/get_time");
+    assert!(
+        dir.join("get_time.wasm").is_file(),
+        "{}/get_time.wasm is missing: run `extensions/build.sh get_time` first",
+        dir.display()
+    );
+    dir
+}
+
+fn host(cache: &Path, grants: &[(&str, Grant)]) -> ExtensionHost {
+    let config = ExtensionsConfig {
+        dirs: Vec::new(),
+        cache_dir: cache.to_owned(),
+        grants: grants.iter().map(|(id, grant)| ((*id).to_owned(), grant.clone())).collect(),
+    };
+    let services = HostServices { llm: None, kv: Arc::new(MemoryKv::new()) };
+    ExtensionHost::new(&config, services).expect("host starts")
+}
+
+fn ctx(device: &str, language: &str) -> CallContext {
+    CallContext { device_id: device.into(), session_id: "s1".into(), language: language.into() }
+}
+
+/// Writes an extension directory `<root>/<id>/` with `manifest_extra` appended to a minimal tool
+/// manifest and `wasm` as `<id>.wasm`.
+fn write_extension(root: &Path, id: &str, manifest: &str, wasm: &[u8]) -> PathBuf {
+    let dir = root.join(id);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("extension.toml"), manifest).expect("manifest");
+    std::fs::write(dir.join(format!("{id}.wasm")), wasm).expect("wasm");
+    dir
+}
+
+fn tool_manifest(id: &str, capabilities: &str) -> String {
+    format!(
+        "id = \"{id}\"\nversion = \"0.1.0\"\nwit = \"xiaozhi:extension@0.1.0\"\nkinds = [\"tool\"]\n\n[capabilities]\n{capabilities}\n"
+    )
+}
+
+/// A tool component whose `describe` returns no tools and whose `call` runs `call_body` (core
+/// wasm instructions ending in an `i32` or diverging).
+fn tool_component(call_body: &str) -> Vec<u8> {
+    let wat = format!(
+        r#"(component
+  (core module $m
+    (memory (export "mem") 1)
+    (global $bump (mut i32) (i32.const 1024))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $p i32)
+      global.get $bump
+      local.set $p
+      global.get $bump
+      local.get 3
+      i32.add
+      global.set $bump
+      local.get $p)
+    ;; An empty list<tool-definition>: (pointer, length) = (0, 0) at address 16.
+    (func (export "describe") (result i32) i32.const 16)
+    (func (export "call") (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
+      {call_body}))
+  (core instance $i (instantiate $m))
+  (type $action' (enum "none" "response" "req-llm" "record"))
+  (export $action "tool-action" (type $action'))
+  (type $def' (record (field "name" string) (field "description" string) (field "parameters-json" string)))
+  (type $ctx' (record (field "device-id" string) (field "session-id" string) (field "language" string)))
+  (type $res' (record (field "action" $action) (field "result" (option string)) (field "response" (option string))))
+  (type $err' (variant (case "invalid-arguments" string) (case "not-found" string) (case "denied" string)
+    (case "timed-out" string) (case "failed" string)))
+  (export $def "tool-definition" (type $def'))
+  (export $ctx "call-context" (type $ctx'))
+  (export $res "tool-result" (type $res'))
+  (export $err "extension-error" (type $err'))
+  (func $describe (result (list $def))
+    (canon lift (core func $i "describe") (memory (core memory $i "mem")) (realloc (core func $i "realloc"))))
+  (func $call (param "name" string) (param "arguments-json" string) (param "context" $ctx)
+    (result (result $res (error $err)))
+    (canon lift (core func $i "call") (memory (core memory $i "mem")) (realloc (core func $i "realloc"))))
+  (instance $tool (export "describe" (func $describe)) (export "call" (func $call)))
+  (export "xiaozhi:extension/tool@0.1.0" (instance $tool)))"#
+    );
+    wat::parse_str(wat).expect("valid WAT")
+}
+
+/// Today in UTC+8 as `get_time` writes it in Chinese, for now and a moment later (midnight).
+fn expected_dates() -> [String; 2] {
+    let day = |t: chrono::DateTime<chrono::Utc>| {
+        let local = t + chrono::Duration::hours(8);
+        local.format("%Y年%-m月%-d日").to_string()
+    };
+    let now = chrono::Utc::now();
+    [day(now), day(now + chrono::Duration::seconds(5))]
+}
+
+async fn assert_get_time_works(host: &ExtensionHost, ext: &LoadedExtension) {
+    let result = host.call_tool(ext, "get_time", "{}", ctx("aa:bb", "zh-CN")).await.expect("get_time call");
+    assert_eq!(result.action, ToolAction::ReqLlm);
+    let text = result.result.expect("a result for the LLM");
+    assert!(expected_dates().iter().any(|date| text.contains(date.as_str())), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_time_loads_describes_and_answers_with_the_date() {
+    let dir = get_time_dir();
+    let cache = tempfile::tempdir().expect("tempdir");
+    let host = host(cache.path(), &[]);
+
+    let started = Instant::now();
+    let ext = host.load(&dir).await.expect("get_time loads");
+    let cold = started.elapsed();
+    assert!(!ext.from_cache);
+    assert_eq!(ext.wasm_sha256.len(), 64);
+    assert!(host.cache_file(&ext.wasm_sha256).is_file(), "compiled code is cached");
+
+    let started = Instant::now();
+    let cached = host.load(&dir).await.expect("get_time loads again");
+    let warm = started.elapsed();
+    assert!(cached.from_cache, "the second load hits the compile cache");
+
+    // A new host (a restart) with the same cache directory hits it too.
+    let restarted = self::host(cache.path(), &[]);
+    assert!(restarted.load(&dir).await.expect("loads after restart").from_cache);
+    println!("get_time load: cold (compile) {cold:?}, cached {warm:?}; pooling allocator: {}", host.uses_pooling());
+
+    assert_eq!(ext.tools.len(), 1);
+    let tools = host.describe(&ext).await.expect("describe");
+    assert_eq!(tools, ext.tools);
+    assert_eq!(tools[0].name, "get_time");
+    let schema: serde_json::Value = serde_json::from_str(&tools[0].parameters_json).expect("JSON schema");
+    assert_eq!(schema["type"], "object");
+
+    assert_get_time_works(&host, &ext).await;
+    let english = host.call_tool(&ext, "get_time", "{}", ctx("aa:bb", "en-US")).await.expect("call");
+    let english = english.result.unwrap_or_default();
+    assert!(english.starts_with("Date: ") && english.contains("Chinese lunar date"), "{english}");
+
+    let err = host.call_tool(&ext, "no_such_tool", "{}", ctx("aa:bb", "zh")).await.expect_err("unknown tool");
+    assert!(matches!(err, ExtensionError::Guest { ref message, .. } if message.starts_with("not found")), "{err}");
+    let err = host.call_tool(&ext, "get_time", "{\"timezone_offset_minutes\": 9999}", ctx("d", "zh")).await;
+    assert!(matches!(err, Err(ExtensionError::Guest { .. })), "{err:?}");
+    let err = host.memory_query(&ext, "hi", ctx("d", "zh")).await.expect_err("not a memory extension");
+    assert!(matches!(err, ExtensionError::WrongKind { kind: Kind::Memory, .. }), "{err}");
+
+    let calls = 20;
+    let started = Instant::now();
+    for _ in 0..calls {
+        host.call_tool(&ext, "get_time", "{}", ctx("aa:bb", "zh")).await.expect("call");
+    }
+    println!("get_time call (fresh store + instantiate + call): {:?} on average", started.elapsed() / calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_components_fail_cleanly_and_the_host_serves_on() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let host = host(&root.path().join("cache"), &[]);
+    let get_time = host.load(&get_time_dir()).await.expect("get_time loads");
+
+    // A trap.
+    let dir = write_extension(root.path(), "trap", &tool_manifest("trap", ""), &tool_component("unreachable"));
+    let ext = host.load(&dir).await.expect("loads: describe works");
+    assert!(ext.tools.is_empty());
+    let err = host.call_tool(&ext, "x", "{}", ctx("d", "zh")).await.expect_err("traps");
+    println!("trap: {err}");
+    let ExtensionError::Trap { id, call, message } = &err else { panic!("expected a trap, got {err}") };
+    assert_eq!((id.as_str(), *call), ("trap", "tool.call"));
+    assert!(message.contains("unreachable"), "{message}");
+    assert_get_time_works(&host, &get_time).await;
+
+    // An infinite loop ends by the epoch deadline.
+    let timeout = Duration::from_millis(200);
+    let manifest = tool_manifest("spin", "timeout_ms = 200");
+    let dir = write_extension(root.path(), "spin", &manifest, &tool_component("(loop $l (br $l)) unreachable"));
+    let ext = host.load(&dir).await.expect("loads");
+    let started = Instant::now();
+    let err = host.call_tool(&ext, "x", "{}", ctx("d", "zh")).await.expect_err("runs out of time");
+    let elapsed = started.elapsed();
+    println!("infinite loop stopped after {elapsed:?} (limit {timeout:?})");
+    assert!(matches!(err, ExtensionError::Timeout { ref id, limit, .. } if id == "spin" && limit == timeout), "{err}");
+    assert!(elapsed >= timeout && elapsed <= timeout + Duration::from_millis(100), "{elapsed:?}");
+    assert_get_time_works(&host, &get_time).await;
+
+    // Growing memory past the cap (16 MiB here) traps instead of taking the host's memory.
+    let grow = "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) i32.const 16";
+    let dir = write_extension(root.path(), "hog", &tool_manifest("hog", "memory_mb = 16"), &tool_component(grow));
+    let ext = host.load(&dir).await.expect("loads");
+    let err = host.call_tool(&ext, "x", "{}", ctx("d", "zh")).await.expect_err("out of memory");
+    println!("memory cap: {err}");
+    let ExtensionError::Trap { message, .. } = &err else { panic!("expected a trap, got {err}") };
+    assert!(message.contains("memory"), "{message}");
+    assert_get_time_works(&host, &get_time).await;
+
+    // Many calls at once all end cleanly, and the host still works.
+    let calls = (0..8).map(|_| host.call_tool(&ext, "x", "{}", ctx("d", "zh")));
+    for result in futures_util::future::join_all(calls).await {
+        assert!(matches!(result, Err(ExtensionError::Trap { .. })), "{result:?}");
+    }
+    assert_get_time_works(&host, &get_time).await;
+}
+
+#[tokio::test]
+async fn bad_extensions_are_refused_with_clear_errors() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let grants = [("wants_kv", Grant { kv: false, ..Grant::default() })];
+    let host = host(&root.path().join("cache"), &grants);
+    let good = tool_component("unreachable");
+
+    let core = wat::parse_str("(module (func (export \"f\")))").expect("core module");
+    let dir = write_extension(root.path(), "core", &tool_manifest("core", ""), &core);
+    let err = host.load(&dir).await.err().expect("a core module is refused");
+    assert!(err.to_string().contains("is a core WebAssembly module, not a component"), "{err}");
+
+    let dir = write_extension(root.path(), "junk", &tool_manifest("junk", ""), b"#!/bin/sh\necho hi\n");
+    let err = host.load(&dir).await.err().expect("garbage is refused");
+    assert!(err.to_string().contains("is not a WebAssembly binary"), "{err}");
+
+    let truncated = &good[..good.len() / 2];
+    let dir = write_extension(root.path(), "cut", &tool_manifest("cut", ""), truncated);
+    let err = host.load(&dir).await.err().expect("a truncated component is refused");
+    assert!(matches!(err, ExtensionError::Compile { .. }), "{err}");
+
+    let manifest = tool_manifest("future", "").replace("@0.1.0", "@0.2.0");
+    let dir = write_extension(root.path(), "future", &manifest, &good);
+    let err = host.load(&dir).await.err().expect("another WIT version is refused");
+    assert!(
+        err.to_string().ends_with(
+            "extension future targets WIT xiaozhi:extension@0.2.0; this server supports xiaozhi:extension@0.1.0"
+        ),
+        "{err}"
+    );
+
+    let dir = write_extension(root.path(), "wants_kv", &tool_manifest("wants_kv", "kv = true"), &good);
+    let err = host.load(&dir).await.err().expect("kv not granted");
+    assert_eq!(err.to_string(), "extension wants_kv requests kv, not granted in extensions.grants.wants_kv.kv");
+
+    let manifest = tool_manifest("weather", "http_hosts = [\"api.example.com\"]");
+    let dir = write_extension(root.path(), "weather", &manifest, &good);
+    let err = host.load(&dir).await.err().expect("http host not granted");
+    assert_eq!(
+        err.to_string(),
+        "extension weather requests http host api.example.com, not granted in extensions.grants.weather.http_hosts"
+    );
+
+    let manifest = tool_manifest("intent_only", "").replace("[\"tool\"]", "[\"intent\"]");
+    let dir = write_extension(root.path(), "intent_only", &manifest, &good);
+    let err = host.load(&dir).await.err().expect("the declared export is missing");
+    assert!(err.to_string().contains("does not export xiaozhi:extension/intent@0.1.0"), "{err}");
+
+    let err = host.load(&root.path().join("nowhere")).await.err().expect("no directory");
+    assert!(matches!(err, ExtensionError::Io { .. }), "{err}");
+
+    // The host still loads and runs a good extension.
+    let get_time = host.load(&get_time_dir()).await.expect("get_time loads");
+    assert_get_time_works(&host, &get_time).await;
+}
+
+#[tokio::test]
+async fn a_corrupt_cache_file_is_replaced() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let host = host(&root.path().join("cache"), &[]);
+    let wasm = tool_component("unreachable");
+    let dir = write_extension(root.path(), "cached", &tool_manifest("cached", ""), &wasm);
+    let ext = host.load(&dir).await.expect("loads");
+    let cache_file = host.cache_file(&ext.wasm_sha256);
+    // Replace the file (never rewrite it in place: loaded components map it into memory).
+    std::fs::remove_file(&cache_file).expect("remove the cache file");
+    std::fs::write(&cache_file, b"not compiled code").expect("corrupt the cache");
+    let again = host.load(&dir).await.expect("recompiles");
+    assert!(!again.from_cache);
+    assert!(host.load(&dir).await.expect("loads").from_cache, "the cache file was rewritten");
+}
+
+/// A chat model that answers with the last message's text, in two pieces.
+struct EchoLlm;
+
+#[async_trait::async_trait]
+impl crate::llm::Llm for EchoLlm {
+    async fn stream(
+        &self,
+        messages: &[crate::llm::ChatMessage],
+        _tools: &[crate::llm::ToolSpec],
+    ) -> Result<crate::llm::LlmStream, crate::remote::ProviderError> {
+        let text = messages.last().map(|m| m.content.clone()).unwrap_or_default();
+        let (head, tail) = text.split_at(text.len() / 2);
+        let deltas =
+            vec![Ok(crate::llm::LlmDelta::Text(head.to_owned())), Ok(crate::llm::LlmDelta::Text(tail.to_owned()))];
+        Ok(Box::pin(futures_util::stream::iter(deltas)))
+    }
+}
+
+/// The state of a call of extension `id` for `device` with the capabilities in `capabilities`
+/// granted by `grant`.
+fn call_state(id: &str, device: &str, capabilities: &str, grant: &Grant, services: &HostServices) -> CallState {
+    let manifest = Manifest::parse(&tool_manifest(id, capabilities)).expect("manifest");
+    let effective = grant::check(&manifest, Some(grant)).expect("granted");
+    let http = super::iface::http::client().expect("http client");
+    CallState::new(
+        id,
+        &ctx(device, "zh"),
+        Arc::new(effective),
+        services.clone(),
+        http,
+        Instant::now() + Duration::from_secs(5),
+    )
+}
+
+/// Serves one canned HTTP answer per connection on 127.0.0.1; returns the port.
+async fn canned_http_server(body: Vec<u8>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Test: yes\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(&body).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn host_imports_check_the_grant_and_keep_devices_apart() {
+    use super::bindings::xiaozhi::extension::types::{ExtensionError as WitError, Message, Role};
+    use super::bindings::xiaozhi::extension::{config, http, kv, llm};
+
+    let services = HostServices { llm: Some(Arc::new(EchoLlm)), kv: Arc::new(MemoryKv::new()) };
+    let grant = Grant {
+        http_hosts: vec!["127.0.0.1".into()],
+        kv: true,
+        llm: true,
+        config: [("api_key".to_owned(), "secret".to_owned()), ("hidden".to_owned(), "x".to_owned())].into(),
+        ..Grant::default()
+    };
+    let caps = "kv = true\nllm = true\nhttp_hosts = [\"127.0.0.1\"]\nconfig = [\"api_key\"]";
+    let mut device_a = call_state("notes", "aa:aa", caps, &grant, &services);
+    let mut device_b = call_state("notes", "bb:bb", caps, &grant, &services);
+    let mut other_ext = call_state("other", "aa:aa", "kv = true", &grant, &services);
+    let mut no_caps = call_state("plain", "aa:aa", "", &grant, &services);
+
+    // kv: per extension and device.
+    kv::Host::set(&mut device_a, "name".into(), b"Ann".to_vec()).await.expect("set");
+    assert_eq!(kv::Host::get(&mut device_a, "name".into()).await.expect("get"), Some(b"Ann".to_vec()));
+    assert_eq!(kv::Host::get(&mut device_b, "name".into()).await.expect("get"), None, "another device");
+    assert_eq!(kv::Host::get(&mut other_ext, "name".into()).await.expect("get"), None, "another extension");
+    kv::Host::delete(&mut device_a, "name".into()).await.expect("delete");
+    assert_eq!(kv::Host::get(&mut device_a, "name".into()).await.expect("get"), None);
+    let denied = kv::Host::get(&mut no_caps, "name".into()).await;
+    assert_eq!(denied, Err(WitError::Denied("kv is not granted to extension plain".into())));
+    let too_big = kv::Host::set(&mut device_a, "k".into(), vec![0; super::iface::kv::MAX_VALUE_BYTES + 1]).await;
+    assert!(matches!(too_big, Err(WitError::InvalidArguments(_))), "{too_big:?}");
+
+    // config: only declared and granted keys.
+    assert_eq!(config::Host::get(&mut device_a, "api_key".into()).await, Some("secret".into()));
+    assert_eq!(config::Host::get(&mut device_a, "hidden".into()).await, None, "granted but not declared");
+    assert_eq!(config::Host::get(&mut no_caps, "api_key".into()).await, None);
+
+    // http: only granted hosts (any port), body capped.
+    let port = canned_http_server(b"hello".to_vec()).await;
+    let request =
+        |url: String| http::Request { method: "GET".into(), url, headers: vec![], body: None, timeout_ms: Some(2000) };
+    let response =
+        http::Host::fetch(&mut device_a, request(format!("http://127.0.0.1:{port}/x"))).await.expect("fetch");
+    assert_eq!((response.status, response.body.as_slice()), (200, b"hello".as_slice()));
+    assert!(response.headers.iter().any(|(name, value)| name == "x-test" && value == "yes"));
+    let denied = http::Host::fetch(&mut device_a, request("http://localhost:1/".into())).await;
+    assert_eq!(denied, Err(WitError::Denied("http host localhost is not granted to extension notes".into())));
+    let denied = http::Host::fetch(&mut no_caps, request(format!("http://127.0.0.1:{port}/"))).await;
+    assert_eq!(denied, Err(WitError::Denied("http host 127.0.0.1 is not granted to extension plain".into())));
+    let bad = http::Host::fetch(&mut device_a, request("file:///etc/passwd".into())).await;
+    assert!(matches!(bad, Err(WitError::InvalidArguments(_))), "{bad:?}");
+    let big_port = canned_http_server(vec![b'x'; super::iface::http::MAX_BODY_BYTES + 1]).await;
+    let big = http::Host::fetch(&mut device_a, request(format!("http://127.0.0.1:{big_port}/"))).await;
+    assert!(matches!(big, Err(WitError::Failed(ref message)) if message.contains("over")), "{big:?}");
+
+    // llm: only when granted; the answer's pieces are joined.
+    let messages = vec![Message { role: Role::User, content: "hello world".into() }];
+    assert_eq!(llm::Host::complete(&mut device_a, messages.clone(), None).await, Ok("hello world".into()));
+    let denied = llm::Host::complete(&mut no_caps, messages, None).await;
+    assert_eq!(denied, Err(WitError::Denied("llm is not granted to extension plain".into())));
+}
+
+#[tokio::test]
+async fn on_demand_allocation_works_too() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let config = ExtensionsConfig { dirs: Vec::new(), cache_dir: cache.path().to_owned(), grants: Default::default() };
+    let services = HostServices { llm: None, kv: Arc::new(MemoryKv::new()) };
+    let host = ExtensionHost::build(&config, services, false).expect("host starts");
+    assert!(!host.uses_pooling());
+    let ext = host.load(&get_time_dir()).await.expect("loads");
+    assert_get_time_works(&host, &ext).await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let grow = "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) i32.const 16";
+    let dir = write_extension(root.path(), "hog", &tool_manifest("hog", "memory_mb = 8"), &tool_component(grow));
+    let hog = host.load(&dir).await.expect("loads");
+    let err = host.call_tool(&hog, "x", "{}", ctx("d", "zh")).await.expect_err("out of memory");
+    assert!(err.to_string().contains("memory cap of 8 MiB"), "{err}");
+}
+
+#[tokio::test]
+async fn the_host_and_its_calls_can_be_shared_across_tasks() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<ExtensionHost>();
+    assert_send_sync::<LoadedExtension>();
+
+    let cache = tempfile::tempdir().expect("tempdir");
+    let host = Arc::new(host(cache.path(), &[]));
+    let ext = host.load(&get_time_dir()).await.expect("loads");
+    let task = tokio::spawn({
+        let (host, ext) = (host.clone(), ext.clone());
+        async move { host.call_tool(&ext, "get_time", "{}", ctx("aa:bb", "zh")).await }
+    });
+    let result = task.await.expect("task").expect("call");
+    assert_eq!(result.action, ToolAction::ReqLlm);
+}
+
+/// A built guest's wasm; fails with the fix when it is not built.
+fn built_guest(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../extensions/{name}/{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|_| panic!("{} is missing: run `extensions/build.sh` first", path.display()))
+}
+
+/// Hot swap under load: a loop of calls runs while the extension's wasm is replaced by another
+/// component: no call fails, the new version answers soon after the file lands, a broken file
+/// keeps the last good version serving (with the error in the status), and deleting the folder
+/// unloads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_swap_under_load_keeps_serving_and_reports_broken_files() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let cache = tempfile::tempdir().expect("tempdir");
+    let exts = root.path().join("extensions");
+    let id = "swap";
+    let manifest = tool_manifest(id, "memory_mb = 16\ntimeout_ms = 1000");
+    write_extension(&exts, id, &manifest, &built_guest("get_time"));
+    let registry = registry::Registry::new(Arc::new(host(cache.path(), &[])), vec![exts.clone()]);
+    assert_eq!(registry.reload().await, 1);
+    registry::watch(Arc::clone(&registry), tokio_util::sync::CancellationToken::new());
+
+    // The load: a caller that keeps calling whatever tool the current snapshot offers.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let caller = {
+        let (registry, stop) = (Arc::clone(&registry), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let (mut calls, mut failures) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let snapshot = registry.snapshot();
+                let Some(ext) = snapshot.extensions.get("swap") else { break };
+                let tool = ext.tools[0].name.clone();
+                let args = if tool == "get_time" { "{}" } else { r#"{"say_goodbye":"bye"}"# };
+                if let Err(e) = registry.host().call_tool(ext, &tool, args, ctx("dev", "en")).await {
+                    failures.push(e.to_string());
+                }
+                calls += 1;
+            }
+            (calls, failures)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(registry.snapshot().extensions["swap"].tools[0].name, "get_time");
+
+    // A new version lands (another component: its tool list changes).
+    let landed = Instant::now();
+    let new_wasm = built_guest("handle_exit_intent");
+    let tmp = exts.join(id).join("swap.wasm.tmp");
+    std::fs::write(&tmp, &new_wasm).expect("write");
+    std::fs::rename(&tmp, exts.join(id).join("swap.wasm")).expect("rename");
+    let mut swapped = None;
+    while landed.elapsed() < Duration::from_secs(5) {
+        if registry.snapshot().extensions["swap"].tools[0].name == "handle_exit_intent" {
+            swapped = Some(landed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let swapped = swapped.expect("the new version never served");
+    eprintln!("hot swap: the new version served {} ms after the file landed", swapped.as_millis());
+    assert!(swapped < Duration::from_millis(500), "took {swapped:?}");
+
+    // A broken file: the last good version keeps serving, the status says why.
+    std::fs::write(exts.join(id).join("swap.wasm"), b"not wasm at all").expect("write");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(registry.snapshot().extensions["swap"].tools[0].name, "handle_exit_intent");
+    let status = registry.status();
+    assert!(status[0].error.as_deref().is_some_and(|e| e.contains("swap")), "{status:?}");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (calls, failures) = caller.await.expect("caller");
+    assert!(calls > 20, "only {calls} calls ran");
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+
+    // Deleting the folder unloads the extension.
+    std::fs::remove_dir_all(exts.join(id)).expect("rm");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while registry.snapshot().extensions.contains_key("swap") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!registry.snapshot().extensions.contains_key("swap"), "deleting the folder unloads it");
+}
