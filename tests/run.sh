@@ -12,6 +12,8 @@ if ! python3 -c 'import onnx, numpy' 2>/dev/null; then
     python3 -m pip install --quiet --break-system-packages "onnx>=1.16" "numpy>=1.24"
 fi
 extensions/build.sh
+extensions/examples/exit_c/build.sh
+extensions/examples/exit_py/build.sh
 status=0
 for manifest in extensions/*/Cargo.toml; do
   echo "==> guest tests: ${manifest%/Cargo.toml}"

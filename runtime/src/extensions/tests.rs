@@ -519,3 +519,85 @@ async fn hot_swap_under_load_keeps_serving_and_reports_broken_files() {
     }
     assert!(!registry.snapshot().extensions.contains_key("swap"), "deleting the folder unloads it");
 }
+
+/// The same `handle_exit_intent` tool written in Rust, C and Python passes the same checks: one
+/// tool described, the given farewell spoken as a `response`, a default for a blank one, and
+/// `invalid-arguments` (not a trap) for arguments that are not JSON. Each guest is loaded by its
+/// own host; the load times show what the compile cache saves (the Python component embeds
+/// CPython and compiles slowly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_tool_in_rust_c_and_python_behaves_the_same() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../extensions");
+    let guests = [
+        ("handle_exit_intent", "extensions/handle_exit_intent", "extensions/build.sh handle_exit_intent"),
+        ("exit_c", "extensions/examples/exit_c", "extensions/examples/exit_c/build.sh"),
+        ("exit_py", "extensions/examples/exit_py", "extensions/examples/exit_py/build.sh"),
+    ];
+    for (id, dir, build) in guests {
+        let path = root.join(dir.trim_start_matches("extensions/"));
+        assert!(path.join(format!("{id}.wasm")).is_file(), "{dir}/{id}.wasm is missing: run `{build}` first");
+        let cache = tempfile::tempdir().expect("tempdir");
+        let host = host(cache.path(), &[]);
+
+        let started = Instant::now();
+        let ext = host.load(&path).await.unwrap_or_else(|err| panic!("{id} loads: {err}"));
+        let cold = started.elapsed();
+        assert_eq!(ext.id(), id);
+        assert!(!ext.from_cache, "{id}: a fresh cache");
+        let started = Instant::now();
+        let again = host.load(&path).await.unwrap_or_else(|err| panic!("{id} loads again: {err}"));
+        let cached = started.elapsed();
+        assert!(again.from_cache, "{id}: the second load hits the compile cache");
+
+        let tools = host.describe(&ext).await.unwrap_or_else(|err| panic!("{id} describes: {err}"));
+        assert_eq!(tools, ext.tools, "{id}");
+        assert_eq!(tools.len(), 1, "{id}: {tools:?}");
+        assert_eq!(tools[0].name, "handle_exit_intent", "{id}");
+        assert!(!tools[0].description.is_empty(), "{id}");
+        let schema: serde_json::Value = serde_json::from_str(&tools[0].parameters_json).expect("JSON schema");
+        assert_eq!(schema["type"], "object", "{id}");
+        assert_eq!(schema["properties"]["say_goodbye"]["type"], "string", "{id}");
+
+        let started = Instant::now();
+        let said = host
+            .call_tool(&ext, "handle_exit_intent", r#"{"say_goodbye":"Bye now"}"#, ctx("aa:bb", "en"))
+            .await
+            .unwrap_or_else(|err| panic!("{id} call: {err}"));
+        let first_call = started.elapsed();
+        assert_eq!(said.action, ToolAction::Response, "{id}");
+        assert_eq!(said.response.as_deref(), Some("Bye now"), "{id}");
+
+        for (blank, language) in [(r#"{"say_goodbye":"   "}"#, "en"), ("{}", "zh-CN"), ("", "en-US")] {
+            let result = host
+                .call_tool(&ext, "handle_exit_intent", blank, ctx("aa:bb", language))
+                .await
+                .unwrap_or_else(|err| panic!("{id} call with {blank:?}: {err}"));
+            assert_eq!(result.action, ToolAction::Response, "{id} {blank:?}");
+            let text = result.response.unwrap_or_default();
+            assert!(!text.trim().is_empty(), "{id}: no default farewell for {blank:?}");
+        }
+
+        for bad in ["{not json", r#"{"say_goodbye":42}"#, "[1]"] {
+            let err = host
+                .call_tool(&ext, "handle_exit_intent", bad, ctx("aa:bb", "en"))
+                .await
+                .expect_err("bad arguments are refused");
+            assert!(
+                matches!(err, ExtensionError::Guest { ref message, .. } if message.starts_with("invalid arguments")),
+                "{id} with {bad:?}: {err}"
+            );
+        }
+        let err = host.call_tool(&ext, "no_such_tool", "{}", ctx("aa:bb", "en")).await.expect_err("unknown tool");
+        assert!(matches!(err, ExtensionError::Guest { ref message, .. } if message.starts_with("not found")), "{err}");
+
+        // The host keeps serving after the errors.
+        let said = host
+            .call_tool(&ext, "handle_exit_intent", r#"{"say_goodbye":"再见"}"#, ctx("aa:bb", "zh"))
+            .await
+            .unwrap_or_else(|err| panic!("{id} call after errors: {err}"));
+        assert_eq!(said.response.as_deref(), Some("再见"), "{id}");
+
+        let size = std::fs::metadata(path.join(format!("{id}.wasm"))).map(|m| m.len()).unwrap_or_default();
+        println!("{id}: {size} bytes; load cold (compile) {cold:?}, cached {cached:?}; first call {first_call:?}");
+    }
+}

@@ -1,0 +1,135 @@
+//! Extension benchmarks: `cargo bench -p xiaozhi-server --bench extensions`.
+//!
+//! Prints: tool call overhead of the WebAssembly `get_time` extension (fresh store + instantiate
+//! + call, p50/p99) next to a native call doing the same work; load time with and without the
+//! compile cache; time from a new `.wasm` landing in the watched directory to it serving.
+//! Needs the guests built by `extensions/build.sh`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use xiaozhi_server::config::ExtensionsConfig;
+use xiaozhi_server::extensions::registry::{self, Registry};
+use xiaozhi_server::extensions::{CallContext, ExtensionHost, HostServices, MemoryKv};
+
+fn guest(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../extensions").join(name);
+    assert!(dir.join(format!("{name}.wasm")).exists(), "{} is not built: run extensions/build.sh", dir.display());
+    dir
+}
+
+fn host(cache: &Path) -> Arc<ExtensionHost> {
+    let config = ExtensionsConfig { dirs: Vec::new(), cache_dir: cache.to_owned(), grants: Default::default() };
+    Arc::new(ExtensionHost::new(&config, HostServices { llm: None, kv: Arc::new(MemoryKv::new()) }).expect("host"))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn row(what: &str, figure: String) {
+    println!("| {what:<58} | {figure:>30} |");
+}
+
+/// The native twin of `get_time`'s work: format the date and time for a fixed offset.
+fn native_get_time() -> String {
+    let now = chrono::Utc::now().with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).expect("offset"));
+    format!("当前日期：{}，当前时间：{}", now.format("%Y年%m月%d日 %A"), now.format("%H:%M:%S"))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    println!("| {:<58} | {:>30} |", "benchmark", "figure");
+    println!("|{}|{}|", "-".repeat(60), "-".repeat(32));
+    let cache = tempfile::tempdir().expect("tempdir");
+    let ctx = CallContext { device_id: "dev".into(), session_id: "s".into(), language: "en".into() };
+
+    // Load: cold (compile) vs from the compile cache (a second host on the same cache dir, as
+    // after a restart).
+    let started = Instant::now();
+    let cold = host(cache.path()).load(&guest("get_time")).await.expect("load");
+    let cold_ms = started.elapsed();
+    assert!(!cold.from_cache);
+    let host = host(cache.path());
+    let started = Instant::now();
+    let ext = host.load(&guest("get_time")).await.expect("load");
+    let cached_ms = started.elapsed();
+    assert!(ext.from_cache);
+    row("load get_time, compiling (no cache)", format!("{:.1} ms", cold_ms.as_secs_f64() * 1e3));
+    row("load get_time, from the compile cache", format!("{:.1} ms", cached_ms.as_secs_f64() * 1e3));
+
+    // Calls.
+    let mut wasm = Vec::new();
+    for _ in 0..2000 {
+        let t = Instant::now();
+        host.call_tool(&ext, "get_time", "{}", ctx.clone()).await.expect("call");
+        wasm.push(t.elapsed());
+    }
+    let mut native = Vec::new();
+    for _ in 0..2000 {
+        let t = Instant::now();
+        std::hint::black_box(native_get_time());
+        native.push(t.elapsed());
+    }
+    wasm.sort();
+    native.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    row(
+        "get_time call, wasm (fresh store + instantiate + call) p50/p99",
+        format!("{:.0} / {:.0} µs", us(percentile(&wasm, 0.5)), us(percentile(&wasm, 0.99))),
+    );
+    row(
+        "same work natively p50/p99",
+        format!("{:.1} / {:.1} µs", us(percentile(&native, 0.5)), us(percentile(&native, 0.99))),
+    );
+    row(
+        "overhead of the extension call p50",
+        format!("{:.0} µs", us(percentile(&wasm, 0.5)) - us(percentile(&native, 0.5))),
+    );
+
+    // Hot swap: file landing → new version serving, alternating two components.
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("swap");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let manifest = std::fs::read_to_string(guest("get_time").join("extension.toml")).expect("manifest");
+    std::fs::write(dir.join("extension.toml"), manifest.replace("id = \"get_time\"", "id = \"swap\"")).expect("write");
+    let versions = [
+        std::fs::read(guest("get_time").join("get_time.wasm")).expect("wasm"),
+        std::fs::read(guest("handle_exit_intent").join("handle_exit_intent.wasm")).expect("wasm"),
+    ];
+    let tools = ["get_time", "handle_exit_intent"];
+    std::fs::write(dir.join("swap.wasm"), &versions[0]).expect("write");
+    let registry = Registry::new(Arc::clone(&host), vec![root.path().to_owned()]);
+    registry.reload().await;
+    registry::watch(Arc::clone(&registry), tokio_util::sync::CancellationToken::new());
+    let mut swaps = Vec::new();
+    for i in 1..=10 {
+        let v = i % 2;
+        // Make each landing a new file (its bytes change) so the compile cache is not what is
+        // measured on the first two swaps only: from the third on, both versions are cached.
+        let tmp = dir.join("swap.wasm.tmp");
+        std::fs::write(&tmp, &versions[v]).expect("write");
+        let landed = Instant::now();
+        std::fs::rename(&tmp, dir.join("swap.wasm")).expect("rename");
+        loop {
+            if registry.snapshot().extensions.get("swap").is_some_and(|e| e.tools[0].name == tools[v]) {
+                break;
+            }
+            assert!(landed.elapsed() < Duration::from_secs(10), "swap {i} never served");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        swaps.push(landed.elapsed());
+    }
+    let first_two: Vec<_> = swaps[..2].to_vec();
+    let mut rest = swaps[2..].to_vec();
+    rest.sort();
+    row(
+        "file landed -> new version serving, first sight (compile)",
+        format!("{:.0} / {:.0} ms", first_two[0].as_secs_f64() * 1e3, first_two[1].as_secs_f64() * 1e3),
+    );
+    row(
+        "file landed -> new version serving, cached code, p50",
+        format!("{:.0} ms", percentile(&rest, 0.5).as_secs_f64() * 1e3),
+    );
+}
