@@ -1,9 +1,9 @@
 //! Extension benchmarks: `cargo bench -p xiaozhi-server --bench extensions`.
 //!
-//! Prints: tool call overhead of the WebAssembly `get_time` extension (fresh store + instantiate
-//! + call, p50/p99) next to a native call doing the same work; load time with and without the
-//! compile cache; time from a new `.wasm` landing in the watched directory to it serving.
-//! Needs the guests built by `extensions/build.sh`.
+//! Prints the tool call overhead of the WebAssembly `get_time` extension (a fresh store, an
+//! instantiation and the call; p50/p99) next to a native call doing the same work, the load time
+//! with and without the compile cache, and the time from a new `.wasm` landing in the watched
+//! directory to it serving. Needs the guests built by `extensions/build.sh`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
