@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::extensions::{CallContext, ExtensionHost, Kind, Snapshot, ToolAction as ExtAction, ToolResult};
 use crate::llm::ToolSpec;
-use crate::mcp::McpClient;
+use crate::mcp::{DeviceTool, McpClient};
 
 /// How long a turn waits for a just-connected device to list its tools.
 const MCP_READY_WAIT: Duration = Duration::from_secs(2);
@@ -63,6 +63,22 @@ impl ToolBox {
     /// The tool definitions offered to the LLM. Waits briefly for the device's tool list when
     /// the session has only just started.
     pub async fn specs(&self) -> Vec<ToolSpec> {
+        if let Some(mcp) = &self.mcp {
+            mcp.wait_ready(MCP_READY_WAIT).await;
+        }
+        let (mut specs, device) = self.listing();
+        specs.extend(device.into_iter().map(|(name, t)| ToolSpec {
+            name,
+            description: t.description,
+            parameters: t.input_schema,
+        }));
+        specs
+    }
+
+    /// The one place that names the tools, so that [`ToolBox::specs`] and [`ToolBox::call`] agree:
+    /// the extension tools (a name offered twice goes to the first extension), then the device
+    /// tools with the names they are exposed under.
+    fn listing(&self) -> (Vec<ToolSpec>, Vec<(String, DeviceTool)>) {
         let mut specs: Vec<ToolSpec> = Vec::new();
         if let Some(ext) = &self.extensions {
             for loaded in ext.snapshot.of_kind(Kind::Tool) {
@@ -77,14 +93,18 @@ impl ToolBox {
                 }
             }
         }
+        let mut device = Vec::new();
         if let Some(mcp) = &self.mcp {
-            mcp.wait_ready(MCP_READY_WAIT).await;
             for t in mcp.tools() {
-                let name = unique_name(&specs, &t.exposed);
-                specs.push(ToolSpec { name, description: t.description, parameters: t.input_schema });
+                let taken = specs
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .chain(device.iter().map(|(n, _): &(String, DeviceTool)| n.as_str()));
+                let name = unique_name(taken.collect(), &t.exposed);
+                device.push((name, t));
             }
         }
-        specs
+        (specs, device)
     }
 
     /// Runs the tool the LLM called `name` with `arguments` (JSON text).
@@ -109,26 +129,7 @@ impl ToolBox {
         let Some(mcp) = &self.mcp else {
             return ToolAction::Error(format!("no tool named {name}"));
         };
-        // The same order and renaming as `specs`, so a renamed device tool is found again.
-        let taken: Vec<ToolSpec> = match &self.extensions {
-            Some(ext) => ext
-                .snapshot
-                .of_kind(Kind::Tool)
-                .flat_map(|l| l.tools.iter())
-                .map(|t| ToolSpec { name: t.name.clone(), description: String::new(), parameters: Value::Null })
-                .collect(),
-            None => Vec::new(),
-        };
-        let mut listed = taken;
-        let mut found = None;
-        for t in mcp.tools() {
-            let exposed = unique_name(&listed, &t.exposed);
-            if exposed == name {
-                found = Some(t.clone());
-            }
-            listed.push(ToolSpec { name: exposed, description: String::new(), parameters: Value::Null });
-        }
-        let Some(tool) = found else {
+        let Some((_, tool)) = self.listing().1.into_iter().find(|(exposed, _)| exposed == name) else {
             return ToolAction::Error(format!("no tool named {name}"));
         };
         match mcp.call(&tool.name, args, timeout).await {
@@ -139,10 +140,10 @@ impl ToolBox {
 }
 
 /// `name`, or `name_2`, `name_3`, … if an earlier tool already took it.
-fn unique_name(taken: &[ToolSpec], name: &str) -> String {
+fn unique_name(taken: Vec<&str>, name: &str) -> String {
     let mut candidate = name.to_string();
     let mut n = 2;
-    while taken.iter().any(|t| t.name == candidate) {
+    while taken.contains(&candidate.as_str()) {
         candidate = format!("{name}_{n}");
         n += 1;
     }
