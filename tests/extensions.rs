@@ -1,12 +1,15 @@
 //! End-to-end: the built-in WebAssembly extensions (built by `extensions/build.sh`) serve the
-//! LLM's tool calls during a conversation.
+//! LLM's tool calls during spoken and typed turns, recognise intents (`intent_llm`), remember
+//! each device apart (`mem_local_short`) and change the assistant's role (`change_role`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use xiaozhi_e2e::harness::TestServer;
 use xiaozhi_e2e::mock::{MockOpenAi, MockScript};
-use xiaozhi_server::simulator::SimEvent;
+use xiaozhi_e2e::speech::{speech_16k, with_silence};
+use xiaozhi_server::protocol::message::ListenMode;
+use xiaozhi_server::simulator::{SimDevice, SimEvent};
 
 const REPLY_WAIT: Duration = Duration::from_secs(30);
 
@@ -57,16 +60,194 @@ async fn the_exit_extension_says_goodbye_and_closes() -> anyhow::Result<()> {
     let reply = device.collect_reply(REPLY_WAIT).await?;
     assert_eq!(reply.sentences, vec!["Goodbye".to_string(), "see you soon".to_string()]);
     assert!(reply.audio_ms() > 500);
-    let mut closed = false;
-    while let Some((_, event)) = device.next_event(Duration::from_secs(5)).await {
-        if matches!(event, SimEvent::Closed(_)) {
-            closed = true;
-            break;
-        }
-    }
-    assert!(closed, "the session closes after the goodbye");
+    assert!(closes(&mut device).await, "the session closes after the goodbye");
     server.server.shutdown().await;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoken_turns_reach_the_wasm_tools_and_their_actions_behave_like_the_python_server() -> anyhow::Result<()> {
+    // Turn 1, req-llm: get_time's result goes back to the LLM, which answers in words.
+    let mock = MockOpenAi::start(MockScript::default().transcript("What time is it?").tool(
+        "time",
+        "get_time",
+        json!({}),
+        "😊 It is a fine day.",
+    ))
+    .await?;
+    let server = TestServer::start(&mock, "").await?;
+    let mut device = server.device("aa:bb:cc:00:04:03", 1).await?;
+    device.listen_start(ListenMode::Auto).await?;
+    device.stream_speech(&with_silence(&speech_16k("what time is it")?, 300, 1500), true).await?;
+    let reply = device.collect_reply(REPLY_WAIT).await?;
+    assert_eq!(reply.stt.as_deref(), Some("What time is it?"));
+    assert_eq!(reply.sentences, vec!["It is a fine day".to_string()]);
+    let chats = chat_requests(&mock);
+    assert_eq!(chats.len(), 2, "the tool call, then the answer with the tool result");
+    let tool_message = chats[1]["messages"].as_array().and_then(|m| m.iter().find(|m| m["role"] == "tool").cloned());
+    let text = tool_message.expect("a tool message")["content"].as_str().unwrap_or("").to_string();
+    assert!(text.contains(&chrono_year()), "the LLM got get_time's result: {text}");
+
+    // Turn 2, response: the exit tool's goodbye is spoken as is (no further LLM call) and the
+    // session closes.
+    mock.set_script(MockScript::default().transcript("Goodbye now.").tool(
+        "Goodbye",
+        "handle_exit_intent",
+        json!({"say_goodbye": "Bye bye, talk soon!"}),
+        "unused",
+    ));
+    device.listen_start(ListenMode::Auto).await?;
+    device.stream_speech(&with_silence(&speech_16k("goodbye now")?, 300, 1500), true).await?;
+    let reply = device.collect_reply(REPLY_WAIT).await?;
+    assert_eq!(reply.stt.as_deref(), Some("Goodbye now."));
+    assert_eq!(reply.sentences, vec!["Bye bye".to_string(), "talk soon".to_string()]);
+    assert!(reply.audio_ms() > 500);
+    assert_eq!(chat_requests(&mock).len(), 3, "a response action asks the LLM nothing more");
+    assert!(closes(&mut device).await, "the session closes after the goodbye");
+    server.server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intent_llm_calls_the_tool_and_the_chat_llm_answers_with_its_result() -> anyhow::Result<()> {
+    // The intent prompt (it lists continue_chat) gets the JSON decision; the chat gets words.
+    let mock = MockOpenAi::start(
+        MockScript::default()
+            .rule("continue_chat", r#"{"function_call": {"name": "get_time", "arguments": {}}}"#)
+            .tool("time", "get_time", json!({}), "😊 It is a fine day."),
+    )
+    .await?;
+    let providers = mock.config_override_yaml().replace("Intent: function_call", "Intent: intent_llm");
+    let server = TestServer::start_with_providers(&providers).await?;
+    let mut device = server.device("aa:bb:cc:00:04:04", 1).await?;
+    device.detect("what time is it").await?;
+    let reply = device.collect_reply(REPLY_WAIT).await?;
+    assert_eq!(reply.sentences, vec!["It is a fine day".to_string()]);
+
+    let chats = chat_requests(&mock);
+    assert_eq!(chats.len(), 2, "the intent request, then the chat: {chats:?}");
+    let intent_prompt = chats[0]["messages"][0]["content"].as_str().unwrap_or("");
+    assert!(intent_prompt.contains("- name: get_time"), "the session's tools are offered: {intent_prompt}");
+    assert!(chats[1].get("tools").is_none(), "the chat LLM is offered no tools in intent mode");
+    let tool_message = chats[1]["messages"].as_array().and_then(|m| m.iter().find(|m| m["role"] == "tool").cloned());
+    let text = tool_message.expect("the tool result reaches the chat")["content"].as_str().unwrap_or("").to_string();
+    assert!(text.contains(&chrono_year()), "{text}");
+
+    // Plain chat when the intent LLM says so.
+    mock.set_script(
+        MockScript::default()
+            .rule("continue_chat", r#"{"function_call": {"name": "continue_chat"}}"#)
+            .reply("🙂 Sure."),
+    );
+    device.detect("tell me something").await?;
+    let reply = device.collect_reply(REPLY_WAIT).await?;
+    assert_eq!(reply.sentences, vec!["Sure".to_string()]);
+    server.server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mem_local_short_remembers_each_device_apart() -> anyhow::Result<()> {
+    // The summary prompt of mem_local_short gets a JSON "memory" quoting the dialogue.
+    let mock = MockOpenAi::start(
+        MockScript::default().rule("记忆整理助手", r#"{"dialogue": {user_json}}"#).reply("🙂 Noted: {user}"),
+    )
+    .await?;
+    let providers = mock.config_override_yaml().replace("Memory: nomem", "Memory: mem_local_short");
+    let server = TestServer::start_with_providers(&providers).await?;
+
+    // Each device says its name in a first connection, which then ends.
+    for (device_id, name) in [("aa:bb:cc:00:04:05", "Ann"), ("aa:bb:cc:00:04:06", "Bob")] {
+        let mut device = server.device(device_id, 1).await?;
+        device.detect(&format!("my name is {name}")).await?;
+        device.collect_reply(REPLY_WAIT).await?;
+        device.close_abruptly().await;
+    }
+    // Both dialogues are summarised in the background once their connections end.
+    let deadline = Instant::now() + REPLY_WAIT;
+    while summaries(&mock) < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(summaries(&mock), 2, "one summary per finished dialogue");
+    // The summary has arrived; give the extension a moment to store it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // In their next connections, each device's prompt holds its own memory and nothing else's.
+    for (device_id, own, other) in [("aa:bb:cc:00:04:05", "Ann", "Bob"), ("aa:bb:cc:00:04:06", "Bob", "Ann")] {
+        let before = mock.requests().len();
+        let mut device = server.device(device_id, 1).await?;
+        device.detect("what is my name").await?;
+        device.collect_reply(REPLY_WAIT).await?;
+        // (The previous connection's summary may arrive in between: skip it.)
+        let system = mock
+            .requests()
+            .into_iter()
+            .skip(before)
+            .filter(|r| r.path.ends_with("/chat/completions"))
+            .filter_map(|r| r.body["messages"][0]["content"].as_str().map(str::to_owned))
+            .find(|system| !system.contains("记忆整理助手"))
+            .expect("a chat request");
+        let memory = system.split("<memory>").nth(1).unwrap_or("");
+        assert!(memory.contains(&format!("my name is {own}")), "{device_id} remembers itself: {system}");
+        assert!(!system.contains(other), "{device_id} never sees {other}'s memory: {system}");
+        device.close_abruptly().await;
+    }
+    server.server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_role_changes_the_prompt_of_the_following_turns() -> anyhow::Result<()> {
+    let mock = MockOpenAi::start(MockScript::default().tool(
+        "teacher",
+        "change_role",
+        json!({"role": "english_teacher", "role_name": "Lily"}),
+        "unused",
+    ))
+    .await?;
+    let server = TestServer::start(&mock, "").await?;
+    let mut device = server.device("aa:bb:cc:00:04:07", 1).await?;
+    device.detect("be my english teacher").await?;
+    let reply = device.collect_reply(REPLY_WAIT).await?;
+    assert!(!reply.sentences.is_empty(), "the confirmation is spoken");
+    assert_eq!(chat_requests(&mock).len(), 1, "a response action asks the LLM nothing more");
+
+    device.detect("hello").await?;
+    device.collect_reply(REPLY_WAIT).await?;
+    let chats = chat_requests(&mock);
+    let system = chats.last().and_then(|c| c["messages"][0]["content"].as_str()).unwrap_or("").to_owned();
+    assert!(system.starts_with("You are Lily, a patient and encouraging English teacher"), "{system}");
+    // Another device keeps the configured prompt.
+    let mut other = server.device("aa:bb:cc:00:04:08", 1).await?;
+    other.detect("hello").await?;
+    other.collect_reply(REPLY_WAIT).await?;
+    let system = chat_requests(&mock).last().and_then(|c| c["messages"][0]["content"].as_str().map(str::to_owned));
+    assert!(!system.unwrap_or_default().contains("Lily"));
+    server.server.shutdown().await;
+    Ok(())
+}
+
+/// The bodies of the chat requests the mock received, in order.
+fn chat_requests(mock: &MockOpenAi) -> Vec<Value> {
+    mock.requests().into_iter().filter(|r| r.path.ends_with("/chat/completions")).map(|r| r.body).collect()
+}
+
+/// How many memory summaries (mem_local_short's LLM requests) the mock received.
+fn summaries(mock: &MockOpenAi) -> usize {
+    chat_requests(mock)
+        .iter()
+        .filter(|c| c["messages"][0]["content"].as_str().is_some_and(|s| s.contains("记忆整理助手")))
+        .count()
+}
+
+/// Whether the server closes the session within a few seconds.
+async fn closes(device: &mut SimDevice) -> bool {
+    while let Some((_, event)) = device.next_event(Duration::from_secs(5)).await {
+        if matches!(event, SimEvent::Closed(_)) {
+            return true;
+        }
+    }
+    false
 }
 
 /// This year, as the guest writes it (UTC is close enough: the test runs far from New Year).

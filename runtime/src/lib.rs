@@ -18,7 +18,7 @@
 //! - [`protocol`]: pure codecs: typed JSON messages both ways, binary frames v1/v2/v3, MCP JSON-RPC.
 //! - [`connection`]: owns one WebSocket: typed reads, the single writer task, close with a timeout.
 //! - [`session`]: the per-device task and its listening state (VAD, pre-roll, utterance buffer).
-//! - [`turn`]: one conversational turn: ASR → LLM stream (tool calls) → sentences → TTS.
+//! - [`turn`]: one conversational turn: ASR → intent → LLM stream (tool calls) → sentences → TTS.
 //! - [`speaker`]: the per-session audio output: resampling, Opus encoding and real-time pacing.
 //! - [`audio`]: Opus codec wrappers, resampling, audio file decoding, the pacer and Silero VAD.
 //! - [`asr`], [`llm`], [`tts`]: provider traits and their backends; [`remote`]: the provider error
@@ -26,6 +26,7 @@
 //! - [`text`]: sentence segmentation, emoji → emotion, markdown and `<think>` cleaning.
 //! - [`mcp`]: the MCP client that talks to the device's tools over the session.
 //! - [`tools`]: the one registry of tools offered to the LLM.
+//! - [`memory`]: conversation memory through a memory extension (into the prompt, saved at the end).
 //! - [`extensions`]: the WebAssembly extension host (tool, intent and memory components).
 //! - [`onnx`]: ONNX Runtime initialisation.
 //! - [`simulator`]: a device simulator that speaks the firmware's protocol (used by the
@@ -40,6 +41,7 @@ pub mod extensions;
 pub mod http;
 pub mod llm;
 pub mod mcp;
+pub mod memory;
 pub mod onnx;
 pub mod protocol;
 pub mod remote;

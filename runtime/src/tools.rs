@@ -9,15 +9,22 @@
 //! both: the later one gets a numeric suffix, logged — never silently dropped.
 //!
 //! A tool call ends in a [`ToolAction`] that mirrors the Python server's `ActionResponse`.
+//! One tool is special, as in the Python server where the plugin rewrites the connection's
+//! prompt: a `response` from the tool named [`CHANGE_ROLE_TOOL`] that carries a `result` makes
+//! that result the session's new system prompt ([`ToolAction::ChangeRole`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::extensions::{CallContext, ExtensionHost, Kind, Snapshot, ToolAction as ExtAction, ToolResult};
+use crate::extensions::{ExtensionScope, Kind, ToolAction as ExtAction, ToolResult};
 use crate::llm::ToolSpec;
 use crate::mcp::{DeviceTool, McpClient};
+
+/// The tool whose `response` with a `result` replaces the session's system prompt (the built-in
+/// `change_role` extension).
+pub const CHANGE_ROLE_TOOL: &str = "change_role";
 
 /// How long a turn waits for a just-connected device to list its tools.
 const MCP_READY_WAIT: Duration = Duration::from_secs(2);
@@ -33,30 +40,25 @@ pub enum ToolAction {
     ReqLlm(String),
     /// The call failed; the error text goes to the LLM as the tool message.
     Error(String),
+    /// Speak `response` and make `prompt` the session's system prompt ([`CHANGE_ROLE_TOOL`]).
+    ChangeRole {
+        /// The new system prompt.
+        prompt: String,
+        /// What is said to the user.
+        response: String,
+    },
 }
 
 /// The tools of one turn.
 #[derive(Clone, Default)]
 pub struct ToolBox {
     mcp: Option<Arc<McpClient>>,
-    extensions: Option<ExtensionTools>,
-}
-
-/// The extension tools of one turn: a snapshot of the registry (in-flight calls keep the version
-/// they started with) and who the calls are for.
-#[derive(Clone)]
-pub struct ExtensionTools {
-    /// The registry's snapshot at the start of the turn.
-    pub snapshot: Arc<Snapshot>,
-    /// The host that runs them.
-    pub host: Arc<ExtensionHost>,
-    /// Device, session and language of the calls.
-    pub context: CallContext,
+    extensions: Option<ExtensionScope>,
 }
 
 impl ToolBox {
     /// Tools of a session: its device's MCP tools (if any) and the server's extension tools.
-    pub fn new(mcp: Option<Arc<McpClient>>, extensions: Option<ExtensionTools>) -> Self {
+    pub fn new(mcp: Option<Arc<McpClient>>, extensions: Option<ExtensionScope>) -> Self {
         Self { mcp, extensions }
     }
 
@@ -122,6 +124,11 @@ impl ToolBox {
             && let Some(loaded) = ext.snapshot.tool_owner(name)
         {
             return match ext.host.call_tool(loaded, name, arguments, ext.context.clone()).await {
+                Ok(ToolResult { action: ExtAction::Response, result: Some(prompt), response })
+                    if name == CHANGE_ROLE_TOOL =>
+                {
+                    ToolAction::ChangeRole { prompt, response: response.unwrap_or_default() }
+                }
                 Ok(result) => action_from_extension(result),
                 Err(e) => ToolAction::Error(format!("{name} failed: {e}")),
             };

@@ -1,5 +1,11 @@
-//! One conversational turn: ASR → `stt` → LLM stream (with tool-call rounds) → sentences → TTS →
-//! the session's [`Speaker`] → `tts stop`.
+//! One conversational turn: ASR → `stt` → memory and intent (extensions, when configured) → LLM
+//! stream (with tool-call rounds) → sentences → TTS → the session's [`Speaker`] → `tts stop`.
+//!
+//! With an intent extension selected (`Intent` type other than `function_call`/`nointent`), the
+//! extension decides first, given the session's tools: a tool call is run and its action applied
+//! as if the LLM had called it (a `req-llm` result then goes to the chat LLM, which is offered no
+//! tools, as in the Python server's `intent_llm` mode), a reply is spoken, an exit calls the exit
+//! tool (when one serves) and closes, and anything else (or a failure) goes to plain chat.
 //!
 //! A turn runs as its own task and never touches the socket directly: JSON goes through the
 //! session's [`Outbox`], audio through the [`Speaker`]. Cancelling the turn's token (abort,
@@ -18,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 use crate::audio::AudioClip;
 use crate::config::{Config, IntentMode};
 use crate::connection::Outbox;
-use crate::llm::{ChatMessage, LlmDelta, Role};
+use crate::extensions::{ExtensionScope, IntentDecision, Kind, LoadedExtension, ToolDefinition, warn_not_serving};
+use crate::llm::{ChatMessage, LlmDelta, Role, ToolCall, ToolSpec};
+use crate::memory;
 use crate::protocol::message::{ServerMessage, TtsState};
 use crate::services::Services;
 use crate::speaker::{PhraseCache, Speaker};
@@ -59,6 +67,10 @@ pub struct TurnContext {
     pub speaker: Speaker,
     /// Tools the LLM may call.
     pub tools: ToolBox,
+    /// The extensions serving when the turn started (intent and memory), if the server has any.
+    pub extensions: Option<ExtensionScope>,
+    /// The session's own system prompt (set by `change_role`); `None`: the configured prompt.
+    pub prompt: Option<String>,
     /// Fires on abort, barge-in or disconnect.
     pub cancel: CancellationToken,
 }
@@ -74,6 +86,8 @@ pub struct TurnOutcome {
     pub heard_nothing: bool,
     /// The turn was cancelled before it finished.
     pub cancelled: bool,
+    /// A new system prompt for the session's next turns (`change_role`).
+    pub prompt: Option<String>,
 }
 
 /// Runs one turn to its end or until its token is cancelled.
@@ -128,8 +142,89 @@ async fn run_inner(ctx: &TurnContext, out: &mut TurnOutcome) {
     out.messages.push(ChatMessage::new(Role::User, request));
 
     let (sentences, rx) = mpsc::channel::<Sentence>(32);
-    tokio::join!(think(ctx, out, sentences), voice(ctx, rx));
+    tokio::join!(respond(ctx, out, sentences, goodbye), voice(ctx, rx));
     finish(ctx).await;
+}
+
+/// The thinking side of a turn whose user message is the last of `out.messages`: memory into
+/// the system prompt, the intent step when an intent extension is selected, then [`think`].
+async fn respond(ctx: &TurnContext, out: &mut TurnOutcome, sentences: mpsc::Sender<Sentence>, goodbye: bool) {
+    let config = &ctx.services.config;
+    let request = out.messages.last().map(|m| m.content.clone()).unwrap_or_default();
+    let mut prompt = system_prompt(config, ctx.prompt.as_deref());
+    if let Some(scope) = &ctx.extensions
+        && let Some(known) = memory::recall(scope, &config.providers.memory, &request).await
+    {
+        prompt = memory::with_memory(&prompt, &known);
+    }
+    let system = ChatMessage::new(Role::System, prompt);
+    let tools = match &config.providers.intent {
+        IntentMode::NoIntent => Vec::new(),
+        IntentMode::FunctionCall => ctx.tools.specs().await,
+        IntentMode::Extension(id) => match ctx.extensions.as_ref().and_then(|s| s.find(id, Kind::Intent)) {
+            Some(ext) => {
+                if !goodbye && recognise(ctx, out, &sentences, ext, &request).await {
+                    return;
+                }
+                Vec::new()
+            }
+            None => {
+                warn_not_serving("Intent", id, "tools are offered through function calling instead");
+                ctx.tools.specs().await
+            }
+        },
+    };
+    think(ctx, out, &sentences, &system, &tools).await;
+}
+
+/// The intent step: asks the intent extension about `text` and acts on its decision. Returns
+/// whether the turn is answered (else the chat LLM answers, seeing any tool result).
+async fn recognise(
+    ctx: &TurnContext,
+    out: &mut TurnOutcome,
+    sentences: &mpsc::Sender<Sentence>,
+    ext: &LoadedExtension,
+    text: &str,
+) -> bool {
+    let Some(scope) = &ctx.extensions else { return false };
+    let tools: Vec<ToolDefinition> = ctx
+        .tools
+        .specs()
+        .await
+        .into_iter()
+        .map(|t| ToolDefinition { name: t.name, description: t.description, parameters_json: t.parameters.to_string() })
+        .collect();
+    let decision = match scope.host.detect_intent(ext, &ctx.history, text, &tools, scope.context.clone()).await {
+        Ok(decision) => decision,
+        Err(err) => {
+            tracing::warn!("intent recognition failed, chatting instead: {err}");
+            return false;
+        }
+    };
+    tracing::info!("intent: {decision:?}");
+    let timeout = Duration::from_secs(ctx.services.config.tool_call_timeout.max(1));
+    let (name, arguments) = match decision {
+        IntentDecision::ContinueChat => return false,
+        IntentDecision::Reply(reply) => {
+            say(sentences, &reply, false).await;
+            out.messages.push(ChatMessage::new(Role::Assistant, reply));
+            return true;
+        }
+        IntentDecision::Exit if tools.iter().any(|t| t.name == EXIT_TOOL) => (EXIT_TOOL.to_owned(), "{}".to_owned()),
+        IntentDecision::Exit => {
+            out.close = true;
+            return true;
+        }
+        IntentDecision::CallTool { name, arguments_json } => (name, arguments_json),
+    };
+    let call = ToolCall { id: format!("intent-{}", uuid::Uuid::new_v4().simple()), name, arguments };
+    tracing::info!("tool call {}({}) from the intent step", call.name, call.arguments);
+    let action = ctx.tools.call(&call.name, &call.arguments, timeout).await;
+    if matches!(action, ToolAction::Error(_)) && call.name == EXIT_TOOL {
+        out.close = true;
+    }
+    out.messages.push(ChatMessage::tool_calls("", vec![call.clone()]));
+    !apply(out, sentences, &call, action).await
 }
 
 /// Waits for the device to play everything, then says `tts stop`.
@@ -143,13 +238,14 @@ async fn finish(ctx: &TurnContext) {
 
 /// The LLM side: streams answers, splits them into sentences for [`voice`], runs tool calls and
 /// feeds their results back, up to [`MAX_LLM_ROUNDS`] calls.
-async fn think(ctx: &TurnContext, out: &mut TurnOutcome, sentences: mpsc::Sender<Sentence>) {
+async fn think(
+    ctx: &TurnContext,
+    out: &mut TurnOutcome,
+    sentences: &mpsc::Sender<Sentence>,
+    system: &ChatMessage,
+    tools: &[ToolSpec],
+) {
     let config = &ctx.services.config;
-    let tools = match config.providers.intent {
-        IntentMode::FunctionCall => ctx.tools.specs().await,
-        IntentMode::NoIntent => Vec::new(),
-    };
-    let system = ChatMessage::new(Role::System, system_prompt(config));
     let tool_timeout = Duration::from_secs(config.tool_call_timeout.max(1));
     let mut emotion_sent = false;
     for round in 0..MAX_LLM_ROUNDS {
@@ -158,12 +254,12 @@ async fn think(ctx: &TurnContext, out: &mut TurnOutcome, sentences: mpsc::Sender
         messages.extend(ctx.history.iter().cloned());
         messages.extend(out.messages.iter().cloned());
         // The last round offers no tools, so the model has to answer in words.
-        let offered = if round + 1 < MAX_LLM_ROUNDS { &tools[..] } else { &[] };
+        let offered = if round + 1 < MAX_LLM_ROUNDS { tools } else { &[] };
         let mut stream = match ctx.services.llm.stream(&messages, offered).await {
             Ok(stream) => stream,
             Err(e) => {
                 tracing::warn!("LLM request failed: {e}");
-                say(&sentences, &config.system_error_response, true).await;
+                say(sentences, &config.system_error_response, true).await;
                 return;
             }
         };
@@ -192,7 +288,7 @@ async fn think(ctx: &TurnContext, out: &mut TurnOutcome, sentences: mpsc::Sender
                 Err(e) => {
                     tracing::warn!("LLM stream failed: {e}");
                     if answer.trim().is_empty() && calls.is_empty() {
-                        say(&sentences, &config.system_error_response, true).await;
+                        say(sentences, &config.system_error_response, true).await;
                     }
                     break;
                 }
@@ -214,32 +310,41 @@ async fn think(ctx: &TurnContext, out: &mut TurnOutcome, sentences: mpsc::Sender
         let actions = join_all(calls.iter().map(|c| ctx.tools.call(&c.name, &c.arguments, tool_timeout))).await;
         let mut ask_llm = false;
         for (call, action) in calls.iter().zip(actions) {
-            let result = match action {
-                ToolAction::None => "done".to_string(),
-                ToolAction::Response(text) => {
-                    say(&sentences, &text, false).await;
-                    // As in the Python server, the exit tool's goodbye ends the conversation.
-                    if call.name == EXIT_TOOL {
-                        out.close = true;
-                    }
-                    text
-                }
-                ToolAction::ReqLlm(result) => {
-                    ask_llm = true;
-                    result
-                }
-                ToolAction::Error(message) => {
-                    tracing::warn!("tool {} failed: {message}", call.name);
-                    ask_llm = true;
-                    message
-                }
-            };
-            out.messages.push(ChatMessage::tool_result(call.id.clone(), result));
+            ask_llm |= apply(out, sentences, call, action).await;
         }
         if !ask_llm {
             return;
         }
     }
+}
+
+/// Applies what one tool call did: speaks a response, records the tool message, notes a new
+/// prompt or the end of the conversation. Returns whether the LLM should be asked again.
+async fn apply(out: &mut TurnOutcome, sentences: &mpsc::Sender<Sentence>, call: &ToolCall, action: ToolAction) -> bool {
+    let (result, ask_llm) = match action {
+        ToolAction::None => ("done".to_string(), false),
+        ToolAction::Response(text) => {
+            say(sentences, &text, false).await;
+            // As in the Python server, the exit tool's goodbye ends the conversation.
+            if call.name == EXIT_TOOL {
+                out.close = true;
+            }
+            (text, false)
+        }
+        ToolAction::ChangeRole { prompt, response } => {
+            say(sentences, &response, false).await;
+            tracing::info!("the session's system prompt changes ({})", call.name);
+            out.prompt = Some(prompt);
+            (response, false)
+        }
+        ToolAction::ReqLlm(result) => (result, true),
+        ToolAction::Error(message) => {
+            tracing::warn!("tool {} failed: {message}", call.name);
+            (message, true)
+        }
+    };
+    out.messages.push(ChatMessage::tool_result(call.id.clone(), result));
+    ask_llm
 }
 
 /// One sentence for the [`voice`] side.
@@ -336,12 +441,14 @@ async fn synthesize(ctx: &TurnContext, sentence: &str, timeout: Duration) -> Opt
     }
 }
 
-/// The configured prompt plus the current local time, which the model cannot know.
-fn system_prompt(config: &Config) -> String {
+/// The session's prompt (else the configured one) plus the current local time, which the model
+/// cannot know.
+fn system_prompt(config: &Config, session_prompt: Option<&str>) -> String {
     let now = chrono::Utc::now();
     let now = match config.server.timezone_offset.checked_mul(3600).and_then(chrono::FixedOffset::east_opt) {
         Some(offset) => now.with_timezone(&offset).fixed_offset(),
         None => now.fixed_offset(),
     };
-    format!("{}\n\nCurrent local time: {}", config.prompt.trim(), now.format("%Y-%m-%d %H:%M, %A"))
+    let prompt = session_prompt.unwrap_or(&config.prompt);
+    format!("{}\n\nCurrent local time: {}", prompt.trim(), now.format("%Y-%m-%d %H:%M, %A"))
 }

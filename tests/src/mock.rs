@@ -55,6 +55,11 @@ pub struct MockScript {
     /// calls it with `arguments`; once a tool result follows that user message, the model answers
     /// `reply after the tool result`. When the tool is not offered, the default reply is streamed.
     pub tool_trigger: Option<(String, String, Value, String)>,
+    /// Prompt rules `(needle, reply)`, checked first, in order: when the request's system message
+    /// contains `needle`, the model answers `reply`, with `{user}` replaced by the last user
+    /// message and `{user_json}` by that message as a JSON string (for answers that are JSON,
+    /// like the intent and memory extensions ask for).
+    pub rules: Vec<(String, String)>,
     /// Delay before the first SSE event of a chat stream.
     pub first_token_delay: Duration,
     /// Delay between the following SSE events.
@@ -73,6 +78,7 @@ impl Default for MockScript {
             transcript: "Hello there.".into(),
             reply: "Hello! How can I help you today?".into(),
             tool_trigger: None,
+            rules: Vec::new(),
             first_token_delay: Duration::ZERO,
             chunk_delay: Duration::ZERO,
             asr_fail: false,
@@ -104,6 +110,12 @@ impl MockScript {
         after: impl Into<String>,
     ) -> Self {
         self.tool_trigger = Some((trigger.into(), name.into(), arguments, after.into()));
+        self
+    }
+
+    /// Adds a prompt rule (see [`MockScript::rules`]).
+    pub fn rule(mut self, needle: impl Into<String>, reply: impl Into<String>) -> Self {
+        self.rules.push((needle.into(), reply.into()));
         self
     }
 
@@ -408,11 +420,16 @@ fn chat(shared: &Shared, script: &MockScript, request: &Value) -> Response<Body>
             tools.iter().any(|t| t.pointer("/function/name").and_then(Value::as_str) == Some(name))
         })
     };
-    let answer = match &script.tool_trigger {
-        Some((trigger, _, _, after)) if user_text.contains(trigger.as_str()) && tool_result_after_user => {
+    let system = messages.iter().find(|m| role(m) == "system").map(content_text).unwrap_or_default();
+    let ruled = script.rules.iter().find(|(needle, _)| system.contains(needle.as_str())).map(|(_, reply)| {
+        reply.replace("{user_json}", &Value::String(user_text.clone()).to_string()).replace("{user}", &user_text)
+    });
+    let answer = match (ruled, &script.tool_trigger) {
+        (Some(reply), _) => Answer::Text(reply),
+        (None, Some((trigger, _, _, after))) if user_text.contains(trigger.as_str()) && tool_result_after_user => {
             Answer::Text(after.clone())
         }
-        Some((trigger, name, arguments, _)) if user_text.contains(trigger.as_str()) && offered(name) => {
+        (None, Some((trigger, name, arguments, _))) if user_text.contains(trigger.as_str()) && offered(name) => {
             Answer::ToolCall { name: name.clone(), arguments: arguments.to_string() }
         }
         _ => Answer::Text(script.reply.replace("{user}", &user_text)),

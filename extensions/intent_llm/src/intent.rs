@@ -2,14 +2,12 @@
 //! list of available tools, the extraction of the LLM's JSON answer and the decision.
 //!
 //! The LLM is asked for strict JSON `{"function_call":{"name":...,"arguments":{...}}}`, as the
-//! Python server's `intent_llm` does. The tools it may choose come from the configuration key
-//! [`TOOLS_CONFIG_KEY`] (see [`parse_tools`]); `handle_exit_intent` and `continue_chat` are
+//! Python server's `intent_llm` does. The tools it may choose are those the host passes to
+//! `detect` (see [`tools_from_definitions`]); `handle_exit_intent` and `continue_chat` are
 //! always offered.
 
 use serde_json::Value;
 
-/// The configuration key holding the available tools as a JSON array.
-pub const TOOLS_CONFIG_KEY: &str = "tools_json";
 /// The pseudo-function meaning "no special intent".
 pub const CONTINUE_CHAT: &str = "continue_chat";
 /// The tool meaning "the user wants to end the conversation".
@@ -90,22 +88,38 @@ pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Parses the tool list of [`TOOLS_CONFIG_KEY`]: a JSON array whose items are either OpenAI
-/// tool entries `{"type":"function","function":{"name","description","parameters"}}` or flat
-/// `{"name","description","parameters"}` objects, where `parameters` is a JSON schema object
-/// or its text (as in the WIT `tool-definition.parameters-json`). Items without a valid name,
-/// duplicates and `continue_chat` are skipped.
+/// The tools the host offers (the WIT `tool-definition`s as `(name, description,
+/// parameters-json)`), in the shape the prompt shows. Definitions without a valid name,
+/// duplicates and `continue_chat` are skipped; unparseable parameter schemas give no parameters.
+pub fn tools_from_definitions<'a>(definitions: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>) -> Vec<Tool> {
+    let items: Vec<Value> = definitions
+        .into_iter()
+        .map(|(name, description, parameters)| {
+            serde_json::json!({"name": name, "description": description, "parameters": parameters})
+        })
+        .collect();
+    tools_from_values(&items)
+}
+
+/// Parses a tool list given as JSON text: an array whose items are either OpenAI tool entries
+/// `{"type":"function","function":{"name","description","parameters"}}` or flat
+/// `{"name","description","parameters"}` objects, where `parameters` is a JSON schema object or
+/// its text. Items are filtered as in [`tools_from_definitions`].
 ///
 /// # Errors
 /// A message when the text is not a JSON array.
 pub fn parse_tools(tools_json: &str) -> Result<Vec<Tool>, String> {
     let value: Value =
-        serde_json::from_str(tools_json).map_err(|error| format!("{TOOLS_CONFIG_KEY} is not valid JSON: {error}"))?;
+        serde_json::from_str(tools_json).map_err(|error| format!("the tool list is not valid JSON: {error}"))?;
     let Value::Array(items) = value else {
-        return Err(format!("{TOOLS_CONFIG_KEY} must be a JSON array"));
+        return Err("the tool list must be a JSON array".to_owned());
     };
+    Ok(tools_from_values(&items))
+}
+
+fn tools_from_values(items: &[Value]) -> Vec<Tool> {
     let mut tools: Vec<Tool> = Vec::new();
-    for item in &items {
+    for item in items {
         let function = item.get("function").filter(|function| function.is_object()).unwrap_or(item);
         let name = string_of(function, "name");
         if !is_valid_name(&name) || name == CONTINUE_CHAT || tools.iter().any(|tool| tool.name == name) {
@@ -132,7 +146,7 @@ pub fn parse_tools(tools_json: &str) -> Result<Vec<Tool>, String> {
             .unwrap_or_default();
         tools.push(Tool { name, description: string_of(function, "description"), params });
     }
-    Ok(tools)
+    tools
 }
 
 /// The tools offered to the LLM: the configured ones plus the exit tool when missing.
@@ -338,6 +352,16 @@ mod tests {
         assert_eq!(tools[1].params[0].kind, "integer");
         assert!(parse_tools("{}").is_err());
         assert!(parse_tools("nope").is_err());
+        let from_host = tools_from_definitions([
+            ("get_time", "Current time", r#"{"type":"object","properties":{"tz":{"type":"integer"}}}"#),
+            ("continue_chat", "", "{}"),
+            ("bad name!", "", "{}"),
+            ("lamp", "Lamp on/off", "not json"),
+        ]);
+        let names: Vec<&str> = from_host.iter().map(|tool| tool.name.as_str()).collect();
+        assert_eq!(names, ["get_time", "lamp"]);
+        assert_eq!(from_host[0].params[0].name, "tz");
+        assert!(from_host[1].params.is_empty());
     }
 
     #[test]
@@ -423,7 +447,7 @@ mod tests {
         assert_eq!(decide_known(r#"{"intent":"Continue Chat"}"#), Decision::ContinueChat);
         assert_eq!(decide_known("I think the user wants the time."), Decision::ContinueChat);
         assert_eq!(decide_known(""), Decision::ContinueChat);
-        // Without a configured list any valid name is passed on.
+        // Without a list of known tools any valid name is passed on.
         assert_eq!(
             decide(r#"{"function_call":{"name":"play_music","arguments":{"song_name":"random"}}}"#, None),
             Decision::CallTool("play_music".into(), r#"{"song_name":"random"}"#.into())

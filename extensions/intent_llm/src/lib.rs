@@ -2,9 +2,8 @@
 //! `xiaozhi:extension/intent-extension@0.1.0`) that recognises the user's intent with the
 //! host's LLM before the chat LLM runs, like the Python server's `intent_llm` provider.
 //!
-//! The available tools come from the configuration key `tools_json` (a JSON array of tool
-//! definitions, see [`intent::parse_tools`]). Without it, only `handle_exit_intent` and
-//! `continue_chat` are offered, and any valid tool name the LLM picks is passed to the host.
+//! The LLM may choose among the tools the host passes to `detect` (the session's extension and
+//! device tools), `handle_exit_intent` and `continue_chat`; any other answer means plain chat.
 //!
 //! The logic lives in [`intent`], which also compiles natively, so `cargo test` runs the unit
 //! tests on the build machine; the WIT bindings exist only on `wasm32`.
@@ -21,8 +20,9 @@ mod component {
 
     use crate::intent;
     use exports::xiaozhi::extension::intent::Guest;
-    use xiaozhi::extension::types::{CallContext, ExtensionError, IntentDecision, Message, Role};
-    use xiaozhi::extension::{config, llm};
+    use xiaozhi::extension::llm;
+    use xiaozhi::extension::log::{self, Level};
+    use xiaozhi::extension::types::{CallContext, ExtensionError, IntentDecision, Message, Role, ToolDefinition};
 
     /// Converts a WIT message into the plain module's message.
     fn plain(message: &Message) -> intent::Message {
@@ -42,25 +42,36 @@ mod component {
         fn detect(
             history: Vec<Message>,
             text: String,
+            tools: Vec<ToolDefinition>,
             _context: CallContext,
         ) -> Result<IntentDecision, ExtensionError> {
             if text.trim().is_empty() {
                 return Ok(IntentDecision::ContinueChat);
             }
-            let configured = match config::get(intent::TOOLS_CONFIG_KEY) {
-                Some(json) if !json.trim().is_empty() => {
-                    Some(intent::parse_tools(&json).map_err(ExtensionError::Failed)?)
-                }
-                _ => None,
-            };
-            let offered = intent::offered_tools(configured.as_deref().unwrap_or_default());
+            let available = intent::tools_from_definitions(
+                tools.iter().map(|t| (t.name.as_str(), t.description.as_str(), t.parameters_json.as_str())),
+            );
+            let offered = intent::offered_tools(&available);
             let history: Vec<intent::Message> = history.iter().map(plain).collect();
             let messages = [
                 Message { role: Role::System, content: intent::system_prompt(&offered) },
                 Message { role: Role::User, content: intent::user_prompt(&history, &text) },
             ];
             let reply = llm::complete(&messages, Some(intent::MAX_TOKENS))?;
-            Ok(match intent::decide(&reply, configured.as_ref().map(|_| offered.as_slice())) {
+            let decision = intent::decide(&reply, Some(&offered));
+            let (kind, tool) = match &decision {
+                intent::Decision::ContinueChat => ("continue-chat", ""),
+                intent::Decision::Exit => ("exit", ""),
+                intent::Decision::CallTool(name, _) => ("call-tool", name.as_str()),
+            };
+            if log::enabled(Level::Info) {
+                log::log(
+                    Level::Info,
+                    "intent recognised",
+                    &[("decision".into(), kind.into()), ("tool".into(), tool.into())],
+                );
+            }
+            Ok(match decision {
                 intent::Decision::ContinueChat => IntentDecision::ContinueChat,
                 intent::Decision::Exit => IntentDecision::Exit,
                 intent::Decision::CallTool(name, arguments) => IntentDecision::CallTool((name, arguments)),

@@ -22,6 +22,7 @@ mod component {
 
     use crate::memory;
     use exports::xiaozhi::extension::memory::Guest;
+    use xiaozhi::extension::log::{self, Level};
     use xiaozhi::extension::types::{ExtensionError, Message, Role};
     use xiaozhi::extension::{config, kv, llm};
 
@@ -71,7 +72,13 @@ mod component {
                     memory::SummaryError::TooLong => "the LLM's summary cannot be capped".to_owned(),
                 })
             })?;
-            kv::set(memory::KV_KEY, text.as_bytes())
+            kv::set(memory::KV_KEY, text.as_bytes())?;
+            log::log(
+                Level::Info,
+                "memory saved",
+                &[("chars".into(), text.chars().count().to_string()), ("messages".into(), messages.len().to_string())],
+            );
+            Ok(())
         }
     }
 

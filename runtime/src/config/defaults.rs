@@ -91,10 +91,14 @@ impl Default for Config {
                     ]),
                 ),
             ]),
-            memory: dictionary([("nomem", entry([("type", "nomem".into())]))]),
+            memory: dictionary([
+                ("nomem", entry([("type", "nomem".into())])),
+                ("mem_local_short", entry([("type", "mem_local_short".into())])),
+            ]),
             intent: dictionary([
                 ("nointent", entry([("type", "nointent".into())])),
                 ("function_call", entry([("type", "function_call".into())])),
+                ("intent_llm", entry([("type", "intent_llm".into())])),
             ]),
             vllm: BTreeMap::new(),
             audio: AudioConfig::default(),
@@ -204,7 +208,12 @@ impl Default for ExtensionsConfig {
         Self {
             dirs: vec![PathBuf::from("extensions")],
             cache_dir: PathBuf::from("data/.cache/extensions"),
-            grants: BTreeMap::new(),
+            // The built-in intent and memory extensions get what they need; they only run when
+            // selected.
+            grants: BTreeMap::from([
+                ("intent_llm".to_owned(), Grant { llm: true, ..Grant::default() }),
+                ("mem_local_short".to_owned(), Grant { kv: true, llm: true, ..Grant::default() }),
+            ]),
         }
     }
 }

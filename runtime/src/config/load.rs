@@ -371,8 +371,8 @@ fn resolve_providers(config: &Config, warnings: &mut Vec<String>) -> Result<Prov
             "nointent" => IntentMode::NoIntent,
             "function_call" => IntentMode::FunctionCall,
             other => {
-                warnings.push(format!("Intent.{name}.type \"{other}\" is not supported yet; using function_call"));
-                IntentMode::FunctionCall
+                warn_dedicated_llm("Intent", &name, &config.intent, &selected.llm, warnings);
+                IntentMode::Extension(other.to_owned())
             }
         },
     };
@@ -382,8 +382,8 @@ fn resolve_providers(config: &Config, warnings: &mut Vec<String>) -> Result<Prov
         Some((name, kind)) => match kind.as_str() {
             "nomem" | "mem_report_only" => MemoryMode::NoMem,
             other => {
-                warnings.push(format!("Memory.{name}.type \"{other}\" is not supported yet; using nomem"));
-                MemoryMode::NoMem
+                warn_dedicated_llm("Memory", &name, &config.memory, &selected.llm, warnings);
+                MemoryMode::Extension(other.to_owned())
             }
         },
     };
@@ -466,6 +466,25 @@ impl SelectedEntry {
     /// Deserializes the settings into `T`, with this entry's path on errors and warnings.
     fn typed<T: DeserializeOwned>(self, warnings: &mut Vec<String>) -> Result<T, ConfigError> {
         deserialize_at(Value::Mapping(self.settings), &self.path, warnings)
+    }
+}
+
+/// The Python server lets an Intent/Memory entry name its own LLM (`llm: ChatGLMLLM`); here
+/// extensions complete through the selected LLM, so a different name is reported.
+fn warn_dedicated_llm(
+    section: &str,
+    name: &str,
+    dictionary: &std::collections::BTreeMap<String, Value>,
+    selected_llm: &str,
+    warnings: &mut Vec<String>,
+) {
+    if let Some(Value::String(llm)) = dictionary.get(name).and_then(|entry| entry.get("llm"))
+        && !llm.trim().is_empty()
+        && llm.trim() != selected_llm.trim()
+    {
+        warnings.push(format!(
+            "{section}.{name}.llm is {llm}, but extensions use the selected LLM ({selected_llm}); {llm} is not used"
+        ));
     }
 }
 
@@ -640,12 +659,14 @@ impl Config {
                 format!("TTS    {} (custom): {} {}, format {}", selected.tts, tts.method, tts.url, tts.format)
             }
         };
-        let intent = match providers.intent {
-            IntentMode::NoIntent => "nointent (no tools)",
-            IntentMode::FunctionCall => "function_call",
+        let intent = match &providers.intent {
+            IntentMode::NoIntent => "nointent (no tools)".to_owned(),
+            IntentMode::FunctionCall => "function_call".to_owned(),
+            IntentMode::Extension(id) => format!("the intent extension {id}"),
         };
-        let memory = match providers.memory {
-            MemoryMode::NoMem => "nomem",
+        let memory = match &providers.memory {
+            MemoryMode::NoMem => "nomem".to_owned(),
+            MemoryMode::Extension(id) => format!("the memory extension {id}"),
         };
         vec![
             format!(
@@ -995,21 +1016,21 @@ TTS:
     }
 
     #[test]
-    fn intent_and_memory_fall_back_with_warnings() {
+    fn other_intent_and_memory_types_name_extensions() {
         let loaded = load_over_repo(
             "selected_module:\n  Intent: intent_llm\n  Memory: mem0ai\n\
              Intent:\n  intent_llm:\n    type: intent_llm\n    llm: ChatGLMLLM\n\
              Memory:\n  mem0ai:\n    type: mem0ai\n    api_key: x\n",
         )
         .expect("loads");
-        assert_eq!(loaded.config.providers.intent, IntentMode::FunctionCall);
-        assert_eq!(loaded.config.providers.memory, MemoryMode::NoMem);
+        assert_eq!(loaded.config.providers.intent, IntentMode::Extension("intent_llm".into()));
+        assert_eq!(loaded.config.providers.memory, MemoryMode::Extension("mem0ai".into()));
+        let selected_llm = &loaded.config.selected_module.llm;
         assert_eq!(
             loaded.warnings,
-            vec![
-                "Intent.intent_llm.type \"intent_llm\" is not supported yet; using function_call".to_owned(),
-                "Memory.mem0ai.type \"mem0ai\" is not supported yet; using nomem".to_owned(),
-            ]
+            vec![format!(
+                "Intent.intent_llm.llm is ChatGLMLLM, but extensions use the selected LLM ({selected_llm}); ChatGLMLLM is not used"
+            )]
         );
 
         // No entries at all: the selected name is the type.

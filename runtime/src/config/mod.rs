@@ -361,21 +361,30 @@ impl Default for TtsSpec {
 }
 
 /// How tools reach the model, from the selected `Intent` entry's `type`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum IntentMode {
     /// `nointent`: plain chat, no tools offered.
     NoIntent,
     /// `function_call`: tools offered through the model's native function calling.
     #[default]
     FunctionCall,
+    /// Any other type (`intent_llm`, ...): the intent extension with this id decides, before the
+    /// chat LLM runs, whether the utterance calls a tool, gets a direct reply, ends the
+    /// conversation or goes to plain chat (which is then offered no tools, as in the Python
+    /// server). While no such extension serves, turns fall back to `function_call`.
+    Extension(String),
 }
 
 /// Conversation memory, from the selected `Memory` entry's `type`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum MemoryMode {
-    /// `nomem`: nothing is remembered between connections.
+    /// `nomem` (or `mem_report_only`): nothing is remembered between connections.
     #[default]
     NoMem,
+    /// Any other type (`mem_local_short`, ...): the memory extension with this id is asked for
+    /// what it knows on every turn (put into the system prompt) and given the dialogue when the
+    /// connection ends. While no such extension serves, nothing is remembered.
+    Extension(String),
 }
 
 impl Config {

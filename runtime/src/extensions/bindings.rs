@@ -27,6 +27,15 @@ impl From<wit::ToolDefinition> for ToolDefinition {
     }
 }
 
+/// A tool definition in the WIT shape (what intent extensions are given).
+pub(crate) fn to_wit_tool(def: &ToolDefinition) -> wit::ToolDefinition {
+    wit::ToolDefinition {
+        name: def.name.clone(),
+        description: def.description.clone(),
+        parameters_json: def.parameters_json.clone(),
+    }
+}
+
 impl From<wit::ToolResult> for ToolResult {
     fn from(result: wit::ToolResult) -> Self {
         let action = match result.action {

@@ -14,7 +14,7 @@ use super::manifest::Manifest;
 /// The most linear memory any extension may have, MiB.
 pub const HOST_MAX_MEMORY_MB: u32 = 256;
 /// The longest any single call may run, ms.
-pub const HOST_MAX_TIMEOUT_MS: u32 = 30_000;
+pub const HOST_MAX_TIMEOUT_MS: u32 = 60_000;
 /// Memory given when neither the manifest nor the grant names a size, MiB.
 pub const DEFAULT_MEMORY_MB: u32 = 64;
 /// Timeout used when neither the manifest nor the grant names one, ms.
@@ -81,13 +81,10 @@ pub fn check(manifest: &Manifest, grant: Option<&Grant>) -> Result<EffectiveGran
     if caps.llm && !grant.llm {
         return Err(refuse(format!("requests llm, not granted in {path}.llm")));
     }
-    let mut config = BTreeMap::new();
-    for key in &caps.config {
-        let Some(value) = grant.config.get(key) else {
-            return Err(refuse(format!("requests config key {key}, not set in {path}.config")));
-        };
-        config.insert(key.clone(), value.clone());
-    }
+    // Settings are not capabilities: a declared key the operator did not set reads as none (the
+    // extension decides whether it can work without it); undeclared keys are never visible.
+    let config: BTreeMap<String, String> =
+        caps.config.iter().filter_map(|key| grant.config.get(key).map(|value| (key.clone(), value.clone()))).collect();
 
     let memory_mb =
         limit(caps.memory_mb, grant.memory_mb, HOST_MAX_MEMORY_MB, DEFAULT_MEMORY_MB, "memory_mb", "MiB", &path)
@@ -169,11 +166,8 @@ mod tests {
         grant.kv = true;
         assert!(check(&wants, Some(&grant)).expect_err("llm").to_string().contains("requests llm"));
         grant.llm = true;
-        let err = check(&wants, Some(&grant)).expect_err("config");
-        assert!(
-            err.to_string().contains("requests config key api_key, not set in extensions.grants.get_weather.config"),
-            "{err}"
-        );
+        let unset = check(&wants, Some(&grant)).expect("a declared setting may be left unset");
+        assert!(unset.config.is_empty());
         grant.config.insert("api_key".into(), "secret".into());
         grant.config.insert("other".into(), "not requested".into());
 
@@ -193,8 +187,8 @@ mod tests {
             err.to_string(),
             "extension get_weather requests memory_mb = 16 MiB, more than extensions.grants.get_weather.memory_mb = 8"
         );
-        let err = check(&manifest("timeout_ms = 60000"), None).expect_err("over the host");
-        assert!(err.to_string().contains("more than this server's maximum of 30000 ms"), "{err}");
+        let err = check(&manifest("timeout_ms = 120000"), None).expect_err("over the host");
+        assert!(err.to_string().contains("more than this server's maximum of 60000 ms"), "{err}");
 
         let effective = check(&manifest("memory_mb = 4"), Some(&grant)).expect("fits");
         assert_eq!(effective.memory_bytes, 4 << 20);

@@ -323,22 +323,28 @@ impl ExtensionHost {
         result.map(ToolResult::from).map_err(|err| guest_error(ext, call, &err))
     }
 
-    /// Asks an intent extension what to do with `text` after `history` (oldest first).
+    /// Asks an intent extension what to do with `text` after `history` (oldest first), given the
+    /// `tools` the session offers.
     pub async fn detect_intent(
         &self,
         ext: &LoadedExtension,
         history: &[ChatMessage],
         text: &str,
+        tools: &[ToolDefinition],
         ctx: CallContext,
     ) -> Result<IntentDecision, ExtensionError> {
         let indices = ext.exports.intent.clone().ok_or_else(|| wrong_kind(ext, Kind::Intent))?;
         let call = "intent.detect";
         let history: Vec<_> = history.iter().map(to_wit_message).collect();
+        let tools: Vec<_> = tools.iter().map(bindings::to_wit_tool).collect();
         let (text, wit_ctx) = (text.to_owned(), bindings::wit_context(&ctx));
         let result = self
             .run(ext, &ctx, call, move |store, instance| {
                 Box::pin(async move {
-                    indices.load(&mut *store, &instance)?.call_detect(&mut *store, &history, &text, &wit_ctx).await
+                    indices
+                        .load(&mut *store, &instance)?
+                        .call_detect(&mut *store, &history, &text, &tools, &wit_ctx)
+                        .await
                 })
             })
             .await?;

@@ -24,6 +24,7 @@ pub mod registry;
 mod tests;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use grant::{EffectiveGrant, GrantError};
@@ -31,6 +32,37 @@ pub use host::{CallState, ExtensionHost, HostServices, LoadedExtension};
 pub use iface::kv::{KvError, KvStore, MemoryKv, kv_namespace};
 pub use manifest::{Kind, Manifest, ManifestError};
 pub use registry::{Registry, Snapshot};
+
+/// The extensions one turn (or one end-of-connection memory save) sees: the registry's snapshot
+/// taken when it started (in-flight calls finish on the version they started with), the host
+/// that runs them, and who the calls are for.
+#[derive(Clone)]
+pub struct ExtensionScope {
+    /// The registry's snapshot.
+    pub snapshot: Arc<Snapshot>,
+    /// The host that runs the extensions.
+    pub host: Arc<ExtensionHost>,
+    /// Device, session and language of the calls.
+    pub context: CallContext,
+}
+
+/// Logs once per process and extension id that the extension `id` selected in the config
+/// section `section` (`Intent`, `Memory`) is not serving, and what happens instead.
+pub fn warn_not_serving(section: &str, id: &str, instead: &str) {
+    static WARNED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    if warned.insert(format!("{section}/{id}")) {
+        tracing::warn!("{section}: the extension {id} is not serving (see GET /xiaozhi/extensions); {instead}");
+    }
+}
+
+impl ExtensionScope {
+    /// The serving extension `id`, if it is one of `kind`.
+    pub fn find(&self, id: &str, kind: Kind) -> Option<&Arc<LoadedExtension>> {
+        self.snapshot.extensions.get(id).filter(|ext| ext.manifest.has(kind))
+    }
+}
 
 /// One tool offered by an extension (the WIT `tool-definition`).
 #[derive(Debug, Clone, PartialEq, Eq)]

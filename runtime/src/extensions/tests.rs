@@ -604,3 +604,162 @@ async fn exit_tool_in_rust_c_and_python_behaves_the_same() {
         println!("{id}: {size} bytes; load cold (compile) {cold:?}, cached {cached:?}; first call {first_call:?}");
     }
 }
+
+/// The directory of the built-in extension `id`; fails with the fix when it is not built.
+fn builtin_dir(id: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../extensions").join(id);
+    assert!(
+        dir.join(format!("{id}.wasm")).is_file(),
+        "{}/{id}.wasm is missing: run `extensions/build.sh {id}` first",
+        dir.display()
+    );
+    dir
+}
+
+/// A chat model whose answer is computed from the request, and which records the requests.
+struct ScriptedLlm {
+    answer: fn(&[crate::llm::ChatMessage]) -> String,
+    requests: std::sync::Mutex<Vec<Vec<crate::llm::ChatMessage>>>,
+}
+
+impl ScriptedLlm {
+    fn new(answer: fn(&[crate::llm::ChatMessage]) -> String) -> Arc<Self> {
+        Arc::new(Self { answer, requests: std::sync::Mutex::default() })
+    }
+
+    fn requests(&self) -> Vec<Vec<crate::llm::ChatMessage>> {
+        self.requests.lock().expect("lock").clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::llm::Llm for ScriptedLlm {
+    async fn stream(
+        &self,
+        messages: &[crate::llm::ChatMessage],
+        _tools: &[crate::llm::ToolSpec],
+    ) -> Result<crate::llm::LlmStream, crate::remote::ProviderError> {
+        self.requests.lock().expect("lock").push(messages.to_vec());
+        let text = (self.answer)(messages);
+        Ok(Box::pin(futures_util::stream::iter(vec![Ok(crate::llm::LlmDelta::Text(text))])))
+    }
+}
+
+fn host_with(cache: &Path, grants: &[(&str, Grant)], llm: Arc<dyn crate::llm::Llm>) -> ExtensionHost {
+    let config = ExtensionsConfig {
+        dirs: Vec::new(),
+        cache_dir: cache.to_owned(),
+        grants: grants.iter().map(|(id, grant)| ((*id).to_owned(), grant.clone())).collect(),
+    };
+    let services = HostServices { llm: Some(llm), kv: Arc::new(MemoryKv::new()) };
+    ExtensionHost::new(&config, services).expect("host starts")
+}
+
+/// A `Write` into a shared buffer, to read back what a `tracing` subscriber wrote.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn intent_llm_chooses_among_the_tools_the_host_passes() {
+    use crate::llm::{ChatMessage, Role};
+    // The model picks get_time when the prompt offers it, whatever the user said.
+    let llm = ScriptedLlm::new(|messages| {
+        if messages[0].content.contains("get_time") {
+            r#"```json
+{"function_call": {"name": "get_time", "arguments": {}}}
+```"#
+                .into()
+        } else {
+            r#"{"function_call": {"name": "continue_chat"}}"#.into()
+        }
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let grant = Grant { llm: true, ..Grant::default() };
+    let host = host_with(cache.path(), &[("intent_llm", grant)], llm.clone());
+    let ext = host.load(&builtin_dir("intent_llm")).await.expect("intent_llm loads");
+    let tools = [ToolDefinition {
+        name: "get_time".into(),
+        description: "The current date and time".into(),
+        parameters_json: r#"{"type":"object","properties":{}}"#.into(),
+    }];
+    let history = [ChatMessage::new(Role::User, "hello"), ChatMessage::new(Role::Assistant, "hi")];
+
+    let decision = host.detect_intent(&ext, &history, "what time is it", &tools, ctx("aa", "en")).await;
+    assert_eq!(
+        decision.expect("detect"),
+        IntentDecision::CallTool { name: "get_time".into(), arguments_json: "{}".into() }
+    );
+    let request = llm.requests().remove(0);
+    assert!(request[0].content.contains("- name: get_time"), "{}", request[0].content);
+    assert!(request[1].content.contains("what time is it"), "{}", request[1].content);
+
+    let decision = host.detect_intent(&ext, &history, "tell me a joke", &[], ctx("aa", "en")).await;
+    assert_eq!(decision.expect("detect"), IntentDecision::ContinueChat);
+
+    // Without the llm grant the extension is refused at load.
+    let refused = self::host(cache.path(), &[]).load(&builtin_dir("intent_llm")).await.err().expect("refused");
+    assert!(refused.to_string().contains("requests llm, not granted"), "{refused}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn mem_local_short_keeps_devices_apart_and_its_logs_are_tagged() {
+    use crate::llm::{ChatMessage, Role};
+    // The "summary" is the dialogue's user lines as JSON.
+    let llm = ScriptedLlm::new(|messages| {
+        let prompt = &messages.last().expect("a prompt").content;
+        let said: Vec<&str> = prompt.lines().filter(|l| l.contains("name is")).collect();
+        serde_json::json!({"said": said}).to_string()
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let grant = Grant { llm: true, kv: true, ..Grant::default() };
+    let host = host_with(cache.path(), &[("mem_local_short", grant)], llm.clone());
+    let ext = host.load(&builtin_dir("mem_local_short")).await.expect("mem_local_short loads");
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dialogue = |name: &str| {
+        vec![
+            ChatMessage::new(Role::User, format!("Hello, my name is {name}.")),
+            ChatMessage::new(Role::Assistant, format!("Nice to meet you, {name}!")),
+        ]
+    };
+    assert_eq!(host.memory_query(&ext, "who am I", ctx("dev:a", "en")).await.expect("query"), "");
+    host.memory_save(&ext, &dialogue("Ann"), ctx("dev:a", "en")).await.expect("save a");
+    host.memory_save(&ext, &dialogue("Bob"), ctx("dev:b", "en")).await.expect("save b");
+    let a = host.memory_query(&ext, "who am I", ctx("dev:a", "en")).await.expect("query a");
+    let b = host.memory_query(&ext, "who am I", ctx("dev:b", "en")).await.expect("query b");
+    assert!(a.contains("Ann") && !a.contains("Bob"), "device a remembers only its own dialogue: {a}");
+    assert!(b.contains("Bob") && !b.contains("Ann"), "device b remembers only its own dialogue: {b}");
+    assert_eq!(llm.requests().len(), 2, "one summary per saved dialogue");
+
+    // The guest's own log records carry the extension id and the device of the call.
+    let logs = captured.text();
+    let saved: Vec<&str> = logs.lines().filter(|l| l.contains("memory saved")).collect();
+    assert_eq!(saved.len(), 2, "{logs}");
+    assert!(saved.iter().all(|l| l.contains("extension=mem_local_short")), "{logs}");
+    assert!(saved[0].contains("device=dev:a") && saved[1].contains("device=dev:b"), "{logs}");
+}

@@ -23,9 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audio::UPLINK_SAMPLE_RATE;
 use crate::connection::{self, Outbox, WsReader, WsStream};
-use crate::extensions::CallContext;
+use crate::extensions::{CallContext, ExtensionScope};
 use crate::llm::{ChatMessage, Role};
 use crate::mcp::McpClient;
+use crate::memory;
 use crate::protocol::frame::{self, ProtocolVersion};
 use crate::protocol::message::{
     ClientHello, Inbound, Listen, ListenMode, ListenState, ServerMessage, TtsState, parse_inbound,
@@ -33,7 +34,7 @@ use crate::protocol::message::{
 use crate::services::Services;
 use crate::speaker::Speaker;
 use crate::text;
-use crate::tools::{ExtensionTools, ToolBox};
+use crate::tools::ToolBox;
 use crate::turn::{self, TurnContext, TurnInput, TurnOutcome};
 
 mod listener;
@@ -77,6 +78,12 @@ pub async fn run(ws: WsStream, device: DeviceInfo, services: Arc<Services>, shut
     tracing::info!(parent: &span, "device connected");
     let reason = tracing::Instrument::instrument(session.run(&mut reader, &shutdown), span.clone()).await;
     session.cancel_turn();
+    // The memory extension (if any) keeps what was said, in the background.
+    if let Some(scope) = session.extension_scope() {
+        let dialogue = std::mem::take(&mut session.history);
+        let _entered = span.enter();
+        memory::remember(scope, &session.services.config.providers.memory, dialogue);
+    }
     match reason {
         End::DeviceGone => tracing::info!(parent: &span, "device disconnected"),
         End::Close(why) => {
@@ -116,6 +123,8 @@ struct Session {
     speaker: Option<Speaker>,
     mcp: Option<Arc<McpClient>>,
     history: Vec<ChatMessage>,
+    /// The system prompt set by `change_role`; `None`: the configured prompt.
+    prompt: Option<String>,
     turn: Option<ActiveTurn>,
     next_turn_id: u64,
     turn_tx: mpsc::Sender<(u64, TurnOutcome)>,
@@ -147,6 +156,7 @@ impl Session {
             speaker: None,
             mcp: None,
             history: Vec::new(),
+            prompt: None,
             turn: None,
             next_turn_id: 1,
             turn_tx,
@@ -400,13 +410,16 @@ impl Session {
         let id = self.next_turn_id;
         self.next_turn_id += 1;
         let cancel = CancellationToken::new();
+        let extensions = self.extension_scope();
         let ctx = TurnContext {
             input,
             services: Arc::clone(&self.services),
             history: self.history.clone(),
             outbox: self.outbox.clone(),
             speaker,
-            tools: ToolBox::new(self.mcp.clone(), self.extension_tools()),
+            tools: ToolBox::new(self.mcp.clone(), extensions.clone()),
+            extensions,
+            prompt: self.prompt.clone(),
             cancel: cancel.clone(),
         };
         let done = self.turn_tx.clone();
@@ -417,10 +430,10 @@ impl Session {
         self.turn = Some(ActiveTurn { id, cancel });
     }
 
-    /// The extension tools for a new turn: the registry's current snapshot.
-    fn extension_tools(&self) -> Option<ExtensionTools> {
+    /// The extensions for a new turn (or the final memory save): the registry's current snapshot.
+    fn extension_scope(&self) -> Option<ExtensionScope> {
         let registry = self.services.extensions.as_ref()?;
-        Some(ExtensionTools {
+        Some(ExtensionScope {
             snapshot: registry.snapshot(),
             host: Arc::clone(registry.host()),
             context: CallContext {
@@ -439,6 +452,9 @@ impl Session {
 
     fn on_turn_done(&mut self, id: u64, outcome: TurnOutcome) -> Option<End> {
         self.history.extend(outcome.messages);
+        if outcome.prompt.is_some() {
+            self.prompt = outcome.prompt;
+        }
         trim_history(&mut self.history, HISTORY_LIMIT);
         if self.turn.as_ref().is_none_or(|t| t.id != id) {
             // An aborted turn finishing late: keep what was said, change nothing else.
