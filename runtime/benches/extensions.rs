@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use xiaozhi_server::config::ExtensionsConfig;
 use xiaozhi_server::extensions::registry::{self, Registry};
-use xiaozhi_server::extensions::{CallContext, ExtensionHost, HostServices, MemoryKv};
+use xiaozhi_server::extensions::{CallContext, ExtensionHost, HostServices};
+use xiaozhi_server::store::memory::MemoryStore;
 
 fn guest(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../extensions").join(name);
@@ -21,7 +22,7 @@ fn guest(name: &str) -> PathBuf {
 
 fn host(cache: &Path) -> Arc<ExtensionHost> {
     let config = ExtensionsConfig { dirs: Vec::new(), cache_dir: cache.to_owned(), grants: Default::default() };
-    Arc::new(ExtensionHost::new(&config, HostServices { llm: None, kv: Arc::new(MemoryKv::new()) }).expect("host"))
+    Arc::new(ExtensionHost::new(&config, HostServices { llm: None, store: Arc::new(MemoryStore::new()) }).expect("host"))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -50,6 +50,7 @@ pub mod services;
 pub mod session;
 pub mod simulator;
 pub mod speaker;
+pub mod store;
 pub mod text;
 pub mod tools;
 pub mod tts;

@@ -1,5 +1,5 @@
 //! The `xiaozhi-server` command line: `serve` (default), `simulate`, `token`, `check-config`,
-//! `bind`. No logic lives here; each subcommand calls into the library.
+//! `bind`, `data`. No logic lives here; each subcommand calls into the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand};
 use xiaozhi_server::config::{self, ConfigSource};
 use xiaozhi_server::server::{self, ServerOptions};
-use xiaozhi_server::{auth, http, simulator};
+use xiaozhi_server::{auth, http, simulator, store};
 
 /// A fast server for xiaozhi ESP32 voice assistants.
 #[derive(Parser)]
@@ -46,6 +46,9 @@ enum Command {
         /// The code.
         code: String,
     },
+    /// Export, import or inspect what the store holds about devices (memory, chat history).
+    #[command(subcommand)]
+    Data(store::cli::DataCommand),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,10 @@ fn main() -> ExitCode {
         Command::Bind { code } => http::activation::bind(&cli.data_dir, &code)
             .map(|device| println!("device {device} is bound"))
             .map_err(Into::into),
+        Command::Data(command) => {
+            init_logging("warn");
+            runtime().and_then(|rt| rt.block_on(store::cli::run(command, &source, &cli.data_dir)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

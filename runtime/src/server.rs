@@ -32,7 +32,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::{self, Config, ConfigSource};
-use crate::extensions::{ExtensionHost, HostServices, MemoryKv, Registry};
+use crate::extensions::{ExtensionHost, HostServices, Registry};
+use crate::store::{self, Store};
 use crate::http::{self, HttpContext};
 use crate::onnx;
 use crate::services::{ModelCache, Services};
@@ -101,10 +102,15 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     let library = config.onnxruntime_path();
     onnx::init(&library).with_context(|| format!("ONNX Runtime ({})", library.display()))?;
     let shutdown = CancellationToken::new();
-    let extensions = start_extensions(&config, &shutdown).await;
+    let state = store::open(&config.store, &options.data_dir)
+        .await
+        .with_context(|| format!("opening the store ({:?})", config.store.kind))?;
+    tracing::info!("state in {}", state.describe());
+    let extensions = start_extensions(&config, Arc::clone(&state), &shutdown).await;
     let first = Arc::clone(&config);
+    let instance: Arc<str> = Arc::from(instance_name(&config).as_str());
     let (services, cache) = tokio::task::spawn_blocking(move || {
-        let mut cache = ModelCache::default();
+        let mut cache = ModelCache::new(state, instance);
         cache.extensions = extensions;
         Services::build(first, &mut cache).map(|services| (services, cache))
     })
@@ -158,7 +164,11 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
 
 /// Starts the WebAssembly extension host, loads the extension folders and watches them. A host
 /// that cannot start is logged and the server runs without extensions.
-async fn start_extensions(config: &Config, shutdown: &CancellationToken) -> Option<Arc<Registry>> {
+async fn start_extensions(
+    config: &Config,
+    store: Arc<dyn Store>,
+    shutdown: &CancellationToken,
+) -> Option<Arc<Registry>> {
     let llm = match crate::llm::build(&config.providers.llm) {
         Ok(llm) => Some(llm),
         Err(e) => {
@@ -166,7 +176,7 @@ async fn start_extensions(config: &Config, shutdown: &CancellationToken) -> Opti
             None
         }
     };
-    let services = HostServices { llm, kv: Arc::new(MemoryKv::new()) };
+    let services = HostServices { llm, store };
     let host = match ExtensionHost::new(&config.extensions, services) {
         Ok(host) => Arc::new(host),
         Err(e) => {
@@ -179,6 +189,17 @@ async fn start_extensions(config: &Config, shutdown: &CancellationToken) -> Opti
     tracing::info!("{serving} extension(s) loaded from {:?}", config.extensions.dirs);
     crate::extensions::registry::watch(Arc::clone(&registry), shutdown.clone());
     Some(registry)
+}
+
+/// This instance's name in the device registry: `store.instance_id`, else the host name and
+/// the WebSocket port.
+fn instance_name(config: &Config) -> String {
+    if !config.store.instance_id.trim().is_empty() {
+        return config.store.instance_id.trim().to_owned();
+    }
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let host = if host.is_empty() { "localhost".to_owned() } else { host };
+    format!("{host}:{}", config.server.port)
 }
 
 async fn rebuild_services_on_change(

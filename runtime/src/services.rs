@@ -11,6 +11,7 @@ use crate::config::{Config, SileroVadConfig, VadSpec};
 use crate::extensions::Registry;
 use crate::llm::{self, Llm};
 use crate::speaker::PhraseCache;
+use crate::store::Store;
 use crate::tts::{self, Tts};
 
 /// Providers and config for new sessions.
@@ -33,6 +34,10 @@ pub struct Services {
     pub voice_key: String,
     /// Silero settings of the selected VAD entry.
     pub vad_config: SileroVadConfig,
+    /// Where state lives (opened once at start-up; `store:` changes need a restart).
+    pub store: Arc<dyn Store>,
+    /// This instance's name in the device registry.
+    pub instance: Arc<str>,
 }
 
 /// Why the services could not be built.
@@ -52,8 +57,8 @@ pub enum ServicesError {
 }
 
 /// Keeps loaded models between rebuilds, so a config change reloads a model (seconds for a local
-/// ASR or TTS) only when its own settings changed.
-#[derive(Default)]
+/// ASR or TTS) only when its own settings changed; also carries what is made once at start-up
+/// (the store, the extension registry).
 pub struct ModelCache {
     vad: Option<(PathBuf, Arc<VadBatcher>)>,
     asr: Option<(String, Arc<dyn Asr>)>,
@@ -61,6 +66,23 @@ pub struct ModelCache {
     phrases: Arc<PhraseCache>,
     /// The extension registry: created once at start-up, carried over every rebuild.
     pub extensions: Option<Arc<Registry>>,
+    store: Arc<dyn Store>,
+    instance: Arc<str>,
+}
+
+impl ModelCache {
+    /// An empty cache for a server whose state lives in `store`, registered as `instance`.
+    pub fn new(store: Arc<dyn Store>, instance: Arc<str>) -> Self {
+        Self {
+            vad: None,
+            asr: None,
+            tts: None,
+            phrases: Arc::default(),
+            extensions: None,
+            store,
+            instance,
+        }
+    }
 }
 
 /// Returns the cached value when `key` matches, else builds, caches and returns a new one.
@@ -114,6 +136,8 @@ impl Services {
             extensions: cache.extensions.clone(),
             phrases: Arc::clone(&cache.phrases),
             voice_key,
+            store: Arc::clone(&cache.store),
+            instance: Arc::clone(&cache.instance),
         })
     }
 }

@@ -106,6 +106,7 @@ impl Default for Config {
             activation: ActivationConfig::default(),
             manager_api: ManagerApiConfig::default(),
             extensions: ExtensionsConfig::default(),
+            store: StoreConfig::default(),
             providers: Providers::default(),
         }
     }
@@ -200,6 +201,22 @@ impl Default for ModelsConfig {
 impl Default for ManagerApiConfig {
     fn default() -> Self {
         Self { url: String::new(), secret: String::new(), timeout: 30, max_retries: 6, retry_delay: 10 }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Embedded,
+            url: "redis://127.0.0.1:6379/0".into(),
+            key_prefix: "xiaozhi:".into(),
+            path: PathBuf::from("store.sqlite3"),
+            history_limit: 200,
+            start_degraded: false,
+            outage_buffer: 10_000,
+            timeout_ms: 1000,
+            instance_id: String::new(),
+        }
     }
 }
 

@@ -87,6 +87,8 @@ pub struct Config {
     pub manager_api: ManagerApiConfig,
     /// WebAssembly extensions: where they are installed and what each one is granted.
     pub extensions: ExtensionsConfig,
+    /// Where state lives: extension key/values (memory), chat history, the device registry.
+    pub store: StoreConfig,
     /// The selected providers, typed; filled by [`load()`], never read from YAML.
     #[serde(skip)]
     pub providers: Providers,
@@ -249,6 +251,44 @@ pub struct ManagerApiConfig {
     pub max_retries: u32,
     /// Seconds between retries (accepted for compatibility).
     pub retry_delay: u64,
+}
+
+/// `store:` — where state lives (see [`crate::store`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoreConfig {
+    /// `embedded` (an SQLite file in the data directory, the default) or `redis`.
+    #[serde(rename = "type")]
+    pub kind: StoreKind,
+    /// The Redis URL (`redis://[:password@]host:port[/db]`), for `type: redis`.
+    pub url: String,
+    /// Prefix of every Redis key, so that several deployments can share one Redis.
+    pub key_prefix: String,
+    /// The embedded database file; relative paths are inside the data directory.
+    pub path: PathBuf,
+    /// Chat history messages kept per device (oldest dropped first).
+    pub history_limit: usize,
+    /// Redis: start even when Redis cannot be reached (writes are queued until it can), instead
+    /// of failing after the connection attempts.
+    pub start_degraded: bool,
+    /// Redis: most writes queued while Redis is unreachable; beyond it the oldest are dropped
+    /// (and counted in the log).
+    pub outage_buffer: usize,
+    /// Redis: how long one command may take before Redis counts as unreachable, ms.
+    pub timeout_ms: u64,
+    /// A name for this server instance in the device registry; empty: host name and port.
+    pub instance_id: String,
+}
+
+/// The store backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// SQLite in the data directory: no other service needed.
+    #[default]
+    Embedded,
+    /// Redis: shared by several server instances.
+    Redis,
 }
 
 /// `extensions:` — WebAssembly extensions (tools, intent, memory).

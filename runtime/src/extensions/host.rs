@@ -37,12 +37,12 @@ use super::bindings::exports::xiaozhi::extension::{intent, memory, tool};
 use super::bindings::{self, FullExtension, describe_guest_error, to_wit_message};
 use super::grant::{self, EffectiveGrant, HOST_MAX_MEMORY_MB};
 use super::iface::http;
-use super::iface::kv::KvStore;
 use super::iface::log::{LogPipe, LogTags};
 use super::manifest::{Kind, MANIFEST_FILE, Manifest};
 use super::{CallContext, ExtensionError, IntentDecision, ToolDefinition, ToolResult};
 use crate::config::{ExtensionsConfig, Grant};
 use crate::llm::{ChatMessage, Llm};
+use crate::store::Store as StateStore;
 
 /// How often the epoch advances; the granularity of call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -62,7 +62,7 @@ pub struct HostServices {
     /// The server's LLM, for extensions granted `llm` (`None`: such calls fail).
     pub llm: Option<Arc<dyn Llm>>,
     /// Storage behind the `kv` interface.
-    pub kv: Arc<dyn KvStore>,
+    pub store: Arc<dyn StateStore>,
 }
 
 /// The data of one call's [`Store`]: who the call is for, what the extension may do, its limits

@@ -9,7 +9,7 @@
 //!   when available), the compile cache, loading, and calls in a fresh store per call with memory,
 //!   time and concurrency limits.
 //! - `iface`: the host imports (`log`, `config`, `kv`, `http`, `llm`), each checking the grant
-//!   before doing anything; [`KvStore`] and [`MemoryKv`] for the key/value store.
+//!   before doing anything.
 //!
 //! A failing extension (trap, out of memory, deadline, bad output) never takes the server down:
 //! every failure is an [`ExtensionError`] naming the extension.
@@ -29,7 +29,6 @@ use std::time::Duration;
 
 pub use grant::{EffectiveGrant, GrantError};
 pub use host::{CallState, ExtensionHost, HostServices, LoadedExtension};
-pub use iface::kv::{KvError, KvStore, MemoryKv, kv_namespace};
 pub use manifest::{Kind, Manifest, ManifestError};
 pub use registry::{Registry, Snapshot};
 

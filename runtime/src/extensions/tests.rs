@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::config::{ExtensionsConfig, Grant};
+use crate::store::memory::MemoryStore;
 
 /// The `get_time` extension directory; fails with the fix when the guest is not built.
 fn get_time_dir() -> PathBuf {
@@ -25,7 +26,7 @@ fn host(cache: &Path, grants: &[(&str, Grant)]) -> ExtensionHost {
         cache_dir: cache.to_owned(),
         grants: grants.iter().map(|(id, grant)| ((*id).to_owned(), grant.clone())).collect(),
     };
-    let services = HostServices { llm: None, kv: Arc::new(MemoryKv::new()) };
+    let services = HostServices { llm: None, store: Arc::new(MemoryStore::new()) };
     ExtensionHost::new(&config, services).expect("host starts")
 }
 
@@ -342,7 +343,7 @@ async fn host_imports_check_the_grant_and_keep_devices_apart() {
     use super::bindings::xiaozhi::extension::types::{ExtensionError as WitError, Message, Role};
     use super::bindings::xiaozhi::extension::{config, http, kv, llm};
 
-    let services = HostServices { llm: Some(Arc::new(EchoLlm)), kv: Arc::new(MemoryKv::new()) };
+    let services = HostServices { llm: Some(Arc::new(EchoLlm)), store: Arc::new(MemoryStore::new()) };
     let grant = Grant {
         http_hosts: vec!["127.0.0.1".into()],
         kv: true,
@@ -367,6 +368,14 @@ async fn host_imports_check_the_grant_and_keep_devices_apart() {
     assert_eq!(denied, Err(WitError::Denied("kv is not granted to extension plain".into())));
     let too_big = kv::Host::set(&mut device_a, "k".into(), vec![0; super::iface::kv::MAX_VALUE_BYTES + 1]).await;
     assert!(matches!(too_big, Err(WitError::InvalidArguments(_))), "{too_big:?}");
+    let most = super::iface::kv::MAX_KEYS_PER_NAMESPACE;
+    for i in 0..most {
+        kv::Host::set(&mut device_b, format!("k{i}"), vec![1]).await.expect("room");
+    }
+    let full = kv::Host::set(&mut device_b, "one more".into(), vec![1]).await;
+    assert!(matches!(full, Err(WitError::Failed(ref m)) if m.contains("full")), "{full:?}");
+    kv::Host::set(&mut device_b, "k0".into(), vec![2]).await.expect("replacing needs no room");
+    kv::Host::set(&mut device_a, "k0".into(), vec![3]).await.expect("another device has its own room");
 
     // config: only declared and granted keys.
     assert_eq!(config::Host::get(&mut device_a, "api_key".into()).await, Some("secret".into()));
@@ -402,7 +411,7 @@ async fn host_imports_check_the_grant_and_keep_devices_apart() {
 async fn on_demand_allocation_works_too() {
     let cache = tempfile::tempdir().expect("tempdir");
     let config = ExtensionsConfig { dirs: Vec::new(), cache_dir: cache.path().to_owned(), grants: Default::default() };
-    let services = HostServices { llm: None, kv: Arc::new(MemoryKv::new()) };
+    let services = HostServices { llm: None, store: Arc::new(MemoryStore::new()) };
     let host = ExtensionHost::build(&config, services, false).expect("host starts");
     assert!(!host.uses_pooling());
     let ext = host.load(&get_time_dir()).await.expect("loads");
@@ -651,7 +660,7 @@ fn host_with(cache: &Path, grants: &[(&str, Grant)], llm: Arc<dyn crate::llm::Ll
         cache_dir: cache.to_owned(),
         grants: grants.iter().map(|(id, grant)| ((*id).to_owned(), grant.clone())).collect(),
     };
-    let services = HostServices { llm: Some(llm), kv: Arc::new(MemoryKv::new()) };
+    let services = HostServices { llm: Some(llm), store: Arc::new(MemoryStore::new()) };
     ExtensionHost::new(&config, services).expect("host starts")
 }
 

@@ -47,6 +47,12 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Dialogue messages kept per session (older ones are dropped at a user-message boundary).
 pub const HISTORY_LIMIT: usize = 40;
 
+/// How long a device's registry entry (which instance holds it) lives without a refresh.
+pub const REGISTRY_TTL: Duration = Duration::from_secs(90);
+
+/// How often a session refreshes its registry entry.
+const REGISTRY_REFRESH: Duration = Duration::from_secs(30);
+
 /// Extra wall-clock time after the no-voice timeout before a silent connection is dropped (the
 /// Python server's hard cut: no-voice time + 60 s).
 const HARD_TIMEOUT_MARGIN: Duration = Duration::from_secs(60);
@@ -76,8 +82,10 @@ pub async fn run(ws: WsStream, device: DeviceInfo, services: Arc<Services>, shut
     let span = tracing::info_span!("session", device = %device.device_id, session = %session_id);
     let mut session = Session::new(device, services, outbox.clone(), version_tx, initial);
     tracing::info!(parent: &span, "device connected");
+    session.register(true);
     let reason = tracing::Instrument::instrument(session.run(&mut reader, &shutdown), span.clone()).await;
     session.cancel_turn();
+    session.register(false);
     // The memory extension (if any) keeps what was said, in the background.
     if let Some(scope) = session.extension_scope() {
         let dialogue = std::mem::take(&mut session.history);
@@ -131,6 +139,7 @@ struct Session {
     turn_rx: mpsc::Receiver<(u64, TurnOutcome)>,
     goodbye_started: bool,
     bad_frames: u64,
+    registered_at: Instant,
 }
 
 impl Session {
@@ -163,6 +172,7 @@ impl Session {
             turn_rx,
             goodbye_started: false,
             bad_frames: 0,
+            registered_at: Instant::now(),
         }
     }
 
@@ -189,7 +199,35 @@ impl Session {
         }
     }
 
+    /// Records in the store that this instance holds the device (`held`), or that it no longer
+    /// does, in the background; a store failure is logged and changes nothing else.
+    fn register(&mut self, held: bool) {
+        self.registered_at = Instant::now();
+        let store = Arc::clone(&self.services.store);
+        let (device, instance) = (self.device.device_id.clone(), self.services.instance.to_string());
+        tokio::spawn(async move {
+            let result = if held {
+                crate::store::register_device(store.as_ref(), &device, &instance, REGISTRY_TTL).await
+            } else {
+                match crate::store::device_instance(store.as_ref(), &device).await {
+                    // Only our own entry: the device may already be connected to another instance.
+                    Ok(Some(holder)) if holder == instance => {
+                        store.delete(&crate::store::device_instance_key(&device)).await
+                    }
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!(device, "device registry: {e}");
+            }
+        });
+    }
+
     fn on_timer(&mut self, connected: Instant) -> Option<End> {
+        if self.registered_at.elapsed() >= REGISTRY_REFRESH {
+            self.register(true);
+        }
         if !self.hello_done && connected.elapsed() > HELLO_TIMEOUT {
             return Some(End::Close("no hello within 10 s"));
         }
@@ -444,6 +482,21 @@ impl Session {
         })
     }
 
+    /// Appends a turn's messages to the device's stored chat history, in the background.
+    fn save_history(&self, messages: &[ChatMessage]) {
+        if messages.is_empty() {
+            return;
+        }
+        let store = Arc::clone(&self.services.store);
+        let (device, session) = (self.device.device_id.clone(), self.sid());
+        let (messages, keep) = (messages.to_vec(), self.services.config.store.history_limit);
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            if let Err(e) = crate::store::append_history(store.as_ref(), &device, &session, &messages, keep).await {
+                tracing::warn!("chat history not saved: {e}");
+            }
+        }));
+    }
+
     fn cancel_turn(&mut self) {
         if let Some(turn) = self.turn.take() {
             turn.cancel.cancel();
@@ -451,6 +504,7 @@ impl Session {
     }
 
     fn on_turn_done(&mut self, id: u64, outcome: TurnOutcome) -> Option<End> {
+        self.save_history(&outcome.messages);
         self.history.extend(outcome.messages);
         if outcome.prompt.is_some() {
             self.prompt = outcome.prompt;
