@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Prepares a fresh Debian/Ubuntu machine to build and run the server: installs the system
 # packages (libopus-dev and pkg-config to build, espeak-ng for test speech and Piper phonemes),
-# then fetches the models and the ONNX Runtime library with models/fetch.sh.
+# then fetches the models and the ONNX Runtime library with models/fetch.sh. Packages given as
+# arguments are installed too (tests/run.sh adds redis-server).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-need=(libopus-dev pkg-config espeak-ng)
+need=(libopus-dev pkg-config espeak-ng "$@")
 missing=()
 for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

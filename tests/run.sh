@@ -5,7 +5,8 @@
 # extensions' own tests on the host.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-models/setup.sh
+# redis-server: the store tests run both backends, Redis as a real process on a free port.
+models/setup.sh redis-server
 # The SenseVoice tests build their small stand-in model with PyPI's onnx and numpy.
 if ! python3 -c 'import onnx, numpy' 2>/dev/null; then
   python3 -m pip install --quiet "onnx>=1.16" "numpy>=1.24" ||

@@ -22,7 +22,9 @@ fn guest(name: &str) -> PathBuf {
 
 fn host(cache: &Path) -> Arc<ExtensionHost> {
     let config = ExtensionsConfig { dirs: Vec::new(), cache_dir: cache.to_owned(), grants: Default::default() };
-    Arc::new(ExtensionHost::new(&config, HostServices { llm: None, store: Arc::new(MemoryStore::new()) }).expect("host"))
+    Arc::new(
+        ExtensionHost::new(&config, HostServices { llm: None, store: Arc::new(MemoryStore::new()) }).expect("host"),
+    )
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -3,8 +3,7 @@
 //!
 //! On every turn the extension is asked what it knows for the device ([`recall`]); the answer
 //! goes into the system prompt between `<memory>` tags ([`with_memory`]), as in the Python
-//! server. When the connection ends, the dialogue is handed to the extension in the background
-//! ([`remember`]), so the device's next connection starts with it. Memory is keyed by the device
+//! server. When the connection ends, the dialogue is handed to the extension ([`remember`]), so the device's next connection starts with it. Memory is keyed by the device
 //! id of the connection (the extension's `kv` namespace is per device), so two devices' memories
 //! never mix. A failing or missing extension never fails the turn: it is logged and the turn
 //! goes on without memory.
@@ -34,27 +33,22 @@ pub async fn recall(scope: &ExtensionScope, mode: &MemoryMode, text: &str) -> Op
     }
 }
 
-/// Hands the finished `dialogue` to the memory extension of `mode` in a background task (which
-/// outlives the connection). Does nothing without a memory extension or without a user message.
-pub fn remember(scope: ExtensionScope, mode: &MemoryMode, dialogue: Vec<ChatMessage>) {
+/// Hands the finished `dialogue` to the memory extension of `mode` and waits for it (the
+/// session calls this after its connection is gone; server shutdown waits for it). Does nothing
+/// without a memory extension or without a user message; a failure is logged.
+pub async fn remember(scope: ExtensionScope, mode: &MemoryMode, dialogue: Vec<ChatMessage>) {
     let MemoryMode::Extension(id) = mode else { return };
     if !dialogue.iter().any(|m| m.role == Role::User) {
         return;
     }
-    let Some(ext) = scope.find(id, Kind::Memory).cloned() else {
+    let Some(ext) = scope.find(id, Kind::Memory) else {
         warn_not_serving("Memory", id, "nothing is remembered");
         return;
     };
-    let span = tracing::info_span!("memory", extension = %id, device = %scope.context.device_id);
-    tokio::spawn(tracing::Instrument::instrument(
-        async move {
-            match scope.host.memory_save(&ext, &dialogue, scope.context.clone()).await {
-                Ok(()) => tracing::debug!("dialogue of {} messages saved", dialogue.len()),
-                Err(err) => tracing::warn!("saving the dialogue to memory failed: {err}"),
-            }
-        },
-        span,
-    ));
+    match scope.host.memory_save(ext, &dialogue, scope.context.clone()).await {
+        Ok(()) => tracing::debug!(extension = %id, "dialogue of {} messages saved to memory", dialogue.len()),
+        Err(err) => tracing::warn!(extension = %id, "saving the dialogue to memory failed: {err}"),
+    }
 }
 
 /// `prompt` with `memory` between `<memory>` tags: replacing the content of a `<memory>…</memory>`

@@ -33,11 +33,11 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::config::{self, Config, ConfigSource};
 use crate::extensions::{ExtensionHost, HostServices, Registry};
-use crate::store::{self, Store};
 use crate::http::{self, HttpContext};
 use crate::onnx;
 use crate::services::{ModelCache, Services};
 use crate::session::{self, DeviceInfo};
+use crate::store::{self, Store};
 
 /// The WebSocket path devices connect to.
 pub const WS_PATH: &str = "/xiaozhi/v1";

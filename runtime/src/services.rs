@@ -73,15 +73,7 @@ pub struct ModelCache {
 impl ModelCache {
     /// An empty cache for a server whose state lives in `store`, registered as `instance`.
     pub fn new(store: Arc<dyn Store>, instance: Arc<str>) -> Self {
-        Self {
-            vad: None,
-            asr: None,
-            tts: None,
-            phrases: Arc::default(),
-            extensions: None,
-            store,
-            instance,
-        }
+        Self { vad: None, asr: None, tts: None, phrases: Arc::default(), extensions: None, store, instance }
     }
 }
 

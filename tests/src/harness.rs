@@ -3,7 +3,8 @@
 //! [`MockOpenAi`]. The real VAD model and ONNX Runtime from `models/` are used (run
 //! `models/fetch.sh` first; the test suite's `tests/run.sh` does).
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use xiaozhi_server::config::ConfigSource;
@@ -56,19 +57,7 @@ impl TestServer {
     async fn start_inner(providers: &str, server_extra: &str, extra: &str, watch: bool) -> anyhow::Result<Self> {
         let _ = tracing_subscriber_init();
         let dir = tempfile::tempdir()?;
-        let models = repo_root().join("models").canonicalize().context("models/ is missing: run models/fetch.sh")?;
-        let yaml = format!(
-            "server:\n  ip: 127.0.0.1\n  port: 0\n  http_port: 0\n{server_extra}\
-             extensions:\n  dirs: [\"{extensions}\"]\n  cache_dir: \"{cache}\"\n\
-             models:\n  dir: \"{models}\"\n\
-             VAD:\n  SileroVAD:\n    type: silero\n    model_dir: \"{models}\"\n    min_silence_duration_ms: 500\n\
-             {mock}{extra}",
-            models = models.display(),
-            extensions = repo_root().join("extensions").display(),
-            cache = dir.path().join("cache").display(),
-            mock = providers,
-        );
-        std::fs::write(dir.path().join(".config.yaml"), yaml)?;
+        write_override(dir.path(), providers, server_extra, extra)?;
         let source =
             ConfigSource { base: repo_root().join("config.yaml"), override_path: dir.path().join(".config.yaml") };
         let server =
@@ -95,6 +84,85 @@ impl TestServer {
             ..SimConfig::default()
         };
         SimDevice::connect(cfg).await
+    }
+}
+
+/// Writes `<data_dir>/.config.yaml`: loopback port 0, the repository's extensions (compile cache
+/// in the data dir), the models, a Silero VAD with a 500 ms silence window, then `providers`
+/// (`selected_module` and provider dictionaries) and `extra` top-level YAML; `server_extra` goes
+/// inside `server:` (indented by two spaces).
+pub fn write_override(data_dir: &Path, providers: &str, server_extra: &str, extra: &str) -> anyhow::Result<()> {
+    let models = repo_root().join("models").canonicalize().context("models/ is missing: run models/fetch.sh")?;
+    let yaml = format!(
+        "server:\n  ip: 127.0.0.1\n  port: 0\n  http_port: 0\n{server_extra}\
+         extensions:\n  dirs: [\"{extensions}\"]\n  cache_dir: \"{cache}\"\n\
+         models:\n  dir: \"{models}\"\n\
+         VAD:\n  SileroVAD:\n    type: silero\n    model_dir: \"{models}\"\n    min_silence_duration_ms: 500\n\
+         {providers}{extra}",
+        models = models.display(),
+        extensions = repo_root().join("extensions").display(),
+        cache = data_dir.join("cache").display(),
+    );
+    std::fs::create_dir_all(data_dir)?;
+    std::fs::write(data_dir.join(".config.yaml"), yaml)?;
+    Ok(())
+}
+
+/// A server in its own process (`test-server`, the same library call as `xiaozhi-server serve`),
+/// for tests where several instances share a store or one restarts. Killed when dropped.
+pub struct ServerProcess {
+    /// Where devices connect.
+    pub ws_addr: SocketAddr,
+    /// Where OTA and health answer.
+    pub http_addr: SocketAddr,
+    child: tokio::process::Child,
+}
+
+impl ServerProcess {
+    /// Starts `binary` (pass `env!("CARGO_BIN_EXE_test-server")`) on `data_dir`, whose
+    /// `.config.yaml` the caller wrote (see [`write_override`]), and waits for its addresses.
+    pub async fn spawn(binary: &str, data_dir: &Path) -> anyhow::Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(binary)
+            .arg(repo_root().join("config.yaml"))
+            .arg(data_dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot run {binary}"))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+            .await
+            .context("the server process did not start within 60 s")??
+            .context("the server process exited before listening")?;
+        let addrs: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("unexpected output {line:?}"))?;
+        let addr = |k: &str| -> anyhow::Result<SocketAddr> {
+            addrs[k].as_str().context("missing address")?.parse().context("bad address")
+        };
+        Ok(Self { ws_addr: addr("ws")?, http_addr: addr("http")?, child })
+    }
+
+    /// Connects a simulated device (protocol version 1).
+    pub async fn device(&self, device_id: &str) -> anyhow::Result<SimDevice> {
+        let cfg = SimConfig {
+            url: format!("ws://{}/xiaozhi/v1/", self.ws_addr),
+            device_id: device_id.to_string(),
+            protocol_version: 1,
+            ..SimConfig::default()
+        };
+        SimDevice::connect(cfg).await
+    }
+
+    /// Stops the process gracefully (closes its stdin: sessions end, memory is saved) and
+    /// waits for it to exit.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        drop(self.child.stdin.take());
+        let status = tokio::time::timeout(std::time::Duration::from_secs(30), self.child.wait()).await??;
+        anyhow::ensure!(status.success(), "the server process exited with {status}");
+        Ok(())
     }
 }
 

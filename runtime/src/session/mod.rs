@@ -86,12 +86,6 @@ pub async fn run(ws: WsStream, device: DeviceInfo, services: Arc<Services>, shut
     let reason = tracing::Instrument::instrument(session.run(&mut reader, &shutdown), span.clone()).await;
     session.cancel_turn();
     session.register(false);
-    // The memory extension (if any) keeps what was said, in the background.
-    if let Some(scope) = session.extension_scope() {
-        let dialogue = std::mem::take(&mut session.history);
-        let _entered = span.enter();
-        memory::remember(scope, &session.services.config.providers.memory, dialogue);
-    }
     match reason {
         End::DeviceGone => tracing::info!(parent: &span, "device disconnected"),
         End::Close(why) => {
@@ -99,6 +93,12 @@ pub async fn run(ws: WsStream, device: DeviceInfo, services: Arc<Services>, shut
             outbox.close(why).await;
             connection::drain_after_close(&mut reader).await;
         }
+    }
+    // With the device gone, the memory extension (if any) keeps what was said.
+    if let Some(scope) = session.extension_scope() {
+        let dialogue = std::mem::take(&mut session.history);
+        let memory = session.services.config.providers.memory.clone();
+        tracing::Instrument::instrument(memory::remember(scope, &memory, dialogue), span).await;
     }
 }
 

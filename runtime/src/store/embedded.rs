@@ -110,9 +110,10 @@ impl Store for EmbeddedStore {
         let (key, value) = (key.to_owned(), value.to_vec());
         let expires = ttl.map(|ttl| now().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)));
         self.with(move |conn| {
-            conn.execute("INSERT OR REPLACE INTO kv (key, value, expires_ms) VALUES (?1, ?2, ?3)", params![
-                key, value, expires
-            ])
+            conn.execute(
+                "INSERT OR REPLACE INTO kv (key, value, expires_ms) VALUES (?1, ?2, ?3)",
+                params![key, value, expires],
+            )
             .map(drop)
         })
         .await

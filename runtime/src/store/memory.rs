@@ -66,7 +66,8 @@ impl Store for MemoryStore {
             .take_while(|(k, _)| k.starts_with(prefix))
             .filter(|(_, (_, expires))| expires.is_none_or(|e| e > now))
             .map(|(k, _)| k.clone());
-        let lists = maps.lists.range(prefix.to_owned()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, _)| k.clone());
+        let lists =
+            maps.lists.range(prefix.to_owned()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, _)| k.clone());
         let mut keys: Vec<String> = live.chain(lists).collect();
         keys.sort();
         keys.dedup();

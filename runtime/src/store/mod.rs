@@ -226,7 +226,8 @@ pub async fn export_device(store: &dyn Store, device_id: &str) -> Result<DeviceE
     for key in store.keys("kv/").await? {
         // kv/<extension>/<device>/<key>
         let mut parts = key.splitn(4, '/');
-        let (Some(_), Some(extension), Some(owner), Some(name)) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(_), Some(extension), Some(owner), Some(name)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             continue;
         };

@@ -108,7 +108,10 @@ impl RedisStore {
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!("Redis at {} is not answering (attempt {attempt}/{CONNECT_ATTEMPTS}): {e}", store.inner.address);
+                    tracing::warn!(
+                        "Redis at {} is not answering (attempt {attempt}/{CONNECT_ATTEMPTS}): {e}",
+                        store.inner.address
+                    );
                     last = Some(e);
                     if attempt < CONNECT_ATTEMPTS {
                         tokio::time::sleep(delay).await;
@@ -236,10 +239,13 @@ impl Inner {
             .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let made = tokio::time::timeout(self.timeout * 2, ConnectionManager::new_with_config(self.client.clone(), config))
-            .await
-            .map_err(|_| StoreError::Unavailable(format!("no answer from {} within {:?}", self.address, self.timeout * 2)))?
-            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", self.address)))?;
+        let made =
+            tokio::time::timeout(self.timeout * 2, ConnectionManager::new_with_config(self.client.clone(), config))
+                .await
+                .map_err(|_| {
+                    StoreError::Unavailable(format!("no answer from {} within {:?}", self.address, self.timeout * 2))
+                })?
+                .map_err(|e| StoreError::Unavailable(format!("{}: {e}", self.address)))?;
         *slot = Some(made.clone());
         Ok(made)
     }
@@ -247,7 +253,9 @@ impl Inner {
     /// Runs one command future with the response timeout, mapping errors.
     async fn run<T>(&self, command: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, command).await {
-            Err(_) => Err(StoreError::Unavailable(format!("no answer from {} within {:?}", self.address, self.timeout))),
+            Err(_) => {
+                Err(StoreError::Unavailable(format!("no answer from {} within {:?}", self.address, self.timeout)))
+            }
             Ok(Err(e)) if is_outage(&e) => Err(StoreError::Unavailable(format!("{}: {e}", self.address))),
             Ok(Err(e)) => Err(StoreError::Backend(e.to_string())),
             Ok(Ok(value)) => Ok(value),
@@ -265,7 +273,9 @@ impl Inner {
                 }
                 self.run(cmd.query_async::<()>(&mut conn)).await
             }
-            Op::Delete { key } => self.run(redis::cmd("DEL").arg(self.key(key)).query_async::<i64>(&mut conn)).await.map(drop),
+            Op::Delete { key } => {
+                self.run(redis::cmd("DEL").arg(self.key(key)).query_async::<i64>(&mut conn)).await.map(drop)
+            }
             Op::Push { list, items, keep } => {
                 let key = self.key(list);
                 let keep = i64::try_from(*keep).unwrap_or(i64::MAX);
@@ -393,7 +403,9 @@ impl Store for RedisStore {
         let inner = &self.inner;
         let result = async {
             let mut conn = inner.connection().await?;
-            inner.run(redis::cmd("LRANGE").arg(inner.key(list)).arg(0).arg(-1).query_async::<Vec<Vec<u8>>>(&mut conn)).await
+            inner
+                .run(redis::cmd("LRANGE").arg(inner.key(list)).arg(0).arg(-1).query_async::<Vec<Vec<u8>>>(&mut conn))
+                .await
         }
         .await;
         let mut items = match result {

@@ -61,4 +61,3 @@ impl Host for CallState {
         self.services.store.delete(&key).await.map_err(backend)
     }
 }
-

@@ -1,0 +1,161 @@
+//! End-to-end: state in the store survives a server restart (embedded SQLite) and is shared by
+//! two server processes (a real `redis-server` on a free port), and two devices' memories never
+//! mix. The servers run as separate processes (`test-server`, the same library call as `serve`).
+
+use std::time::{Duration, Instant};
+
+use xiaozhi_e2e::harness::{ServerProcess, write_override};
+use xiaozhi_e2e::mock::{MockOpenAi, MockScript};
+use xiaozhi_server::store::embedded::EmbeddedStore;
+use xiaozhi_server::store::testing::RedisServer;
+use xiaozhi_server::store::{self, Store};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_test-server");
+const REPLY_WAIT: Duration = Duration::from_secs(30);
+/// The system prompt of mem_local_short's summary request.
+const SUMMARY_PROMPT: &str = "记忆整理助手";
+
+/// A mock whose summaries quote the dialogue and whose chat echoes the user.
+async fn mock() -> anyhow::Result<MockOpenAi> {
+    MockOpenAi::start(
+        MockScript::default().rule(SUMMARY_PROMPT, r#"{"dialogue": {user_json}}"#).reply("🙂 Noted: {user}"),
+    )
+    .await
+}
+
+fn providers(mock: &MockOpenAi) -> String {
+    mock.config_override_yaml().replace("Memory: nomem", "Memory: mem_local_short")
+}
+
+fn chat_systems(mock: &MockOpenAi) -> Vec<String> {
+    mock.requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/chat/completions"))
+        .filter_map(|r| r.body["messages"][0]["content"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn summaries(mock: &MockOpenAi) -> usize {
+    chat_systems(mock).iter().filter(|s| s.contains(SUMMARY_PROMPT)).count()
+}
+
+/// Says `text` on a new connection of `device_id`, then hangs up; returns the chat request's
+/// system prompt.
+async fn one_turn(server: &ServerProcess, mock: &MockOpenAi, device_id: &str, text: &str) -> anyhow::Result<String> {
+    let before = mock.requests().len();
+    let mut device = server.device(device_id).await?;
+    device.detect(text).await?;
+    device.collect_reply(REPLY_WAIT).await?;
+    device.close_abruptly().await;
+    let system = mock
+        .requests()
+        .into_iter()
+        .skip(before)
+        .filter(|r| r.path.ends_with("/chat/completions"))
+        .filter_map(|r| r.body["messages"][0]["content"].as_str().map(str::to_owned))
+        .find(|s| !s.contains(SUMMARY_PROMPT));
+    system.ok_or_else(|| anyhow::anyhow!("no chat request"))
+}
+
+/// Waits until the mock has received `n` memory summaries.
+async fn wait_for_summaries(mock: &MockOpenAi, n: usize) {
+    let deadline = Instant::now() + REPLY_WAIT;
+    while summaries(mock) < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(summaries(mock), n, "memory summaries");
+}
+
+/// Polls `check` (a store read) until it holds, for up to 10 s.
+async fn eventually(mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_keeps_memory_and_history_across_a_restart() -> anyhow::Result<()> {
+    let mock = mock().await?;
+    let data = tempfile::tempdir()?;
+    write_override(data.path(), &providers(&mock), "", "")?;
+    let server = ServerProcess::spawn(SERVER, data.path()).await?;
+    one_turn(&server, &mock, "aa:bb:cc:00:05:01", "my name is Ann").await?;
+    one_turn(&server, &mock, "aa:bb:cc:00:05:02", "my name is Bob").await?;
+    wait_for_summaries(&mock, 2).await;
+    // A graceful stop waits for memory saves still running.
+    server.stop().await?;
+
+    let server = ServerProcess::spawn(SERVER, data.path()).await?;
+    let system = one_turn(&server, &mock, "aa:bb:cc:00:05:01", "what is my name").await?;
+    assert!(system.contains("<memory>") && system.contains("my name is Ann"), "memory survived: {system}");
+    assert!(!system.contains("Bob"), "never another device's memory: {system}");
+    let system = one_turn(&server, &mock, "aa:bb:cc:00:05:02", "what is my name").await?;
+    assert!(system.contains("my name is Bob") && !system.contains("Ann"), "{system}");
+    server.stop().await?;
+
+    // The history of both connections is in the file, readable by another process too.
+    let file = EmbeddedStore::open(&data.path().join("store.sqlite3")).await?;
+    let history = store::history(&file, "aa:bb:cc:00:05:01").await?;
+    let said: Vec<&str> = history.iter().map(|e| e.message.content.as_str()).collect();
+    assert_eq!(said, ["my name is Ann", "🙂 Noted: my name is Ann", "what is my name", "🙂 Noted: what is my name"]);
+    assert_ne!(history[0].session_id, history[2].session_id, "two connections");
+    let export = store::export_device(&file, "aa:bb:cc:00:05:01").await?;
+    assert!(export.kv["mem_local_short"]["memory"].contains("Ann"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_server_processes_share_memory_history_and_the_device_registry_through_redis() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let mock = mock().await?;
+    let store_yaml = |instance: &str| {
+        format!(
+            "store:\n  type: redis\n  url: \"{}\"\n  key_prefix: \"e2e:\"\n  instance_id: {instance}\n",
+            redis.url()
+        )
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    write_override(dir_a.path(), &providers(&mock), "", &store_yaml("server-a"))?;
+    write_override(dir_b.path(), &providers(&mock), "", &store_yaml("server-b"))?;
+    let (server_a, server_b) =
+        tokio::try_join!(ServerProcess::spawn(SERVER, dir_a.path()), ServerProcess::spawn(SERVER, dir_b.path()))?;
+
+    // The device talks to one instance, then (behind a load balancer) reaches the other.
+    one_turn(&server_a, &mock, "aa:bb:cc:00:05:03", "my name is Ann").await?;
+    one_turn(&server_b, &mock, "aa:bb:cc:00:05:04", "my name is Bob").await?;
+    wait_for_summaries(&mock, 2).await;
+    let redis_store = store::redis::RedisStore::connect(&xiaozhi_server::config::StoreConfig {
+        kind: xiaozhi_server::config::StoreKind::Redis,
+        url: redis.url(),
+        key_prefix: "e2e:".into(),
+        ..Default::default()
+    })
+    .await?;
+    let memory_key = store::kv_key("mem_local_short", "aa:bb:cc:00:05:03", "memory");
+    assert!(eventually(async || redis_store.get(&memory_key).await.ok().flatten().is_some()).await, "memory saved");
+
+    let system = one_turn(&server_b, &mock, "aa:bb:cc:00:05:03", "what is my name").await?;
+    assert!(system.contains("my name is Ann") && !system.contains("Bob"), "server b knows Ann's memory: {system}");
+    let system = one_turn(&server_a, &mock, "aa:bb:cc:00:05:04", "what is my name").await?;
+    assert!(system.contains("my name is Bob") && !system.contains("Ann"), "server a knows Bob's memory: {system}");
+
+    // The history holds both connections, written by both instances.
+    let history = store::history(&redis_store, "aa:bb:cc:00:05:03").await?;
+    assert_eq!(history.len(), 4, "{history:?}");
+
+    // The registry names the instance that holds a connected device, and forgets it after.
+    let device = server_b.device("aa:bb:cc:00:05:05").await?;
+    let holder = async || store::device_instance(&redis_store, "aa:bb:cc:00:05:05").await.ok().flatten();
+    assert!(eventually(async || holder().await.as_deref() == Some("server-b")).await, "registered");
+    device.close_abruptly().await;
+    assert!(eventually(async || holder().await.is_none()).await, "unregistered");
+
+    server_a.stop().await?;
+    server_b.stop().await?;
+    Ok(())
+}
