@@ -229,7 +229,21 @@ async fn bad_token_is_refused_and_good_token_accepted() -> anyhow::Result<()> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let token = xiaozhi_server::auth::issue_token("test-secret", &base.client_id, &base.device_id, now);
     let good = xiaozhi_server::simulator::SimConfig { token: Some(token), ..base.clone() };
-    xiaozhi_server::simulator::SimDevice::connect(good).await?;
+    xiaozhi_server::simulator::SimDevice::connect(good.clone()).await?;
+
+    // `xiaozhi-server revoke`: the device's tokens issued so far stop working, a newer one works.
+    let state = xiaozhi_server::store::embedded::EmbeddedStore::open(&server.dir.path().join("store.sqlite3")).await?;
+    xiaozhi_server::auth::revoke(&state, &base.device_id, now, Duration::from_secs(3600)).await?;
+    let Err(revoked) = xiaozhi_server::simulator::SimDevice::connect(good).await else {
+        panic!("revoked token accepted")
+    };
+    assert!(revoked.to_string().contains("401"), "{revoked}");
+    let newer = xiaozhi_server::auth::issue_token("test-secret", &base.client_id, &base.device_id, now + 1);
+    xiaozhi_server::simulator::SimDevice::connect(xiaozhi_server::simulator::SimConfig {
+        token: Some(newer),
+        ..base.clone()
+    })
+    .await?;
     let allowed = xiaozhi_server::simulator::SimConfig { device_id: "aa:bb:cc:00:00:99".into(), ..base };
     xiaozhi_server::simulator::SimDevice::connect(allowed).await?;
     server.server.shutdown().await;

@@ -163,9 +163,67 @@ impl Authenticator {
     }
 }
 
+/// The issue time (Unix seconds) of the token in an `Authorization` value, if it has one.
+pub fn token_timestamp(authorization: &str) -> Option<u64> {
+    let value = authorization.trim();
+    let token = match value.split_once(char::is_whitespace) {
+        Some((_, rest)) => rest.trim(),
+        None => value,
+    };
+    token.split_once('.')?.1.parse().ok()
+}
+
+/// The store key holding the time before which a device's tokens are revoked.
+fn revocation_key(device_id: &str) -> String {
+    format!("revoked/{}", crate::store::segment(device_id))
+}
+
+/// Revokes every token of `device_id` issued at or before `now` (Unix seconds); tokens issued
+/// later (the device's next OTA check) work. The entry expires after `lifetime`, when those
+/// tokens would have expired anyway.
+///
+/// # Errors
+/// The store failed.
+pub async fn revoke(
+    store: &dyn crate::store::Store,
+    device_id: &str,
+    now: u64,
+    lifetime: std::time::Duration,
+) -> Result<(), crate::store::StoreError> {
+    store.set(&revocation_key(device_id), now.to_string().as_bytes(), Some(lifetime)).await
+}
+
+/// Whether the token issued at `timestamp` for `device_id` is revoked. A store that cannot
+/// answer counts as "not revoked" (logged): an outage must not lock every device out.
+pub async fn is_revoked(store: &dyn crate::store::Store, device_id: &str, timestamp: u64) -> bool {
+    match store.get(&revocation_key(device_id)).await {
+        Ok(Some(value)) => String::from_utf8_lossy(&value).parse::<u64>().is_ok_and(|before| timestamp <= before),
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(device = device_id, "token revocations unreadable, not checked: {e}");
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn revoked_tokens_are_refused_until_a_new_one_is_issued() {
+        let store = crate::store::memory::MemoryStore::new();
+        let old = issue_token("k", CLIENT, DEVICE, 1_000);
+        let ts = token_timestamp(&format!("Bearer {old}")).expect("timestamp");
+        assert_eq!(ts, 1_000);
+        assert!(!is_revoked(&store, DEVICE, ts).await);
+        revoke(&store, DEVICE, 2_000, std::time::Duration::from_secs(60)).await.expect("revoke");
+        assert!(is_revoked(&store, DEVICE, ts).await);
+        assert!(is_revoked(&store, DEVICE, 2_000).await);
+        assert!(!is_revoked(&store, DEVICE, 2_001).await, "a token issued after the revocation works");
+        assert!(!is_revoked(&store, "other", ts).await, "other devices are not touched");
+        assert_eq!(token_timestamp("garbage"), None);
+    }
 
     const CLIENT: &str = "3c4f2a8e-1b2c-4d5e-8f90-a1b2c3d4e5f6";
     const DEVICE: &str = "aa:bb:cc:dd:ee:ff";

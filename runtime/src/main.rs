@@ -1,5 +1,5 @@
 //! The `xiaozhi-server` command line: `serve` (default), `simulate`, `token`, `check-config`,
-//! `bind`, `data`. No logic lives here; each subcommand calls into the library.
+//! `bind`, `revoke`, `data`. No logic lives here; each subcommand calls into the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +46,12 @@ enum Command {
         /// The code.
         code: String,
     },
+    /// Revoke every token issued so far to a device (its next OTA check gets a new one).
+    Revoke {
+        /// The device's MAC address (`Device-Id`).
+        #[arg(long)]
+        device_id: String,
+    },
     /// Export, import or inspect what the store holds about devices (memory, chat history).
     #[command(subcommand)]
     Data(store::cli::DataCommand),
@@ -62,9 +68,10 @@ fn main() -> ExitCode {
         }
         Command::Token { device_id, client_id } => token(&source, &device_id, &client_id),
         Command::CheckConfig => check_config(&source),
-        Command::Bind { code } => http::activation::bind(&cli.data_dir, &code)
-            .map(|device| println!("device {device} is bound"))
-            .map_err(Into::into),
+        Command::Bind { code } => runtime().and_then(|rt| rt.block_on(bind(&source, &cli.data_dir, &code))),
+        Command::Revoke { device_id } => {
+            runtime().and_then(|rt| rt.block_on(revoke(&source, &cli.data_dir, &device_id)))
+        }
         Command::Data(command) => {
             init_logging("warn");
             runtime().and_then(|rt| rt.block_on(store::cli::run(command, &source, &cli.data_dir)))
@@ -127,6 +134,27 @@ fn token(source: &ConfigSource, device_id: &str, client_id: &str) -> anyhow::Res
     };
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     println!("{}", auth::issue_token(&key, client_id, device_id, now));
+    Ok(())
+}
+
+/// Binds the device waiting with `code`, in the store the configuration names (the one the
+/// running server uses).
+async fn bind(source: &ConfigSource, data_dir: &std::path::Path, code: &str) -> anyhow::Result<()> {
+    let config = config::load(source)?.config;
+    let state = store::open(&config.store, data_dir).await?;
+    let device = http::activation::bind(state.as_ref(), code).await?;
+    println!("device {device} is bound");
+    Ok(())
+}
+
+/// Revokes the device's tokens in the store the configuration names.
+async fn revoke(source: &ConfigSource, data_dir: &std::path::Path, device_id: &str) -> anyhow::Result<()> {
+    let config = config::load(source)?.config;
+    let state = store::open(&config.store, data_dir).await?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let lifetime = config.server.auth.expire_seconds.unwrap_or(auth::DEFAULT_EXPIRE_SECONDS);
+    auth::revoke(state.as_ref(), device_id, now, std::time::Duration::from_secs(lifetime)).await?;
+    println!("tokens of {device_id} issued until now are revoked");
     Ok(())
 }
 

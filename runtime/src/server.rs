@@ -116,6 +116,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     })
     .await??;
     let extensions = services.extensions.clone();
+    let state = Arc::clone(&services.store);
     let (config_tx, config_rx) = watch::channel(Arc::clone(&config));
     let (services_tx, services_rx) = watch::channel(Arc::new(services));
 
@@ -144,6 +145,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
             auth_key: Arc::from(key.as_str()),
             ws_port: ws_addr.port(),
             extensions,
+            store: state,
         },
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
@@ -281,7 +283,7 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>) {
 async fn handle(req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if (path == WS_PATH || path.starts_with(&format!("{WS_PATH}/"))) && is_websocket_upgrade(&req) {
-        return upgrade(req, app, peer);
+        return upgrade(req, app, peer).await;
     }
     http::route(req, &app.http).await
 }
@@ -346,7 +348,7 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn upgrade(mut req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Response<Full<Bytes>> {
+async fn upgrade(mut req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Response<Full<Bytes>> {
     let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes())) else {
         return text_response(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
     };
@@ -365,7 +367,14 @@ fn upgrade(mut req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Respo
         tracing::warn!(device = %device_id, %peer, "refused: {e}");
         return text_response(StatusCode::UNAUTHORIZED, &format!("authentication failed: {e}"));
     }
-    if config.activation.enabled && !http::activation::is_bound(&app.http.data_dir, &device_id) {
+    if auth.requires_token(&device_id)
+        && let Some(issued) = authorization.as_deref().and_then(crate::auth::token_timestamp)
+        && crate::auth::is_revoked(app.http.store.as_ref(), &device_id, issued).await
+    {
+        tracing::warn!(device = %device_id, %peer, "refused: token revoked");
+        return text_response(StatusCode::UNAUTHORIZED, "authentication failed: token revoked");
+    }
+    if config.activation.enabled && !http::activation::is_bound(app.http.store.as_ref(), &device_id).await {
         tracing::warn!(device = %device_id, %peer, "refused: device not activated");
         return text_response(StatusCode::FORBIDDEN, "device not activated: run the OTA check and bind its code");
     }

@@ -2,30 +2,18 @@
 //!
 //! With `activation.enabled`, the OTA answer of a device that is not bound carries an `activation`
 //! section with a code; the device shows and speaks it and polls `/xiaozhi/ota/activate` until the
-//! owner runs `xiaozhi-server bind <code>`, which moves the device from `pending` to `bound`.
+//! owner runs `xiaozhi-server bind <code>`, which moves the device from waiting to bound.
 //!
-//! The state is `<data_dir>/activation.json`:
-//! `{"bound":{device_id:{"bound_at":ts}},"pending":{code:{"device_id","created":ts}}}` (Unix
-//! seconds). It is small, so it is read on every request and rewritten whole, atomically (a
-//! temporary file in the same directory, then a rename), so readers never see a half-written file.
+//! The state lives in the [`Store`] (so every instance sharing a Redis agrees on it):
+//! `binding/<device>` → `{"bound_at": ts}`, `activation/code/<code>` → `{"device_id", "created"}`
+//! and `activation/device/<device>` → the code (Unix seconds; device segments escaped by
+//! [`crate::store::segment`]).
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-/// Name of the state file inside the data directory.
-pub const FILE_NAME: &str = "activation.json";
-
-/// Serializes read-modify-write cycles of the state file inside this process. OTA checks of
-/// several devices run concurrently (on blocking threads); without this, two of them could read
-/// the same state, each add its own code, and the second rename would drop the first code. The
-/// lock does not cover other processes: a `bind` run from the CLI at the very moment a device gets
-/// a new code can drop that code, and the device is then simply given a fresh one on its next check.
-static WRITE_LOCK: Mutex<()> = Mutex::new(());
+use crate::store::{Store, StoreError, segment};
 
 /// Attempts at drawing a code not already pending before giving up.
 const CODE_ATTEMPTS: usize = 1000;
@@ -33,19 +21,14 @@ const CODE_ATTEMPTS: usize = 1000;
 /// Why the activation state could not be read, written or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivationError {
-    /// Reading or writing the state file failed.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The state file is not the expected JSON.
-    #[error("{} is not valid activation state: {message}", path.display())]
+    /// The store failed.
+    #[error("activation state: {0}")]
+    Store(#[from] StoreError),
+    /// A stored entry is not the expected JSON.
+    #[error("activation state under {key} is invalid: {message}")]
     Corrupt {
-        /// The file.
-        path: PathBuf,
+        /// The store key.
+        key: String,
         /// The parse error.
         message: String,
     },
@@ -73,73 +56,42 @@ pub struct PendingCode {
     pub created: u64,
 }
 
-/// The whole activation state, as stored in `activation.json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Bindings {
-    /// Bound devices by device id.
-    pub bound: BTreeMap<String, BoundDevice>,
-    /// Waiting devices by their 6-digit code.
-    pub pending: BTreeMap<String, PendingCode>,
+fn binding_key(device_id: &str) -> String {
+    format!("binding/{}", segment(device_id))
 }
 
-impl Bindings {
-    /// The state file of `data_dir`.
-    pub fn path(data_dir: &Path) -> PathBuf {
-        data_dir.join(FILE_NAME)
-    }
+fn code_key(code: &str) -> String {
+    format!("activation/code/{}", segment(code))
+}
 
-    /// Reads the state of `data_dir`; a missing file is the empty state.
-    pub fn load(data_dir: &Path) -> Result<Self, ActivationError> {
-        let path = Self::path(data_dir);
-        let text = match std::fs::read(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => return Err(ActivationError::Io { path, source }),
-        };
-        serde_json::from_slice(&text).map_err(|e| ActivationError::Corrupt { path, message: e.to_string() })
-    }
-
-    /// Writes the state of `data_dir` atomically, creating the directory if needed.
-    pub fn save(&self, data_dir: &Path) -> Result<(), ActivationError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ActivationError::Io { path, source }
-        };
-        std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
-        let path = Self::path(data_dir);
-        let tmp = data_dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
-        let text = serde_json::to_vec_pretty(self)
-            .map_err(|e| ActivationError::Corrupt { path: path.clone(), message: e.to_string() })?;
-        let written = std::fs::File::create(&tmp).and_then(|mut f| {
-            f.write_all(&text)?;
-            f.sync_all()
-        });
-        if let Err(source) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(ActivationError::Io { path: tmp, source });
-        }
-        std::fs::rename(&tmp, &path).map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
-            ActivationError::Io { path: path.clone(), source }
-        })
-    }
+fn device_code_key(device_id: &str) -> String {
+    format!("activation/device/{}", segment(device_id))
 }
 
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    // The guarded data is `()`, so a panic elsewhere cannot leave it inconsistent.
-    WRITE_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+async fn read<T: for<'de> Deserialize<'de>>(store: &dyn Store, key: &str) -> Result<Option<T>, ActivationError> {
+    match store.get(key).await? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ActivationError::Corrupt { key: key.to_owned(), message: e.to_string() }),
+    }
 }
 
-/// Whether `device_id` is bound. An unreadable state file counts as "not bound" (and is logged),
-/// so a broken file keeps devices in activation rather than letting them in.
-pub fn is_bound(data_dir: &Path, device_id: &str) -> bool {
-    match Bindings::load(data_dir) {
-        Ok(b) => b.bound.contains_key(device_id),
+async fn write<T: Serialize>(store: &dyn Store, key: &str, value: &T) -> Result<(), ActivationError> {
+    let bytes = serde_json::to_vec(value)
+        .map_err(|e| ActivationError::Corrupt { key: key.to_owned(), message: e.to_string() })?;
+    Ok(store.set(key, &bytes, None).await?)
+}
+
+/// Whether `device_id` is bound. An unreadable state counts as "not bound" (and is logged), so
+/// a broken store keeps devices in activation rather than letting them in.
+pub async fn is_bound(store: &dyn Store, device_id: &str) -> bool {
+    match read::<BoundDevice>(store, &binding_key(device_id)).await {
+        Ok(bound) => bound.is_some(),
         Err(e) => {
             tracing::error!("activation state unreadable: {e}");
             false
@@ -150,99 +102,85 @@ pub fn is_bound(data_dir: &Path, device_id: &str) -> bool {
 /// The activation code of `device_id`: its pending code if it has one, otherwise a new random
 /// 6-digit code, unique among pending codes, which is stored. The code stays the same until the
 /// device is bound.
-pub fn pending_code(data_dir: &Path, device_id: &str) -> Result<String, ActivationError> {
-    let _guard = lock();
-    let mut bindings = Bindings::load(data_dir)?;
-    if let Some(code) = bindings.pending.iter().find(|(_, p)| p.device_id == device_id).map(|(code, _)| code) {
-        return Ok(code.clone());
+pub async fn pending_code(store: &dyn Store, device_id: &str) -> Result<String, ActivationError> {
+    if let Some(code) = store.get(&device_code_key(device_id)).await? {
+        let code = String::from_utf8_lossy(&code).into_owned();
+        let pending = read::<PendingCode>(store, &code_key(&code)).await?;
+        if pending.is_some_and(|p| p.device_id == device_id) {
+            return Ok(code);
+        }
     }
-    let code = (0..CODE_ATTEMPTS)
-        .map(|_| format!("{:06}", rand::random_range(0..1_000_000u32)))
-        .find(|code| !bindings.pending.contains_key(code))
-        .ok_or(ActivationError::NoFreeCode)?;
-    bindings.pending.insert(code.clone(), PendingCode { device_id: device_id.to_string(), created: now_secs() });
-    bindings.save(data_dir)?;
-    Ok(code)
+    for _ in 0..CODE_ATTEMPTS {
+        let code = format!("{:06}", rand::random_range(0..1_000_000u32));
+        if store.get(&code_key(&code)).await?.is_some() {
+            continue;
+        }
+        write(store, &code_key(&code), &PendingCode { device_id: device_id.to_owned(), created: now_secs() }).await?;
+        store.set(&device_code_key(device_id), code.as_bytes(), None).await?;
+        return Ok(code);
+    }
+    Err(ActivationError::NoFreeCode)
 }
 
-/// Binds the device waiting with `code` and returns its device id. Any other code pending for the
-/// same device is dropped.
-pub fn bind(data_dir: &Path, code: &str) -> Result<String, ActivationError> {
+/// Binds the device waiting with `code` and returns its device id.
+pub async fn bind(store: &dyn Store, code: &str) -> Result<String, ActivationError> {
     let code = code.trim();
-    let _guard = lock();
-    let mut bindings = Bindings::load(data_dir)?;
-    let pending = bindings.pending.remove(code).ok_or_else(|| ActivationError::UnknownCode(code.to_string()))?;
-    bindings.pending.retain(|_, p| p.device_id != pending.device_id);
-    bindings.bound.insert(pending.device_id.clone(), BoundDevice { bound_at: now_secs() });
-    bindings.save(data_dir)?;
+    let pending = read::<PendingCode>(store, &code_key(code))
+        .await?
+        .ok_or_else(|| ActivationError::UnknownCode(code.to_string()))?;
+    write(store, &binding_key(&pending.device_id), &BoundDevice { bound_at: now_secs() }).await?;
+    store.delete(&code_key(code)).await?;
+    store.delete(&device_code_key(&pending.device_id)).await?;
     Ok(pending.device_id)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::memory::MemoryStore;
 
-    #[test]
-    fn code_is_stable_until_bound() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        assert!(!is_bound(&data, "aa:bb"));
-        let code = pending_code(&data, "aa:bb").unwrap();
+    #[tokio::test]
+    async fn code_is_stable_until_bound() {
+        let store = MemoryStore::new();
+        assert!(!is_bound(&store, "aa:bb").await);
+        let code = pending_code(&store, "aa:bb").await.unwrap();
         assert_eq!(code.len(), 6);
         assert!(code.bytes().all(|b| b.is_ascii_digit()));
-        assert_eq!(pending_code(&data, "aa:bb").unwrap(), code);
-        let other = pending_code(&data, "cc:dd").unwrap();
+        assert_eq!(pending_code(&store, "aa:bb").await.unwrap(), code);
+        let other = pending_code(&store, "cc:dd").await.unwrap();
         assert_ne!(other, code);
 
-        assert_eq!(bind(&data, &format!(" {code}\n")).unwrap(), "aa:bb");
-        assert!(is_bound(&data, "aa:bb"));
-        assert!(!is_bound(&data, "cc:dd"));
-        let state = Bindings::load(&data).unwrap();
-        assert!(!state.pending.contains_key(&code));
-        assert_eq!(state.pending[&other].device_id, "cc:dd");
-        assert!(state.bound["aa:bb"].bound_at > 0);
+        assert_eq!(bind(&store, &format!(" {code}\n")).await.unwrap(), "aa:bb");
+        assert!(is_bound(&store, "aa:bb").await);
+        assert!(!is_bound(&store, "cc:dd").await);
+        assert!(matches!(bind(&store, &code).await, Err(ActivationError::UnknownCode(_))), "a code binds once");
+        assert_eq!(pending_code(&store, "cc:dd").await.unwrap(), other, "other devices keep their codes");
     }
 
-    #[test]
-    fn file_has_the_documented_shape() {
-        let dir = tempfile::tempdir().unwrap();
-        let code = pending_code(dir.path(), "aa:bb").unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join(FILE_NAME)).unwrap()).unwrap();
-        assert_eq!(v["pending"][&code]["device_id"], "aa:bb");
-        assert!(v["pending"][&code]["created"].is_u64());
-        assert!(v["bound"].as_object().unwrap().is_empty());
-        bind(dir.path(), &code).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join(FILE_NAME)).unwrap()).unwrap();
-        assert!(v["bound"]["aa:bb"]["bound_at"].is_u64());
-        // No temporary files are left behind.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn unknown_code_and_corrupt_file_are_clear_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = bind(dir.path(), "123456").unwrap_err();
+    #[tokio::test]
+    async fn unknown_code_and_corrupt_state_are_clear_errors() {
+        let store = MemoryStore::new();
+        let err = bind(&store, "123456").await.unwrap_err();
         assert!(matches!(err, ActivationError::UnknownCode(ref c) if c == "123456"));
         assert!(err.to_string().contains("123456"));
-        std::fs::write(dir.path().join(FILE_NAME), "{not json").unwrap();
-        assert!(matches!(pending_code(dir.path(), "aa"), Err(ActivationError::Corrupt { .. })));
-        assert!(!is_bound(dir.path(), "aa"));
+        store.set("activation/code/654321", b"{not json", None).await.unwrap();
+        assert!(matches!(bind(&store, "654321").await, Err(ActivationError::Corrupt { .. })));
+        store.set(&binding_key("aa"), b"{not json", None).await.unwrap();
+        assert!(!is_bound(&store, "aa").await);
     }
 
-    #[test]
-    fn concurrent_requests_keep_every_code() {
-        let dir = tempfile::tempdir().unwrap();
-        let handles: Vec<_> = (0..16)
+    #[tokio::test]
+    async fn concurrent_requests_keep_every_code() {
+        let store = std::sync::Arc::new(MemoryStore::new());
+        let tasks: Vec<_> = (0..16)
             .map(|i| {
-                let data = dir.path().to_path_buf();
-                std::thread::spawn(move || pending_code(&data, &format!("dev{i}")).unwrap())
+                let store = std::sync::Arc::clone(&store);
+                tokio::spawn(async move { pending_code(store.as_ref(), &format!("dev{i}")).await.unwrap() })
             })
             .collect();
-        let codes: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        let state = Bindings::load(dir.path()).unwrap();
-        assert_eq!(state.pending.len(), 16);
-        for (i, code) in codes.iter().enumerate() {
-            assert_eq!(state.pending[code].device_id, format!("dev{i}"));
+        for (i, task) in tasks.into_iter().enumerate() {
+            let code = task.await.unwrap();
+            assert_eq!(bind(store.as_ref(), &code).await.unwrap(), format!("dev{i}"));
         }
     }
 }

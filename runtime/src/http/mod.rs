@@ -46,7 +46,7 @@ const DOWNLOAD_PREFIX: &str = "/xiaozhi/ota/download/";
 pub struct HttpContext {
     /// The live configuration; read once per request, so edits apply to the next request.
     pub config: tokio::sync::watch::Receiver<Arc<Config>>,
-    /// The data directory: firmware images in `bin/`, activation state in `activation.json`.
+    /// The data directory: firmware images in `bin/`.
     pub data_dir: PathBuf,
     /// The device token key (from [`crate::auth::resolve_key`]). The key rather than an
     /// [`crate::auth::Authenticator`] is held so that `server.auth` (enabled, allow-list, expiry)
@@ -57,6 +57,8 @@ pub struct HttpContext {
     pub ws_port: u16,
     /// The extension registry (`GET /xiaozhi/extensions`, `POST /xiaozhi/extensions/reload`).
     pub extensions: Option<Arc<crate::extensions::Registry>>,
+    /// Where device bindings and activation codes live.
+    pub store: Arc<dyn crate::store::Store>,
 }
 
 /// Answers one plain HTTP request. Never fails: every problem is an HTTP status.
@@ -182,23 +184,30 @@ where
         }
     };
     let config = ctx.config.borrow().clone();
-    let (data_dir, key, ws_port) = (ctx.data_dir.clone(), ctx.auth_key.to_string(), ctx.ws_port);
     let device = request.device_id.clone();
+    let code = if config.activation.enabled && !activation::is_bound(ctx.store.as_ref(), &device).await {
+        match activation::pending_code(ctx.store.as_ref(), &device).await {
+            Ok(code) => Some(code),
+            Err(e) => {
+                tracing::error!(%device, "OTA check failed: {e}");
+                return json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &json!({"success": false, "message": "activation state unavailable"}),
+                );
+            }
+        }
+    } else {
+        None
+    };
+    let (data_dir, key, ws_port) = (ctx.data_dir.clone(), ctx.auth_key.to_string(), ctx.ws_port);
     let built = tokio::task::spawn_blocking(move || {
-        ota::answer(&request, &config, &data_dir, &key, ws_port, SystemTime::now())
+        ota::answer(&request, &config, &data_dir, &key, ws_port, SystemTime::now(), code.as_deref())
     })
     .await;
     match built {
-        Ok(Ok(answer)) => {
+        Ok(answer) => {
             tracing::debug!(%device, "OTA check answered");
             json_response(StatusCode::OK, &answer)
-        }
-        Ok(Err(e)) => {
-            tracing::error!(%device, "OTA check failed: {e}");
-            json_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &json!({"success": false, "message": "activation state unavailable"}),
-            )
         }
         Err(e) => {
             tracing::error!(%device, "OTA check task failed: {e}");
@@ -225,14 +234,10 @@ where
     if !ctx.config.borrow().activation.enabled {
         return text(StatusCode::OK, "success");
     }
-    let data_dir = ctx.data_dir.clone();
-    match tokio::task::spawn_blocking(move || activation::is_bound(&data_dir, &device_id)).await {
-        Ok(true) => text(StatusCode::OK, "success"),
-        Ok(false) => text(StatusCode::ACCEPTED, "waiting for activation"),
-        Err(e) => {
-            tracing::error!("activation check task failed: {e}");
-            json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"success": false, "message": "internal error"}))
-        }
+    if activation::is_bound(ctx.store.as_ref(), &device_id).await {
+        text(StatusCode::OK, "success")
+    } else {
+        text(StatusCode::ACCEPTED, "waiting for activation")
     }
 }
 
@@ -323,6 +328,7 @@ mod tests {
             auth_key: Arc::from("k3y"),
             ws_port: 18000,
             extensions: None,
+            store: Arc::new(crate::store::memory::MemoryStore::new()),
         };
         Fixture { _dir: dir, ctx, _tx: tx }
     }
@@ -471,7 +477,7 @@ mod tests {
         assert_eq!(ota(&f.ctx).await["activation"]["code"], code.as_str());
 
         assert_eq!(call(activate(), &f.ctx).await.0, StatusCode::ACCEPTED);
-        assert_eq!(activation::bind(&f.ctx.data_dir, &code).unwrap(), DEVICE);
+        assert_eq!(activation::bind(f.ctx.store.as_ref(), &code).await.unwrap(), DEVICE);
         let (status, _, body) = call(activate(), &f.ctx).await;
         assert_eq!((status, &body[..]), (StatusCode::OK, &b"success"[..]));
         assert!(ota(&f.ctx).await.get("activation").is_none());

@@ -10,7 +10,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hyper::HeaderMap;
 use serde_json::{Map, Value, json};
 
-use super::{activation, firmware};
+#[cfg(doc)]
+use super::activation;
+use super::firmware;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::protocol::frame::ProtocolVersion;
@@ -135,8 +137,9 @@ fn epoch_ms(now: SystemTime) -> u64 {
 
 /// Builds the OTA answer (device-protocol.md §5.2) for one check at `now`.
 ///
-/// Does blocking file I/O (the firmware directory and the activation state): run it off the
-/// async workers. Fails only when activation is on and its state cannot be read or written.
+/// `activation_code` is the device's pending code when activation is on and it is not bound
+/// (see [`activation::pending_code`]). Reads the firmware directory (blocking file I/O): run it
+/// off the async workers.
 pub fn answer(
     req: &OtaRequest,
     config: &Config,
@@ -144,7 +147,8 @@ pub fn answer(
     auth_key: &str,
     ws_port: u16,
     now: SystemTime,
-) -> Result<Value, activation::ActivationError> {
+    activation_code: Option<&str>,
+) -> Value {
     let mut out = Map::new();
     out.insert(
         "server_time".into(),
@@ -184,18 +188,17 @@ pub fn answer(
         );
     }
 
-    if config.activation.enabled && !activation::is_bound(data_dir, &req.device_id) {
-        let code = activation::pending_code(data_dir, &req.device_id)?;
+    if let Some(code) = activation_code {
         out.insert(
             "activation".into(),
             json!({
                 "code": code,
-                "message": config.activation.message.replace("{code}", &code),
+                "message": config.activation.message.replace("{code}", code),
                 "challenge": req.device_id,
             }),
         );
     }
-    Ok(Value::Object(out))
+    Value::Object(out)
 }
 
 #[cfg(test)]

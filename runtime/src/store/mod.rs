@@ -70,6 +70,12 @@ pub trait Store: Send + Sync {
     fn describe(&self) -> String;
 }
 
+impl std::fmt::Debug for dyn Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
 /// Opens the store `config` names; relative embedded paths are inside `data_dir`.
 ///
 /// # Errors
