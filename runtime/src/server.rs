@@ -109,8 +109,9 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     let extensions = start_extensions(&config, Arc::clone(&state), &shutdown).await;
     let first = Arc::clone(&config);
     let instance: Arc<str> = Arc::from(instance_name(&config).as_str());
+    let announced = Arc::clone(&instance);
     let (services, cache) = tokio::task::spawn_blocking(move || {
-        let mut cache = ModelCache::new(state, instance);
+        let mut cache = ModelCache::new(state, announced);
         cache.extensions = extensions;
         Services::build(first, &mut cache).map(|services| (services, cache))
     })
@@ -152,7 +153,22 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     });
 
     let watcher = if options.watch_config {
-        Some(config::watch::spawn_watcher(options.source.clone(), config_tx)?)
+        let watcher = config::watch::spawn_watcher(options.source.clone(), config_tx)?;
+        if config.store.kind == config::StoreKind::Redis
+            && let Err(e) = store::announce::spawn(
+                &config.store,
+                instance,
+                config_rx.clone(),
+                {
+                    let check = watcher.checker();
+                    move |_: &str| check.check_now()
+                },
+                shutdown.clone(),
+            )
+        {
+            tracing::warn!("config changes are not announced to other instances: {e}");
+        }
+        Some(watcher)
     } else {
         drop(config_tx);
         None

@@ -74,8 +74,30 @@ impl Drop for ConfigWatcher {
 enum Message {
     /// A file system event (or a watcher error) from the platform's watcher.
     Event(notify::Result<Event>),
+    /// Read the files now (another instance announced a change).
+    Check,
     /// The [`ConfigWatcher`] was dropped.
     Stop,
+}
+
+/// Makes a [`ConfigWatcher`] read the files now, as if they had changed (used when another
+/// server instance announces a config change). Cheap to clone; does nothing once the watcher
+/// is gone.
+#[derive(Clone)]
+pub struct ConfigCheck(Sender<Message>);
+
+impl ConfigCheck {
+    /// Asks the watcher to read the files; an unchanged content changes nothing.
+    pub fn check_now(&self) {
+        let _ = self.0.send(Message::Check);
+    }
+}
+
+impl ConfigWatcher {
+    /// A handle that makes this watcher read the files now.
+    pub fn checker(&self) -> ConfigCheck {
+        ConfigCheck(self.control.clone())
+    }
 }
 
 /// How the watcher works; tests shorten the delays.
@@ -210,6 +232,7 @@ impl State {
             };
             let relevant = match message {
                 None => snapshot(&read_texts(&self.source)) != self.last,
+                Some(Message::Check) => true,
                 Some(Message::Event(event)) => self.handle(event),
                 Some(Message::Stop) => return,
             };
@@ -222,6 +245,7 @@ impl State {
                     Ok(Message::Event(event)) => {
                         self.handle(event);
                     }
+                    Ok(Message::Check) => {}
                     Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                     Err(RecvTimeoutError::Timeout) => break,
                 }

@@ -20,6 +20,7 @@
 //! The typed helpers ([`append_history`], [`history`], [`export_device`], [`import_device`],
 //! [`register_device`]) are what the rest of the server uses.
 
+pub mod announce;
 pub mod cli;
 pub mod embedded;
 pub mod memory;

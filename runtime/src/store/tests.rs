@@ -191,3 +191,43 @@ async fn redis_queue_is_bounded_and_unreachable_redis_is_a_clear_error_at_start(
     }
     assert_eq!(degraded.get("later").await.expect("get"), Some(b"v".to_vec()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_changes_are_announced_to_the_other_instances() {
+    use std::sync::Mutex;
+    let server = RedisServer::start().expect("redis-server");
+    let config = redis_config(&server.url());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let heard: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let mut senders = Vec::new();
+    for name in ["a", "b"] {
+        let (tx, rx) = tokio::sync::watch::channel(Arc::new(crate::config::Config::default()));
+        let heard = Arc::clone(&heard);
+        let listener = name.to_owned();
+        announce::spawn(
+            &config,
+            Arc::from(name),
+            rx,
+            move |from: &str| {
+                heard.lock().expect("lock").push((listener.clone(), from.to_owned()));
+            },
+            shutdown.clone(),
+        )
+        .expect("announcer");
+        senders.push(tx);
+    }
+    // Give both subscriptions a moment to be in place, then instance a loads a new config.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut round = 0;
+    while heard.lock().expect("lock").is_empty() && std::time::Instant::now() < deadline {
+        round += 1;
+        let mut changed = crate::config::Config::default();
+        changed.prompt = format!("change {round}");
+        senders[0].send_replace(Arc::new(changed));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let heard = heard.lock().expect("lock").clone();
+    assert!(!heard.is_empty(), "instance b heard the announcement");
+    assert!(heard.iter().all(|(listener, from)| listener == "b" && from == "a"), "never its own: {heard:?}");
+    shutdown.cancel();
+}
