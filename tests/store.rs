@@ -159,3 +159,50 @@ async fn two_server_processes_share_memory_history_and_the_device_registry_throu
     server_b.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_go_on_while_redis_is_down_and_their_writes_land_when_it_is_back() -> anyhow::Result<()> {
+    let mut redis = RedisServer::start()?;
+    let mock = mock().await?;
+    let data = tempfile::tempdir()?;
+    let yaml =
+        format!("store:\n  type: redis\n  url: \"{}\"\n  key_prefix: \"outage:\"\n  timeout_ms: 300\n", redis.url());
+    write_override(data.path(), &providers(&mock), "", &yaml)?;
+    let server = ServerProcess::spawn(SERVER, data.path()).await?;
+
+    redis.stop();
+    // The whole conversation happens during the outage: the device hears its answer.
+    let system = one_turn(&server, &mock, "aa:bb:cc:00:05:06", "my name is Ann").await?;
+    assert!(!system.contains("<memory>"), "nothing to recall while Redis is down: {system}");
+    wait_for_summaries(&mock, 1).await;
+
+    redis.restart()?;
+    let check = store::redis::RedisStore::connect(&xiaozhi_server::config::StoreConfig {
+        kind: xiaozhi_server::config::StoreKind::Redis,
+        url: redis.url(),
+        key_prefix: "outage:".into(),
+        ..Default::default()
+    })
+    .await?;
+    // The memory and the history written during the outage were queued, then flushed.
+    let memory_key = store::kv_key("mem_local_short", "aa:bb:cc:00:05:06", "memory");
+    assert!(
+        eventually(async || check
+            .get(&memory_key)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|m| m.windows(3).any(|w| w == b"Ann")))
+        .await,
+        "the memory saved during the outage is in Redis"
+    );
+    assert!(
+        eventually(async || store::history(&check, "aa:bb:cc:00:05:06").await.is_ok_and(|h| h.len() == 2)).await,
+        "the history written during the outage is in Redis"
+    );
+    // And the next connection recalls it.
+    let system = one_turn(&server, &mock, "aa:bb:cc:00:05:06", "what is my name").await?;
+    assert!(system.contains("my name is Ann"), "{system}");
+    server.stop().await?;
+    Ok(())
+}

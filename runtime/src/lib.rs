@@ -28,6 +28,8 @@
 //! - [`tools`]: the one registry of tools offered to the LLM.
 //! - [`memory`]: conversation memory through a memory extension (into the prompt, saved at the end).
 //! - [`extensions`]: the WebAssembly extension host (tool, intent and memory components).
+//! - [`store`]: persistent state (extension key/values, chat history, bindings, revocations, the
+//!   device registry) in an embedded SQLite file or Redis.
 //! - [`onnx`]: ONNX Runtime initialisation.
 //! - [`simulator`]: a device simulator that speaks the firmware's protocol (used by the
 //!   `simulate` subcommand and by the end-to-end tests).

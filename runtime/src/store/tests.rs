@@ -221,8 +221,7 @@ async fn config_changes_are_announced_to_the_other_instances() {
     let mut round = 0;
     while heard.lock().expect("lock").is_empty() && std::time::Instant::now() < deadline {
         round += 1;
-        let mut changed = crate::config::Config::default();
-        changed.prompt = format!("change {round}");
+        let changed = crate::config::Config { prompt: format!("change {round}"), ..Default::default() };
         senders[0].send_replace(Arc::new(changed));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
