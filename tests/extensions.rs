@@ -180,11 +180,8 @@ async fn mem_local_short_remembers_each_device_apart() -> anyhow::Result<()> {
         device.collect_reply(REPLY_WAIT).await?;
         // (The previous connection's summary may arrive in between: skip it.)
         let system = mock
-            .requests()
+            .system_prompts(before)
             .into_iter()
-            .skip(before)
-            .filter(|r| r.path.ends_with("/chat/completions"))
-            .filter_map(|r| r.body["messages"][0]["content"].as_str().map(str::to_owned))
             .find(|system| !system.contains("记忆整理助手"))
             .expect("a chat request");
         let memory = system.split("<memory>").nth(1).unwrap_or("");
@@ -234,10 +231,7 @@ fn chat_requests(mock: &MockOpenAi) -> Vec<Value> {
 
 /// How many memory summaries (mem_local_short's LLM requests) the mock received.
 fn summaries(mock: &MockOpenAi) -> usize {
-    chat_requests(mock)
-        .iter()
-        .filter(|c| c["messages"][0]["content"].as_str().is_some_and(|s| s.contains("记忆整理助手")))
-        .count()
+    mock.system_prompts(0).iter().filter(|s| s.contains("记忆整理助手")).count()
 }
 
 /// Whether the server closes the session within a few seconds.

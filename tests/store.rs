@@ -27,16 +27,8 @@ fn providers(mock: &MockOpenAi) -> String {
     mock.config_override_yaml().replace("Memory: nomem", "Memory: mem_local_short")
 }
 
-fn chat_systems(mock: &MockOpenAi) -> Vec<String> {
-    mock.requests()
-        .into_iter()
-        .filter(|r| r.path.ends_with("/chat/completions"))
-        .filter_map(|r| r.body["messages"][0]["content"].as_str().map(str::to_owned))
-        .collect()
-}
-
 fn summaries(mock: &MockOpenAi) -> usize {
-    chat_systems(mock).iter().filter(|s| s.contains(SUMMARY_PROMPT)).count()
+    mock.system_prompts(0).iter().filter(|s| s.contains(SUMMARY_PROMPT)).count()
 }
 
 /// Says `text` on a new connection of `device_id`, then hangs up; returns the chat request's
@@ -47,13 +39,7 @@ async fn one_turn(server: &ServerProcess, mock: &MockOpenAi, device_id: &str, te
     device.detect(text).await?;
     device.collect_reply(REPLY_WAIT).await?;
     device.close_abruptly().await;
-    let system = mock
-        .requests()
-        .into_iter()
-        .skip(before)
-        .filter(|r| r.path.ends_with("/chat/completions"))
-        .filter_map(|r| r.body["messages"][0]["content"].as_str().map(str::to_owned))
-        .find(|s| !s.contains(SUMMARY_PROMPT));
+    let system = mock.system_prompts(before).into_iter().find(|s| !s.contains(SUMMARY_PROMPT));
     system.ok_or_else(|| anyhow::anyhow!("no chat request"))
 }
 
@@ -64,6 +50,17 @@ async fn wait_for_summaries(mock: &MockOpenAi, n: usize) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(summaries(mock), n, "memory summaries");
+}
+
+/// A direct connection to what the servers store in `redis` under `prefix`.
+async fn redis_store(redis: &RedisServer, prefix: &str) -> anyhow::Result<store::redis::RedisStore> {
+    let config = xiaozhi_server::config::StoreConfig {
+        kind: xiaozhi_server::config::StoreKind::Redis,
+        url: redis.url(),
+        key_prefix: prefix.into(),
+        ..Default::default()
+    };
+    Ok(store::redis::RedisStore::connect(&config).await?)
 }
 
 /// Polls `check` (a store read) until it holds, for up to 10 s.
@@ -129,13 +126,7 @@ async fn two_server_processes_share_memory_history_and_the_device_registry_throu
     one_turn(&server_a, &mock, "aa:bb:cc:00:05:03", "my name is Ann").await?;
     one_turn(&server_b, &mock, "aa:bb:cc:00:05:04", "my name is Bob").await?;
     wait_for_summaries(&mock, 2).await;
-    let redis_store = store::redis::RedisStore::connect(&xiaozhi_server::config::StoreConfig {
-        kind: xiaozhi_server::config::StoreKind::Redis,
-        url: redis.url(),
-        key_prefix: "e2e:".into(),
-        ..Default::default()
-    })
-    .await?;
+    let redis_store = redis_store(&redis, "e2e:").await?;
     let memory_key = store::kv_key("mem_local_short", "aa:bb:cc:00:05:03", "memory");
     assert!(eventually(async || redis_store.get(&memory_key).await.ok().flatten().is_some()).await, "memory saved");
 
@@ -145,8 +136,11 @@ async fn two_server_processes_share_memory_history_and_the_device_registry_throu
     assert!(system.contains("my name is Bob") && !system.contains("Ann"), "server a knows Bob's memory: {system}");
 
     // The history holds both connections, written by both instances.
-    let history = store::history(&redis_store, "aa:bb:cc:00:05:03").await?;
-    assert_eq!(history.len(), 4, "{history:?}");
+    assert!(
+        eventually(async || store::history(&redis_store, "aa:bb:cc:00:05:03").await.is_ok_and(|h| h.len() == 4)).await,
+        "{:?}",
+        store::history(&redis_store, "aa:bb:cc:00:05:03").await
+    );
 
     // The registry names the instance that holds a connected device, and forgets it after.
     let device = server_b.device("aa:bb:cc:00:05:05").await?;
@@ -177,13 +171,7 @@ async fn sessions_go_on_while_redis_is_down_and_their_writes_land_when_it_is_bac
     wait_for_summaries(&mock, 1).await;
 
     redis.restart()?;
-    let check = store::redis::RedisStore::connect(&xiaozhi_server::config::StoreConfig {
-        kind: xiaozhi_server::config::StoreKind::Redis,
-        url: redis.url(),
-        key_prefix: "outage:".into(),
-        ..Default::default()
-    })
-    .await?;
+    let check = redis_store(&redis, "outage:").await?;
     // The memory and the history written during the outage were queued, then flushed.
     let memory_key = store::kv_key("mem_local_short", "aa:bb:cc:00:05:06", "memory");
     assert!(

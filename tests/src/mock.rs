@@ -220,6 +220,17 @@ impl MockOpenAi {
         format!("http://{}/v1", self.addr)
     }
 
+    /// The system prompts of the chat requests received after the first `since` requests, in
+    /// order (`since = 0`: all of them).
+    pub fn system_prompts(&self, since: usize) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .skip(since)
+            .filter(|r| r.path.ends_with("/chat/completions"))
+            .filter_map(|r| r.body["messages"][0]["content"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<Recorded> {
         lock(&self.shared.requests).clone()

@@ -94,6 +94,9 @@ pub async fn run(ws: WsStream, device: DeviceInfo, services: Arc<Services>, shut
             connection::drain_after_close(&mut reader).await;
         }
     }
+    for write in std::mem::take(&mut session.writes) {
+        let _ = write.await;
+    }
     // With the device gone, the memory extension (if any) keeps what was said.
     if let Some(scope) = session.extension_scope() {
         let dialogue = std::mem::take(&mut session.history);
@@ -140,6 +143,9 @@ struct Session {
     goodbye_started: bool,
     bad_frames: u64,
     registered_at: Instant,
+    /// Store writes in flight (history, registry); awaited before the session ends, so a server
+    /// shutdown (which waits for sessions) never cuts them off.
+    writes: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Session {
@@ -173,6 +179,7 @@ impl Session {
             goodbye_started: false,
             bad_frames: 0,
             registered_at: Instant::now(),
+            writes: Vec::new(),
         }
     }
 
@@ -205,7 +212,7 @@ impl Session {
         self.registered_at = Instant::now();
         let store = Arc::clone(&self.services.store);
         let (device, instance) = (self.device.device_id.clone(), self.services.instance.to_string());
-        tokio::spawn(async move {
+        self.track(tokio::spawn(async move {
             let result = if held {
                 crate::store::register_device(store.as_ref(), &device, &instance, REGISTRY_TTL).await
             } else {
@@ -221,7 +228,13 @@ impl Session {
             if let Err(e) = result {
                 tracing::warn!(device, "device registry: {e}");
             }
-        });
+        }));
+    }
+
+    /// Keeps the handle of a store write in flight (and forgets those already done).
+    fn track(&mut self, write: tokio::task::JoinHandle<()>) {
+        self.writes.retain(|w| !w.is_finished());
+        self.writes.push(write);
     }
 
     fn on_timer(&mut self, connected: Instant) -> Option<End> {
@@ -483,18 +496,18 @@ impl Session {
     }
 
     /// Appends a turn's messages to the device's stored chat history, in the background.
-    fn save_history(&self, messages: &[ChatMessage]) {
+    fn save_history(&mut self, messages: &[ChatMessage]) {
         if messages.is_empty() {
             return;
         }
         let store = Arc::clone(&self.services.store);
         let (device, session) = (self.device.device_id.clone(), self.sid());
         let (messages, keep) = (messages.to_vec(), self.services.config.store.history_limit);
-        tokio::spawn(tracing::Instrument::in_current_span(async move {
+        self.track(tokio::spawn(tracing::Instrument::in_current_span(async move {
             if let Err(e) = crate::store::append_history(store.as_ref(), &device, &session, &messages, keep).await {
                 tracing::warn!("chat history not saved: {e}");
             }
-        }));
+        })));
     }
 
     fn cancel_turn(&mut self) {
