@@ -28,6 +28,7 @@
 //! - [`tools`]: the one registry of tools offered to the LLM.
 //! - [`memory`]: conversation memory through a memory extension (into the prompt, saved at the end).
 //! - [`extensions`]: the WebAssembly extension host (tool, intent and memory components).
+//! - [`metrics`]: Prometheus metrics of the server (`GET /metrics`).
 //! - [`store`]: persistent state (extension key/values, chat history, bindings, revocations, the
 //!   device registry) in an embedded SQLite file or Redis.
 //! - [`onnx`]: ONNX Runtime initialisation.
@@ -44,6 +45,7 @@ pub mod http;
 pub mod llm;
 pub mod mcp;
 pub mod memory;
+pub mod metrics;
 pub mod onnx;
 pub mod protocol;
 pub mod remote;

@@ -106,18 +106,20 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         .await
         .with_context(|| format!("opening the store ({:?})", config.store.kind))?;
     tracing::info!("state in {}", state.describe());
-    let extensions = start_extensions(&config, Arc::clone(&state), &shutdown).await;
+    let metrics = crate::metrics::Metrics::new();
+    let extensions = start_extensions(&config, Arc::clone(&state), Arc::clone(&metrics), &shutdown).await;
     let first = Arc::clone(&config);
     let instance: Arc<str> = Arc::from(instance_name(&config).as_str());
     let announced = Arc::clone(&instance);
     let (services, cache) = tokio::task::spawn_blocking(move || {
-        let mut cache = ModelCache::new(state, announced);
+        let mut cache = ModelCache::new(state, announced, metrics);
         cache.extensions = extensions;
         Services::build(first, &mut cache).map(|services| (services, cache))
     })
     .await??;
     let extensions = services.extensions.clone();
     let state = Arc::clone(&services.store);
+    let metrics = Arc::clone(&services.metrics);
     let (config_tx, config_rx) = watch::channel(Arc::clone(&config));
     let (services_tx, services_rx) = watch::channel(Arc::new(services));
 
@@ -147,6 +149,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
             ws_port: ws_addr.port(),
             extensions,
             store: state,
+            metrics,
         },
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
@@ -185,6 +188,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
 async fn start_extensions(
     config: &Config,
     store: Arc<dyn Store>,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: &CancellationToken,
 ) -> Option<Arc<Registry>> {
     let llm = match crate::llm::build(&config.providers.llm) {
@@ -194,7 +198,7 @@ async fn start_extensions(
             None
         }
     };
-    let services = HostServices { llm, store };
+    let services = HostServices { llm, store, metrics: Some(metrics) };
     let host = match ExtensionHost::new(&config.extensions, services) {
         Ok(host) => Arc::new(host),
         Err(e) => {

@@ -10,6 +10,7 @@ use crate::audio::vad::{self, SileroModel, VadBatcher};
 use crate::config::{Config, SileroVadConfig, VadSpec};
 use crate::extensions::Registry;
 use crate::llm::{self, Llm};
+use crate::metrics::Metrics;
 use crate::speaker::PhraseCache;
 use crate::store::Store;
 use crate::tts::{self, Tts};
@@ -38,6 +39,8 @@ pub struct Services {
     pub store: Arc<dyn Store>,
     /// This instance's name in the device registry.
     pub instance: Arc<str>,
+    /// The server's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why the services could not be built.
@@ -68,12 +71,14 @@ pub struct ModelCache {
     pub extensions: Option<Arc<Registry>>,
     store: Arc<dyn Store>,
     instance: Arc<str>,
+    metrics: Arc<Metrics>,
 }
 
 impl ModelCache {
-    /// An empty cache for a server whose state lives in `store`, registered as `instance`.
-    pub fn new(store: Arc<dyn Store>, instance: Arc<str>) -> Self {
-        Self { vad: None, asr: None, tts: None, phrases: Arc::default(), extensions: None, store, instance }
+    /// An empty cache for a server whose state lives in `store`, registered as `instance`,
+    /// counting into `metrics`.
+    pub fn new(store: Arc<dyn Store>, instance: Arc<str>, metrics: Arc<Metrics>) -> Self {
+        Self { vad: None, asr: None, tts: None, phrases: Arc::default(), extensions: None, store, instance, metrics }
     }
 }
 
@@ -130,6 +135,7 @@ impl Services {
             voice_key,
             store: Arc::clone(&cache.store),
             instance: Arc::clone(&cache.instance),
+            metrics: Arc::clone(&cache.metrics),
         })
     }
 }

@@ -73,6 +73,8 @@ pub struct TurnContext {
     pub prompt: Option<String>,
     /// Fires on abort, barge-in or disconnect.
     pub cancel: CancellationToken,
+    /// When the turn started (the utterance was complete or the text arrived).
+    pub started: std::time::Instant,
 }
 
 /// How a turn ended.
@@ -92,6 +94,8 @@ pub struct TurnOutcome {
 
 /// Runs one turn to its end or until its token is cancelled.
 pub async fn run(ctx: TurnContext) -> TurnOutcome {
+    let metrics = Arc::clone(&ctx.services.metrics);
+    let _active = crate::metrics::GaugeGuard::new(&metrics.turns_active);
     let mut outcome = TurnOutcome::default();
     let finished = tokio::select! {
         biased;
@@ -99,6 +103,12 @@ pub async fn run(ctx: TurnContext) -> TurnOutcome {
         _ = run_inner(&ctx, &mut outcome) => true,
     };
     outcome.cancelled = !finished;
+    let label = match (outcome.cancelled, outcome.heard_nothing) {
+        (true, _) => "cancelled",
+        (false, true) => "heard_nothing",
+        (false, false) => "answered",
+    };
+    metrics.turns.get_or_create(&crate::metrics::TurnLabels { outcome: label }).inc();
     outcome
 }
 
@@ -111,6 +121,7 @@ async fn run_inner(ctx: &TurnContext, out: &mut TurnOutcome) {
             Ok(text) => text,
             Err(e) => {
                 tracing::warn!("ASR failed: {e}");
+                ctx.services.metrics.provider_error("asr");
                 ctx.outbox.send(ServerMessage::Tts { state: TtsState::Start, text: None, session_id }).await;
                 let (tx, rx) = mpsc::channel(8);
                 let speak = async move { say(&tx, &config.system_error_response, true).await };
@@ -259,6 +270,7 @@ async fn think(
             Ok(stream) => stream,
             Err(e) => {
                 tracing::warn!("LLM request failed: {e}");
+                ctx.services.metrics.provider_error("llm");
                 say(sentences, &config.system_error_response, true).await;
                 return;
             }
@@ -287,6 +299,7 @@ async fn think(
                 Ok(LlmDelta::ToolCalls(c)) => calls = c,
                 Err(e) => {
                     tracing::warn!("LLM stream failed: {e}");
+                    ctx.services.metrics.provider_error("llm");
                     if answer.trim().is_empty() && calls.is_empty() {
                         say(sentences, &config.system_error_response, true).await;
                     }
@@ -377,6 +390,7 @@ async fn voice(ctx: &TurnContext, mut sentences: mpsc::Receiver<Sentence>) {
     let config = &ctx.services.config;
     let timeout = Duration::from_secs(config.tts_timeout.max(1));
     let mut error_spoken = false;
+    let mut first_audio = true;
     while let Some(sentence) = sentences.recv().await {
         let text = match sentence {
             Sentence::Fixed(text) => {
@@ -386,7 +400,12 @@ async fn voice(ctx: &TurnContext, mut sentences: mpsc::Receiver<Sentence>) {
             Sentence::Reply(text) => text,
         };
         match synthesize(ctx, &text, timeout).await {
-            Some(clip) => ctx.speaker.play(&ctx.cancel, Some(text), clip).await,
+            Some(clip) => {
+                if std::mem::take(&mut first_audio) {
+                    ctx.services.metrics.first_audio.observe(ctx.started.elapsed().as_secs_f64());
+                }
+                ctx.speaker.play(&ctx.cancel, Some(text), clip).await;
+            }
             None if !error_spoken => {
                 // Say once that something went wrong (if the TTS can say anything at all), with
                 // the failed sentence still shown as the subtitle.
@@ -432,10 +451,12 @@ async fn synthesize(ctx: &TurnContext, sentence: &str, timeout: Duration) -> Opt
         Ok(Ok(clip)) => Some(clip),
         Ok(Err(e)) => {
             tracing::warn!("TTS failed for {sentence:?}: {e}");
+            ctx.services.metrics.provider_error("tts");
             None
         }
         Err(_) => {
             tracing::warn!("TTS timed out after {timeout:?} for {sentence:?}");
+            ctx.services.metrics.provider_error("tts");
             None
         }
     }

@@ -70,6 +70,10 @@ pub struct MockScript {
     pub llm_fail: bool,
     /// Whether the speech endpoint answers HTTP 500.
     pub tts_fail: bool,
+    /// Whether the chat endpoint answers 200 with an SSE stream that is not JSON.
+    pub llm_garbage: bool,
+    /// Cut the chat stream's connection after this many SSE events (mid-answer).
+    pub llm_cut_after: Option<usize>,
 }
 
 impl Default for MockScript {
@@ -84,6 +88,8 @@ impl Default for MockScript {
             asr_fail: false,
             llm_fail: false,
             tts_fail: false,
+            llm_garbage: false,
+            llm_cut_after: None,
         }
     }
 }
@@ -135,6 +141,18 @@ impl MockScript {
     /// Makes the chat endpoint fail (HTTP 500) or not.
     pub fn llm_fail(mut self, fail: bool) -> Self {
         self.llm_fail = fail;
+        self
+    }
+
+    /// Makes the chat endpoint answer a stream of garbage (not JSON).
+    pub fn llm_garbage(mut self, garbage: bool) -> Self {
+        self.llm_garbage = garbage;
+        self
+    }
+
+    /// Cuts the chat stream's connection after `events` SSE events.
+    pub fn llm_cut_after(mut self, events: usize) -> Self {
+        self.llm_cut_after = Some(events);
         self
     }
 
@@ -289,12 +307,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-/// A response body: either complete bytes or a paced SSE stream.
-type Body = UnsyncBoxBody<Bytes, Infallible>;
+/// A response body: either complete bytes or a paced SSE stream (whose error cuts the
+/// connection, for the stream-cut fault).
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// A complete response.
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(Full::new(body.into()).boxed_unsync());
+    let mut response = Response::new(Full::new(body.into()).map_err(|never: Infallible| match never {}).boxed_unsync());
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
@@ -447,15 +466,27 @@ fn chat(shared: &Shared, script: &MockScript, request: &Value) -> Response<Body>
     };
     let model = request.get("model").and_then(Value::as_str).unwrap_or("mock-llm");
     let n = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    let events = sse_events(&format!("chatcmpl-mock{n}"), model, &format!("call_mock{n}"), &answer);
-    let stream = futures_util::stream::iter(events.into_iter().enumerate());
+    let mut events = sse_events(&format!("chatcmpl-mock{n}"), model, &format!("call_mock{n}"), &answer);
+    if script.llm_garbage {
+        events =
+            vec!["data: {\"choices\": [{\"delta\": {\"content\": \"Hel".into(), "lo\"}}]} this is not JSON\n\n".into()];
+    }
+    // The stream-cut fault: the role event and a few content pieces, then the connection drops.
+    let cut = script.llm_cut_after.map(|n| n.min(events.len()));
+    if let Some(n) = cut {
+        events.truncate(n);
+    }
+    let stream = futures_util::stream::iter(events.into_iter().map(Some).chain(cut.map(|_| None)).enumerate());
     let (first, gap) = (script.first_token_delay, script.chunk_delay);
     let body = stream.then(move |(i, event)| async move {
         let delay = if i == 0 { first } else { gap };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        Ok::<_, Infallible>(Frame::data(Bytes::from(event)))
+        match event {
+            Some(event) => Ok(Frame::data(Bytes::from(event))),
+            None => Err(std::io::Error::other("mock: the connection is cut mid-stream")),
+        }
     });
     let mut response = Response::new(StreamBody::new(body).boxed_unsync());
     let headers = response.headers_mut();

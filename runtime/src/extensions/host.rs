@@ -42,6 +42,7 @@ use super::manifest::{Kind, MANIFEST_FILE, Manifest};
 use super::{CallContext, ExtensionError, IntentDecision, ToolDefinition, ToolResult};
 use crate::config::{ExtensionsConfig, Grant};
 use crate::llm::{ChatMessage, Llm};
+use crate::metrics::{ExtensionLabels, Metrics};
 use crate::store::Store as StateStore;
 
 /// How often the epoch advances; the granularity of call deadlines.
@@ -63,6 +64,8 @@ pub struct HostServices {
     pub llm: Option<Arc<dyn Llm>>,
     /// Storage behind the `kv` interface.
     pub store: Arc<dyn StateStore>,
+    /// Where calls are counted (`None`: not counted).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// The data of one call's [`Store`]: who the call is for, what the extension may do, its limits
@@ -217,6 +220,11 @@ impl ExtensionHost {
         })
     }
 
+    /// Where this host counts its calls, if anywhere.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.services.metrics.as_ref()
+    }
+
     /// Whether the engine uses the pooling allocator (else on-demand allocation).
     pub fn uses_pooling(&self) -> bool {
         self.pooling
@@ -320,7 +328,7 @@ impl ExtensionHost {
                 })
             })
             .await?;
-        result.map(ToolResult::from).map_err(|err| guest_error(ext, call, &err))
+        self.counted(ext, call, result.map(ToolResult::from).map_err(|err| guest_error(ext, call, &err)))
     }
 
     /// Asks an intent extension what to do with `text` after `history` (oldest first), given the
@@ -348,7 +356,7 @@ impl ExtensionHost {
                 })
             })
             .await?;
-        result.map(IntentDecision::from).map_err(|err| guest_error(ext, call, &err))
+        self.counted(ext, call, result.map(IntentDecision::from).map_err(|err| guest_error(ext, call, &err)))
     }
 
     /// Asks a memory extension what it knows that is relevant to `text` for the device in `ctx`.
@@ -368,7 +376,7 @@ impl ExtensionHost {
                 )
             })
             .await?;
-        result.map_err(|err| guest_error(ext, call, &err))
+        self.counted(ext, call, result.map_err(|err| guest_error(ext, call, &err)))
     }
 
     /// Gives a memory extension a finished dialogue (oldest first) of the device in `ctx`.
@@ -389,7 +397,25 @@ impl ExtensionHost {
                 })
             })
             .await?;
-        result.map_err(|err| guest_error(ext, call, &err))
+        self.counted(ext, call, result.map_err(|err| guest_error(ext, call, &err)))
+    }
+
+    /// Counts a finished call that got an answer (`ok`, or `error` for the guest's own error).
+    fn counted<T>(
+        &self,
+        ext: &LoadedExtension,
+        call: &'static str,
+        result: Result<T, ExtensionError>,
+    ) -> Result<T, ExtensionError> {
+        self.count(ext, call, if result.is_ok() { "ok" } else { "error" });
+        result
+    }
+
+    fn count(&self, ext: &LoadedExtension, call: &'static str, outcome: &'static str) {
+        if let Some(metrics) = &self.services.metrics {
+            let labels = ExtensionLabels { extension: ext.id().to_owned(), call, outcome };
+            metrics.extension_calls.get_or_create(&labels).inc();
+        }
     }
 
     /// Instantiates `ext` in a fresh store for `ctx` and runs `body` under the call's limits.
@@ -428,8 +454,12 @@ impl ExtensionHost {
         let id = ext.id().to_owned();
         match outcome {
             Ok(Ok(value)) => Ok(value),
-            Err(_elapsed) => Err(ExtensionError::Timeout { id, call, limit }),
+            Err(_elapsed) => {
+                self.count(ext, call, "timeout");
+                Err(ExtensionError::Timeout { id, call, limit })
+            }
             Ok(Err(err)) if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
+                self.count(ext, call, "timeout");
                 Err(ExtensionError::Timeout { id, call, limit })
             }
             Ok(Err(err)) => {
@@ -444,6 +474,7 @@ impl ExtensionHost {
                 }
                 tracing::warn!(extension = %id, call, "extension call failed: {message}");
                 tracing::debug!(extension = %id, call, "extension call failed: {err:#}");
+                self.count(ext, call, "trap");
                 Err(ExtensionError::Trap { id, call, message })
             }
         }

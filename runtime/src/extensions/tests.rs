@@ -26,7 +26,8 @@ fn host(cache: &Path, grants: &[(&str, Grant)]) -> ExtensionHost {
         cache_dir: cache.to_owned(),
         grants: grants.iter().map(|(id, grant)| ((*id).to_owned(), grant.clone())).collect(),
     };
-    let services = HostServices { llm: None, store: Arc::new(MemoryStore::new()) };
+    let services =
+        HostServices { llm: None, store: Arc::new(MemoryStore::new()), metrics: Some(crate::metrics::Metrics::new()) };
     ExtensionHost::new(&config, services).expect("host starts")
 }
 
@@ -207,6 +208,17 @@ async fn misbehaving_components_fail_cleanly_and_the_host_serves_on() {
         assert!(matches!(result, Err(ExtensionError::Trap { .. })), "{result:?}");
     }
     assert_get_time_works(&host, &get_time).await;
+
+    // Every call was counted by outcome.
+    let metrics = host.metrics().expect("metrics").render();
+    for line in [
+        r#"xiaozhi_extension_calls_total{extension="trap",call="tool.call",outcome="trap"} 1"#,
+        r#"xiaozhi_extension_calls_total{extension="spin",call="tool.call",outcome="timeout"} 1"#,
+        r#"xiaozhi_extension_calls_total{extension="hog",call="tool.call",outcome="trap"} 9"#,
+        r#"xiaozhi_extension_calls_total{extension="get_time",call="tool.call",outcome="ok"} 4"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 }
 
 #[tokio::test]
@@ -343,7 +355,7 @@ async fn host_imports_check_the_grant_and_keep_devices_apart() {
     use super::bindings::xiaozhi::extension::types::{ExtensionError as WitError, Message, Role};
     use super::bindings::xiaozhi::extension::{config, http, kv, llm};
 
-    let services = HostServices { llm: Some(Arc::new(EchoLlm)), store: Arc::new(MemoryStore::new()) };
+    let services = HostServices { llm: Some(Arc::new(EchoLlm)), store: Arc::new(MemoryStore::new()), metrics: None };
     let grant = Grant {
         http_hosts: vec!["127.0.0.1".into()],
         kv: true,
@@ -411,7 +423,8 @@ async fn host_imports_check_the_grant_and_keep_devices_apart() {
 async fn on_demand_allocation_works_too() {
     let cache = tempfile::tempdir().expect("tempdir");
     let config = ExtensionsConfig { dirs: Vec::new(), cache_dir: cache.path().to_owned(), grants: Default::default() };
-    let services = HostServices { llm: None, store: Arc::new(MemoryStore::new()) };
+    let services =
+        HostServices { llm: None, store: Arc::new(MemoryStore::new()), metrics: Some(crate::metrics::Metrics::new()) };
     let host = ExtensionHost::build(&config, services, false).expect("host starts");
     assert!(!host.uses_pooling());
     let ext = host.load(&get_time_dir()).await.expect("loads");
@@ -660,7 +673,7 @@ fn host_with(cache: &Path, grants: &[(&str, Grant)], llm: Arc<dyn crate::llm::Ll
         cache_dir: cache.to_owned(),
         grants: grants.iter().map(|(id, grant)| ((*id).to_owned(), grant.clone())).collect(),
     };
-    let services = HostServices { llm: Some(llm), store: Arc::new(MemoryStore::new()) };
+    let services = HostServices { llm: Some(llm), store: Arc::new(MemoryStore::new()), metrics: None };
     ExtensionHost::new(&config, services).expect("host starts")
 }
 

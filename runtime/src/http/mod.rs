@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /`, `GET /xiaozhi/v1/` | 200 `Server is running` |
 //! | `GET /health` | 200 `{"status":"ok"}` |
+//! | `GET /metrics` | Prometheus metrics, OpenMetrics text (see [`crate::metrics`]) |
 //! | `GET /xiaozhi/ota/` | 200 text naming the WebSocket URL devices are given |
 //! | `POST /xiaozhi/ota/` | the OTA check answer ([`ota`]) |
 //! | `POST /xiaozhi/ota/activate` | 202 until the device is bound, then 200 `success` |
@@ -59,6 +60,8 @@ pub struct HttpContext {
     pub extensions: Option<Arc<crate::extensions::Registry>>,
     /// Where device bindings and activation codes live.
     pub store: Arc<dyn crate::store::Store>,
+    /// The server's metrics (`GET /metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Answers one plain HTTP request. Never fails: every problem is an HTTP status.
@@ -91,6 +94,11 @@ where
         (&Method::OPTIONS, _) => empty(StatusCode::NO_CONTENT),
         (&Method::GET, "/" | "/xiaozhi/v1/" | "/xiaozhi/v1") => text(StatusCode::OK, "Server is running"),
         (&Method::GET, "/health") => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        (&Method::GET, "/metrics") => {
+            let mut response = Response::new(Full::new(Bytes::from(ctx.metrics.render())));
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+            response
+        }
         (&Method::GET, "/xiaozhi/ota/" | "/xiaozhi/ota") => {
             let config = ctx.config.borrow().clone();
             let host = ota::header(req.headers(), "host");
@@ -329,6 +337,7 @@ mod tests {
             ws_port: 18000,
             extensions: None,
             store: Arc::new(crate::store::memory::MemoryStore::new()),
+            metrics: crate::metrics::Metrics::new(),
         };
         Fixture { _dir: dir, ctx, _tx: tx }
     }

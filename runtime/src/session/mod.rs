@@ -72,6 +72,8 @@ pub struct DeviceInfo {
 
 /// Runs one device session to its end. `shutdown` fires when the server stops.
 pub async fn run(ws: WsStream, device: DeviceInfo, services: Arc<Services>, shutdown: CancellationToken) {
+    let _open = crate::metrics::GaugeGuard::new(&services.metrics.sessions);
+    services.metrics.sessions_total.inc();
     let session_id = uuid::Uuid::new_v4().to_string();
     let initial = if device.gateway {
         ProtocolVersion::V2
@@ -469,6 +471,7 @@ impl Session {
             outbox: self.outbox.clone(),
             speaker,
             tools: ToolBox::new(self.mcp.clone(), extensions.clone()),
+            started: std::time::Instant::now(),
             extensions,
             prompt: self.prompt.clone(),
             cancel: cancel.clone(),

@@ -1,0 +1,167 @@
+//! Prometheus metrics of one server, served as OpenMetrics text on `GET /metrics` (HTTP port).
+//!
+//! | Metric | Type | Labels |
+//! |---|---|---|
+//! | `xiaozhi_sessions` | gauge: device sessions open now | |
+//! | `xiaozhi_sessions_opened_total` | counter: sessions since start | |
+//! | `xiaozhi_turns_active` | gauge: turns running now | |
+//! | `xiaozhi_turns_total` | counter | `outcome`: `answered`, `cancelled`, `heard_nothing` |
+//! | `xiaozhi_turn_first_audio_seconds` | histogram: turn start (utterance complete or text received) → first reply audio handed to the speaker | |
+//! | `xiaozhi_provider_errors_total` | counter | `provider`: `asr`, `llm`, `tts` |
+//! | `xiaozhi_extension_calls_total` | counter | `extension`, `call` (`tool.call`, …), `outcome`: `ok`, `error`, `trap`, `timeout` |
+//!
+//! One [`Metrics`] per server (not a process global), so that several servers in one test
+//! process never count each other's sessions.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How a turn ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TurnLabels {
+    /// `answered`, `cancelled` or `heard_nothing`.
+    pub outcome: &'static str,
+}
+
+/// Which provider failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// `asr`, `llm` or `tts`.
+    pub provider: &'static str,
+}
+
+/// One extension call's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExtensionLabels {
+    /// The extension id.
+    pub extension: String,
+    /// The export called (`tool.call`, `intent.detect`, …).
+    pub call: &'static str,
+    /// `ok`, `error` (the guest's own error or bad output), `trap` or `timeout`.
+    pub outcome: &'static str,
+}
+
+/// The metrics of one server.
+pub struct Metrics {
+    registry: Registry,
+    /// Device sessions open now.
+    pub sessions: Gauge,
+    /// Sessions since start.
+    pub sessions_total: Counter,
+    /// Turns running now.
+    pub turns_active: Gauge,
+    /// Finished turns by outcome.
+    pub turns: Family<TurnLabels, Counter>,
+    /// Turn start → first reply audio, seconds.
+    pub first_audio: Histogram,
+    /// Provider failures.
+    pub provider_errors: Family<ProviderLabels, Counter>,
+    /// Extension calls by outcome.
+    pub extension_calls: Family<ExtensionLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").field("sessions", &self.sessions.get()).finish()
+    }
+}
+
+impl Metrics {
+    /// Fresh metrics, all zero.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::default();
+        let sessions = Gauge::default();
+        registry.register("xiaozhi_sessions", "Device sessions open now", sessions.clone());
+        let sessions_total = Counter::default();
+        registry.register("xiaozhi_sessions_opened", "Device sessions since start", sessions_total.clone());
+        let turns_active = Gauge::default();
+        registry.register("xiaozhi_turns_active", "Turns running now", turns_active.clone());
+        let turns = Family::<TurnLabels, Counter>::default();
+        registry.register("xiaozhi_turns", "Finished turns by outcome", turns.clone());
+        // 5 ms … ~41 s.
+        let first_audio = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register(
+            "xiaozhi_turn_first_audio_seconds",
+            "Turn start (utterance complete or text received) to the first reply audio",
+            first_audio.clone(),
+        );
+        let provider_errors = Family::<ProviderLabels, Counter>::default();
+        registry.register("xiaozhi_provider_errors", "Provider failures by provider", provider_errors.clone());
+        let extension_calls = Family::<ExtensionLabels, Counter>::default();
+        registry.register("xiaozhi_extension_calls", "Extension calls by outcome", extension_calls.clone());
+        Arc::new(Self {
+            registry,
+            sessions,
+            sessions_total,
+            turns_active,
+            turns,
+            first_audio,
+            provider_errors,
+            extension_calls,
+        })
+    }
+
+    /// Counts a provider failure.
+    pub fn provider_error(&self, provider: &'static str) {
+        self.provider_errors.get_or_create(&ProviderLabels { provider }).inc();
+    }
+
+    /// The metrics as OpenMetrics text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Decrements a gauge when dropped: a session or turn counts as open exactly while its guard lives.
+#[derive(Debug)]
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    /// Increments `gauge` until the guard is dropped.
+    pub fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_openmetrics_text() {
+        let metrics = Metrics::new();
+        let guard = GaugeGuard::new(&metrics.sessions);
+        metrics.sessions_total.inc();
+        metrics.turns.get_or_create(&TurnLabels { outcome: "answered" }).inc();
+        metrics.first_audio.observe(0.12);
+        metrics.provider_error("llm");
+        let text = metrics.render();
+        assert!(text.contains("xiaozhi_sessions 1\n"), "{text}");
+        assert!(text.contains("xiaozhi_sessions_opened_total 1\n"), "{text}");
+        assert!(text.contains("xiaozhi_turns_total{outcome=\"answered\"} 1\n"), "{text}");
+        assert!(text.contains("xiaozhi_provider_errors_total{provider=\"llm\"} 1\n"), "{text}");
+        assert!(text.contains("xiaozhi_turn_first_audio_seconds_count 1\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+        drop(guard);
+        assert!(metrics.render().contains("xiaozhi_sessions 0\n"));
+    }
+}
