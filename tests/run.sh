@@ -2,7 +2,7 @@
 # Runs the whole test suite on a fresh Debian machine: installs the system packages and fetches
 # the models (models/setup.sh), builds the WebAssembly extensions (extensions/build.sh, which
 # installs Debian's wasm toolchain), then runs every unit and end-to-end test, and the
-# extensions' own tests on the host.
+# extensions' own tests on the host, and runs every fuzz target for a bounded time.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # redis-server: the store tests run both backends, Redis as a real process on a free port.
@@ -21,4 +21,8 @@ for manifest in extensions/*/Cargo.toml; do
   cargo test --quiet --manifest-path "$manifest" || status=1
 done
 cargo test --workspace --locked --no-fail-fast || status=1
+# Every fuzz target for a bounded time (cargo-fuzz, nightly); FUZZ_SECONDS=0 skips.
+if [ "${FUZZ_SECONDS:-20}" != 0 ]; then
+  runtime/fuzz/run.sh || status=1
+fi
 exit $status

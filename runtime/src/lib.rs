@@ -31,6 +31,7 @@
 //! - [`metrics`]: Prometheus metrics of the server (`GET /metrics`).
 //! - [`store`]: persistent state (extension key/values, chat history, bindings, revocations, the
 //!   device registry) in an embedded SQLite file or Redis.
+//! - [`fuzz`]: the fuzz targets' entry points (`runtime/fuzz/`), replayed by a regression test.
 //! - [`onnx`]: ONNX Runtime initialisation.
 //! - [`simulator`]: a device simulator that speaks the firmware's protocol (used by the
 //!   `simulate` subcommand and by the end-to-end tests).
@@ -41,6 +42,7 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod extensions;
+pub mod fuzz;
 pub mod http;
 pub mod llm;
 pub mod mcp;

@@ -120,6 +120,14 @@ pub fn load(source: &ConfigSource) -> Result<Loaded, ConfigError> {
     load_texts(source, &texts)
 }
 
+/// Loads a configuration from file contents instead of files (`config.yaml` and, when given,
+/// `data/.config.yaml`, the names used in errors), exactly as [`load`] does.
+pub fn load_str(base: &str, override_text: Option<&str>) -> Result<Loaded, ConfigError> {
+    let source = ConfigSource { base: PathBuf::from("config.yaml"), override_path: PathBuf::from("data/.config.yaml") };
+    let texts = Texts { base: base.to_owned(), override_text: override_text.map(str::to_owned) };
+    load_texts(&source, &texts)
+}
+
 /// The raw contents of both files, as read at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Texts {

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use load::{ConfigError, ConfigSource, Loaded, load};
+pub use load::{ConfigError, ConfigSource, Loaded, load, load_str};
 
 /// The whole configuration, as read from YAML (see `config.yaml` at the repository root for the
 /// documented defaults).

@@ -1,0 +1,4 @@
+//! Fuzz target: see `xiaozhi_server::fuzz::device_message`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| xiaozhi_server::fuzz::device_message(data));
