@@ -64,8 +64,11 @@ pub fn config(data: &[u8]) {
     let _ = crate::config::load_str(base, override_text);
 }
 
+/// One fuzz target: its name (the directory of its inputs) and its entry point.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// The fuzz targets by name, for the regression test.
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [Target; 5] = [
     ("frame", frame),
     ("device_message", device_message),
     ("ota_request", ota_request),
