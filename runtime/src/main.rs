@@ -1,5 +1,5 @@
 //! The `xiaozhi-server` command line: `serve` (default), `simulate`, `token`, `check-config`,
-//! `bind`, `revoke`, `data`. No logic lives here; each subcommand calls into the library.
+//! `bind`, `revoke`, `data`, `bench`. No logic lives here; each subcommand calls into the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +30,9 @@ enum Command {
     Serve,
     /// Act as a device: connect, speak a WAV (or type text) and save the reply.
     Simulate(simulator::SimulateArgs),
+    /// Load test: many simulated devices holding spoken conversations; prints latency, late
+    /// frames, turns and the server's CPU and memory.
+    Bench(simulator::bench::BenchArgs),
     /// Print a device token for `Authorization: Bearer <token>`.
     Token {
         /// The device's MAC address (`Device-Id`).
@@ -62,6 +65,10 @@ fn main() -> ExitCode {
     let source = ConfigSource { base: cli.config.clone(), override_path: cli.data_dir.join(".config.yaml") };
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(source, cli.data_dir),
+        Command::Bench(args) => {
+            init_logging("warn");
+            runtime().and_then(|rt| rt.block_on(simulator::bench::run(args)))
+        }
         Command::Simulate(args) => {
             init_logging("warn");
             runtime().and_then(|rt| rt.block_on(simulator::run(args)))

@@ -129,7 +129,7 @@ struct Session {
     hello_done: bool,
     mode: ListenMode,
     listening: bool,
-    /// Created on the first `listen start`: idle devices cost no decoder or VAD memory.
+    /// Created by the first audio frame: idle devices cost no decoder, VAD or pre-roll memory.
     listener: Option<Listener>,
     last_activity: Instant,
     /// Created on the first reply.
@@ -387,6 +387,9 @@ impl Session {
         if frame.kind != 0 || !self.listening || (self.turn.is_some() && !realtime) {
             return None;
         }
+        if self.listener.is_none() {
+            self.create_listener();
+        }
         let listener = self.listener.as_mut()?;
         let heard = match listener.push_packet(frame.payload, self.mode == ListenMode::Manual).await {
             Ok(heard) => heard,
@@ -433,14 +436,20 @@ impl Session {
         }
     }
 
-    /// Arms listening: creates the decoder and VAD state on first use, resets them after.
+    /// Arms listening: resets the decoder and VAD state if there are any. They are created by
+    /// the first audio frame ([`Session::create_listener`]), so a device that says `listen start`
+    /// but streams nothing costs no decoder, VAD or pre-roll memory.
     fn reset_listening(&mut self) {
-        match &mut self.listener {
-            Some(listener) => listener.reset(),
-            None => match Listener::new(Arc::clone(&self.services.vad), &self.services.vad_config) {
-                Ok(listener) => self.listener = Some(listener),
-                Err(e) => tracing::error!("cannot start listening: {e}"),
-            },
+        if let Some(listener) = &mut self.listener {
+            listener.reset();
+        }
+    }
+
+    /// Creates the decoder, VAD state and pre-roll ring for the first audio frame.
+    fn create_listener(&mut self) {
+        match Listener::new(Arc::clone(&self.services.vad), &self.services.vad_config) {
+            Ok(listener) => self.listener = Some(listener),
+            Err(e) => tracing::error!("cannot start listening: {e}"),
         }
     }
 

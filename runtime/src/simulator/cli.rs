@@ -239,7 +239,7 @@ fn out_path(out: &Path, turn: u32, turns: u32) -> PathBuf {
 }
 
 /// Reads a WAV file of any rate and channel count as 16 kHz mono.
-fn load_wav_16k(path: &Path) -> anyhow::Result<Vec<i16>> {
+pub(crate) fn load_wav_16k(path: &Path) -> anyhow::Result<Vec<i16>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let clip = decode_audio(&bytes, AudioFormat::Wav).with_context(|| format!("cannot decode {}", path.display()))?;
     Ok(if clip.sample_rate == UPLINK_SAMPLE_RATE {

@@ -8,6 +8,7 @@
 //! requests itself (as the firmware does, while the test streams audio) and forwards every event
 //! with its arrival time. One writer task owns the write half, fed by a channel.
 
+pub mod bench;
 pub mod cli;
 pub mod mcp;
 pub mod reply;
@@ -445,6 +446,17 @@ impl SimDevice {
 
     fn encode(&self, pcm: &[i16]) -> anyhow::Result<Vec<Vec<u8>>> {
         self.encoder.lock().unwrap_or_else(PoisonError::into_inner).encode_all(pcm)
+    }
+
+    /// Encodes 16 kHz mono PCM into the 60 ms Opus packets [`stream_speech`](Self::stream_speech)
+    /// would send, so that many devices can send the same utterance without encoding it each.
+    pub fn encode_speech(&self, pcm16k: &[i16]) -> anyhow::Result<Vec<Vec<u8>>> {
+        self.encode(pcm16k)
+    }
+
+    /// Sends packets from [`encode_speech`](Self::encode_speech), one every 60 ms when `realtime`.
+    pub async fn stream_packets(&self, packets: &[Vec<u8>], realtime: bool) -> anyhow::Result<()> {
+        self.send_packets(packets, realtime).await
     }
 
     async fn send_packets(&self, packets: &[Vec<u8>], realtime: bool) -> anyhow::Result<()> {
