@@ -37,6 +37,21 @@ pub struct DeviceTool {
     pub input_schema: Value,
 }
 
+/// The one shared copy of a device tool list: devices running the same firmware list the same
+/// tools (with their JSON schemas, several KB), so thousands of sessions hold one allocation
+/// instead of one each. Lists no session holds any more are forgotten.
+fn intern(tools: Vec<DeviceTool>) -> Arc<[DeviceTool]> {
+    static LISTS: Mutex<Vec<std::sync::Weak<[DeviceTool]>>> = Mutex::new(Vec::new());
+    let mut lists = LISTS.lock().unwrap_or_else(|p| p.into_inner());
+    lists.retain(|list| list.strong_count() > 0);
+    if let Some(shared) = lists.iter().filter_map(std::sync::Weak::upgrade).find(|list| **list == *tools) {
+        return shared;
+    }
+    let list: Arc<[DeviceTool]> = Arc::from(tools);
+    lists.push(Arc::downgrade(&list));
+    list
+}
+
 /// Why a device tool call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum McpCallError {
@@ -60,7 +75,8 @@ pub struct McpClient {
     // std Mutex: held only to insert/remove a map entry, never across an await.
     pending: Mutex<Pending>,
     // std Mutex: replaced once when the tool list arrives, read (cloned) per turn.
-    tools: Mutex<Vec<DeviceTool>>,
+    /// Shared with every other session whose device lists the same tools ([`intern`]).
+    tools: Mutex<Arc<[DeviceTool]>>,
     /// Becomes true when start-up has finished (tools listed, or failed).
     ready: tokio::sync::watch::Sender<bool>,
 }
@@ -72,7 +88,7 @@ impl McpClient {
             outbox,
             next_id: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
-            tools: Mutex::new(Vec::new()),
+            tools: Mutex::new(Arc::from(Vec::new())),
             ready: tokio::sync::watch::Sender::new(false),
         })
     }
@@ -125,7 +141,7 @@ impl McpClient {
             });
         }
         tracing::info!("device offers {} MCP tools", exposed.len());
-        *self.tools.lock().unwrap_or_else(|p| p.into_inner()) = exposed;
+        *self.tools.lock().unwrap_or_else(|p| p.into_inner()) = intern(exposed);
         Ok(())
     }
 
@@ -138,7 +154,7 @@ impl McpClient {
 
     /// The device's tools known so far.
     pub fn tools(&self) -> Vec<DeviceTool> {
-        self.tools.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.tools.lock().unwrap_or_else(|p| p.into_inner()).to_vec()
     }
 
     /// Handles an `mcp` message from the device: completes the matching request.

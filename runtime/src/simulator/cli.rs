@@ -87,6 +87,9 @@ pub struct SimulateArgs {
     /// With --idle: seconds to hold the connections open.
     #[arg(long, default_value_t = 10)]
     pub hold: u64,
+    /// Do not announce MCP in the hello (the firmware does; without it no tool list is held).
+    #[arg(long)]
+    pub no_mcp: bool,
 }
 
 /// Runs the simulated conversation described by `args`, printing one line per event.
@@ -105,6 +108,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         client_id: args.client_id.clone(),
         token: args.token.clone(),
         protocol_version: args.protocol_version,
+        mcp: !args.no_mcp,
         ..SimConfig::default()
     };
     if let Some(ota) = &args.ota {
@@ -134,6 +138,7 @@ async fn hold_idle(args: &SimulateArgs, count: u32) -> anyhow::Result<()> {
             client_id: format!("00000000-0000-4000-8000-{i:012x}"),
             token: args.token.clone(),
             protocol_version: args.protocol_version,
+            mcp: !args.no_mcp,
             ..SimConfig::default()
         };
         let device = SimDevice::connect(cfg).await.with_context(|| format!("device {i}"))?;
