@@ -302,11 +302,16 @@ async fn flusher(inner: std::sync::Weak<Inner>) {
         loop {
             let Some(op) = strong.lock_queue().ops.front().cloned() else { break };
             match strong.apply(&op).await {
-                Ok(()) | Err(StoreError::Backend(_) | StoreError::Invalid(_)) => {
+                Ok(()) => {
                     strong.lock_queue().ops.pop_front();
                     flushed += 1;
                 }
                 Err(StoreError::Unavailable(_)) => break,
+                Err(e) => {
+                    // Redis answered but refused this write: retrying cannot help.
+                    tracing::error!("Redis refused a queued write to {}: {e}; dropping it", op.key());
+                    strong.lock_queue().ops.pop_front();
+                }
             }
         }
         if flushed > 0 {
