@@ -2,7 +2,7 @@
 //! streamed over server-sent events, with native tool calls.
 //!
 //! The request is `POST {base_url}/chat/completions` with `"stream": true`. The SSE body is parsed
-//! here, byte chunk by byte chunk ([`StreamDecoder`]): `choices[0].delta.content` becomes
+//! here, byte chunk by byte chunk (`StreamDecoder`): `choices[0].delta.content` becomes
 //! [`LlmDelta::Text`] with `<think>…</think>` removed (tags split across deltas included),
 //! `reasoning_content` is ignored, and `delta.tool_calls` fragments are merged by `index` into one
 //! [`LlmDelta::ToolCalls`] sent when the answer ends. A provider that ignores `stream` and answers

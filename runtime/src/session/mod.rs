@@ -1,7 +1,7 @@
 //! The per-device session: one task that owns everything about one connected device.
 //!
 //! Nothing mutable is shared between devices: each session has its own Opus decoder, VAD state,
-//! pre-roll ring, utterance buffer ([`listener`]), dialogue, speaker and MCP client. (The VAD
+//! pre-roll ring, utterance buffer (`listener`), dialogue, speaker and MCP client. (The VAD
 //! *model* is shared and batched across sessions; each session keeps its own recurrent state.) Other tasks (the turn, the
 //! speaker, the writer) talk to it through channels. The loop `select!`s over server shutdown,
 //! finished turns, the socket and a timer.

@@ -16,6 +16,8 @@
 //! | `kv/<extension>/<device>/<key>` | an extension's `kv` value ([`kv_key`]); the memory of `mem_local_short` is `kv/mem_local_short/<device>/memory` |
 //! | `history/<device>` | list of [`HistoryEntry`] JSON, oldest first, bounded by `store.history_limit` |
 //! | `device/<device>/instance` | the instance holding the device's connection, with an expiry |
+//! | `binding/<device>`, `activation/code/<code>`, `activation/device/<device>` | device bindings and pending activation codes ([`crate::http::activation`]) |
+//! | `revoked/<device>` | the time before which the device's tokens are revoked ([`crate::auth::revoke`]) |
 //!
 //! The typed helpers ([`append_history`], [`history`], [`export_device`], [`import_device`],
 //! [`register_device`]) are what the rest of the server uses.

@@ -2,8 +2,8 @@
 //!
 //! The model directory holds `model.int8.onnx` or `model.onnx` and `tokens.txt`, as in the
 //! sherpa-onnx release archives (`sherpa-onnx-sense-voice-*`). The model reads
-//! `x` f32 [N, T, 560] (LFR + CMVN features), `x_length` i32 [N], `language` i32 [N] and
-//! `text_norm` i32 [N], and writes `logits` f32 [N, T + 4, vocab]; its metadata carries the LFR
+//! `x` f32 \[N, T, 560\] (LFR + CMVN features), `x_length` i32 \[N\], `language` i32 \[N\] and
+//! `text_norm` i32 \[N\], and writes `logits` f32 \[N, T + 4, vocab\]; its metadata carries the LFR
 //! window, the CMVN vectors, the language and ITN query ids and whether samples are scaled to
 //! [-1, 1] (`normalize_samples`, 0 for SenseVoice: samples keep their 16-bit range).
 //!

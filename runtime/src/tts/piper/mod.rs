@@ -3,7 +3,7 @@
 //! A voice is a `*.onnx` model and its `*.onnx.json` config (sample rate, espeak voice,
 //! `phoneme_id_map`, default scales, number of speakers), as published by rhasspy/piper and
 //! fetched by `models/fetch.sh`. Synthesis follows Piper: the text is phonemized sentence by
-//! sentence (see [`phonemes`]), each sentence's ids run through the model with `scales` =
+//! sentence (see `phonemes`), each sentence's ids run through the model with `scales` =
 //! (noise, length, noise_w) and `sid` for multi-speaker voices, and each sentence's audio is
 //! normalised to full scale (Piper's `audio_float_to_int16`) before the sentences are joined.
 
