@@ -30,6 +30,8 @@ die() {
     exit 1
 }
 step() { echo "==> $*"; }
+# shellcheck source=packages.sh
+source "$EXT_DIR/packages.sh"
 
 offline=()
 fetch_only=0
@@ -48,30 +50,7 @@ for arg in "$@"; do
 done
 
 # 1. The Debian toolchain.
-missing=()
-for package in "${PACKAGES[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed"; then
-        missing+=("$package")
-    fi
-done
-if ((${#missing[@]})); then
-    [[ "${SKIP_APT:-0}" != 1 ]] || die "missing Debian packages: ${missing[*]} (SKIP_APT=1 is set)"
-    command -v apt-get >/dev/null || die "missing Debian packages ${missing[*]} and no apt-get on this machine"
-    if ((EUID == 0)); then
-        sudo=()
-    elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-        sudo=(sudo -n)
-    else
-        die "missing Debian packages: ${missing[*]}; install them as root: apt-get install -y ${missing[*]}"
-    fi
-    step "installing ${missing[*]}"
-    if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"; then
-        step "apt-get install failed; refreshing the package lists and retrying"
-        "${sudo[@]}" apt-get update -q || die "apt-get update failed"
-        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" ||
-            die "could not install ${missing[*]}"
-    fi
-fi
+ensure_packages "${PACKAGES[@]}"
 
 # Debian's tools live in /usr/bin; rustup's shims usually come first on PATH, so name them all
 # explicitly (cargo would otherwise run the rustup rustc, which has no wasm32-wasip2 std).

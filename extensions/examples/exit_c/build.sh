@@ -33,6 +33,8 @@ die() {
     exit 1
 }
 step() { echo "==> exit_c: $*"; }
+# shellcheck source=../../packages.sh
+source "$DIR/../../packages.sh"
 
 [[ -d "$WIT" ]] || die "$WIT is missing"
 [[ -f "$DIR/wit/world.wit" ]] || die "$DIR/wit/world.wit is missing"
@@ -40,29 +42,8 @@ started=$SECONDS
 mkdir -p "$BUILD"
 
 # 1. The Debian C toolchain for wasm32-wasi.
-missing=()
-for package in "${PACKAGES[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed"; then
-        missing+=("$package")
-    fi
-done
-if ((${#missing[@]})) && ! command -v "$CLANG" >/dev/null; then
-    [[ "${SKIP_APT:-0}" != 1 ]] || die "missing Debian packages: ${missing[*]} (SKIP_APT=1 is set)"
-    command -v apt-get >/dev/null || die "missing Debian packages ${missing[*]} and no apt-get on this machine"
-    if ((EUID == 0)); then
-        sudo=()
-    elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-        sudo=(sudo -n)
-    else
-        die "missing Debian packages: ${missing[*]}; install them as root: apt-get install -y ${missing[*]}"
-    fi
-    step "installing ${missing[*]}"
-    if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"; then
-        step "apt-get install failed; refreshing the package lists and retrying"
-        "${sudo[@]}" apt-get update -q || die "apt-get update failed"
-        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" ||
-            die "could not install ${missing[*]}"
-    fi
+if ! command -v "$CLANG" >/dev/null; then
+    ensure_packages "${PACKAGES[@]}"
 fi
 command -v "$CLANG" >/dev/null || die "$CLANG not found"
 [[ -f "$WASI_SYSROOT/lib/wasm32-wasi/libc.a" ]] || die "$WASI_SYSROOT/lib/wasm32-wasi/libc.a missing (package wasi-libc)"
