@@ -1,5 +1,5 @@
 //! The `xiaozhi-server` command line: `serve` (default), `simulate`, `token`, `check-config`,
-//! `bind`, `revoke`, `data`, `bench`. No logic lives here; each subcommand calls into the library.
+//! `bind`, `revoke`, `data`, `bench`, `health`. No logic lives here; each subcommand calls into the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +58,16 @@ enum Command {
     /// Export, import or inspect what the store holds about devices (memory, chat history).
     #[command(subcommand)]
     Data(store::cli::DataCommand),
+    /// Ask the running server's `GET /health` on this machine (the container HEALTHCHECK);
+    /// exits non-zero unless it answers 200.
+    Health {
+        /// Address to ask; default: 127.0.0.1 and the configured `server.http_port`.
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +93,7 @@ fn main() -> ExitCode {
             init_logging("warn");
             runtime().and_then(|rt| rt.block_on(store::cli::run(command, &source, &cli.data_dir)))
         }
+        Command::Health { addr, timeout } => health(&source, addr, timeout),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -162,6 +173,18 @@ async fn revoke(source: &ConfigSource, data_dir: &std::path::Path, device_id: &s
     let lifetime = config.server.auth.expire_seconds.unwrap_or(auth::DEFAULT_EXPIRE_SECONDS);
     auth::revoke(state.as_ref(), device_id, now, std::time::Duration::from_secs(lifetime)).await?;
     println!("tokens of {device_id} issued until now are revoked");
+    Ok(())
+}
+
+/// Probes `/health` on loopback; the port comes from the configuration unless `addr` is given.
+fn health(source: &ConfigSource, addr: Option<std::net::SocketAddr>, timeout: u64) -> anyhow::Result<()> {
+    let addr = match addr {
+        Some(addr) => addr,
+        None => (std::net::Ipv4Addr::LOCALHOST, config::load(source)?.config.server.http_port).into(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let body = rt.block_on(http::probe::health(addr, std::time::Duration::from_secs(timeout)))?;
+    println!("{body}");
     Ok(())
 }
 

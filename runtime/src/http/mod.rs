@@ -22,6 +22,7 @@
 pub mod activation;
 pub mod firmware;
 pub mod ota;
+pub mod probe;
 
 use std::path::PathBuf;
 use std::sync::Arc;
