@@ -53,7 +53,8 @@ pub struct MockScript {
     /// The tool rule: `(trigger, tool name, arguments, reply after the tool result)`. When the last
     /// user message contains `trigger` and the request offers a tool named `tool name`, the model
     /// calls it with `arguments`; once a tool result follows that user message, the model answers
-    /// `reply after the tool result`. When the tool is not offered, the default reply is streamed.
+    /// `reply after the tool result`, with `{tool}` replaced by that result. When the tool is not
+    /// offered, the default reply is streamed.
     pub tool_trigger: Option<(String, String, Value, String)>,
     /// Prompt rules `(needle, reply)`, checked first, in order: when the request's system message
     /// contains `needle`, the model answers `reply`, with `{user}` replaced by the last user
@@ -211,7 +212,12 @@ impl MockOpenAi {
 
     /// Like [`MockOpenAi::start`], on a chosen loopback port (0 = any free port).
     pub async fn start_on(port: u16, script: MockScript) -> anyhow::Result<MockOpenAi> {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.context("binding the mock server")?;
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], port)), script).await
+    }
+
+    /// Like [`MockOpenAi::start`], on a chosen address (`0.0.0.0:9000` inside a container).
+    pub async fn start_at(addr: SocketAddr, script: MockScript) -> anyhow::Result<MockOpenAi> {
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the mock server to {addr}"))?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             script: Mutex::new(script),
@@ -457,7 +463,8 @@ fn chat(shared: &Shared, script: &MockScript, request: &Value) -> Response<Body>
     let answer = match (ruled, &script.tool_trigger) {
         (Some(reply), _) => Answer::Text(reply),
         (None, Some((trigger, _, _, after))) if user_text.contains(trigger.as_str()) && tool_result_after_user => {
-            Answer::Text(after.clone())
+            let result = messages.iter().rev().find(|m| role(m) == "tool").map(content_text).unwrap_or_default();
+            Answer::Text(after.replace("{tool}", &result))
         }
         (None, Some((trigger, name, arguments, _))) if user_text.contains(trigger.as_str()) && offered(name) => {
             Answer::ToolCall { name: name.clone(), arguments: arguments.to_string() }
