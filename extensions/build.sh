@@ -6,8 +6,9 @@
 # target, std sources, rust-lld and wasm-component-ld), because the rustup toolchain here has no
 # wasm target and cannot download one. std is rebuilt for the target with -Zbuild-std.
 #
-# Usage: extensions/build.sh [--offline | --fetch] [name ...]
+# Usage: extensions/build.sh [--offline | --fetch] [name | path ...]
 #   name        build only these guests (directory names under extensions/)
+#   path        a guest crate elsewhere (an argument holding a /): its <dir>/<dir>.wasm is written
 #   --offline   pass --offline to cargo: fail instead of touching crates.io (needs a warm cache)
 #   --fetch     only download what a later --offline build needs (std's own dependencies, which
 #               -Zbuild-std takes from crates.io, and the guests' dependencies), then stop
@@ -22,7 +23,7 @@ set -euo pipefail
 EXT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$EXT_DIR/.." && pwd)"
 TARGET=wasm32-wasip2
-PACKAGES=(rustc-web cargo-web rust-web-src lld-22 wasi-libc)
+PACKAGES=(rustc-web cargo-web rust-web-llvm rust-web-src lld-22 wasi-libc)
 WASI_LIBC_DIR=/usr/lib/wasm32-wasi
 
 die() {
@@ -87,10 +88,11 @@ if ((fetch_only)); then
     step "fetching std's dependencies (for -Zbuild-std)"
     "$CARGO" fetch --locked --manifest-path "$SYSROOT/lib/rustlib/src/rust/library/Cargo.toml" ||
         die "could not fetch std's dependencies from crates.io"
-    for name in "${names[@]}"; do
-        [[ -f "$EXT_DIR/$name/Cargo.toml" ]] || die "extensions/$name/Cargo.toml does not exist"
-        step "fetching the dependencies of $name"
-        "$CARGO" fetch --manifest-path "$EXT_DIR/$name/Cargo.toml" || die "could not fetch the dependencies of $name"
+    for arg in "${names[@]}"; do
+        crate="$(crate_dir "$arg")"
+        [[ -f "$crate/Cargo.toml" ]] || die "$crate/Cargo.toml does not exist"
+        step "fetching the dependencies of $(basename "$crate")"
+        "$CARGO" fetch --manifest-path "$crate/Cargo.toml" || die "could not fetch the dependencies of $crate"
     done
     step "fetched: later builds work with --offline"
     exit 0
@@ -109,20 +111,31 @@ lib_name() {
         }' "$1"
 }
 
+# A guest's crate directory: extensions/<name>, or the path given.
+crate_dir() {
+    if [[ "$1" == */* ]]; then
+        [[ -d "$1" ]] || die "$1 is not a directory"
+        (cd "$1" && pwd)
+    else
+        echo "$EXT_DIR/$1"
+    fi
+}
+
 failed=()
-for name in "${names[@]}"; do
-    crate="$EXT_DIR/$name"
-    [[ -f "$crate/Cargo.toml" ]] || die "extensions/$name/Cargo.toml does not exist"
+for arg in "${names[@]}"; do
+    crate="$(crate_dir "$arg")"
+    name="$(basename "$crate")"
+    [[ -f "$crate/Cargo.toml" ]] || die "$crate/Cargo.toml does not exist"
     library="$(lib_name "$crate/Cargo.toml")"
-    [[ -n "$library" ]] || die "cannot read the package name from extensions/$name/Cargo.toml"
-    [[ -f "$crate/extension.toml" ]] || echo "build.sh: warning: extensions/$name/extension.toml is missing" >&2
+    [[ -n "$library" ]] || die "cannot read the package name from $crate/Cargo.toml"
+    [[ -f "$crate/extension.toml" ]] || echo "build.sh: warning: $crate/extension.toml is missing" >&2
 
     step "building $name"
     started=$SECONDS
     if ! "$CARGO" build "${offline[@]}" --release --target "$TARGET" -Zbuild-std=std,panic_abort \
         --manifest-path "$crate/Cargo.toml"; then
         echo "build.sh: error: cargo build failed for $name" >&2
-        failed+=("$name")
+        failed+=("$arg")
         continue
     fi
     artifact="$CARGO_TARGET_DIR/$TARGET/release/$library.wasm"
@@ -133,11 +146,11 @@ for name in "${names[@]}"; do
     fi
     install -m 0644 "$artifact" "$crate/$name.wasm"
     if command -v wasm-tools >/dev/null; then
-        wasm-tools validate --features all "$crate/$name.wasm" || die "extensions/$name/$name.wasm does not validate"
+        wasm-tools validate --features all "$crate/$name.wasm" || die "$crate/$name.wasm does not validate"
     fi
     size=$(stat -c %s "$crate/$name.wasm")
-    printf '==> %s: extensions/%s/%s.wasm, %d bytes (%d KiB), %d s\n' \
-        "$name" "$name" "$name" "$size" $(((size + 1023) / 1024)) $((SECONDS - started))
+    printf '==> %s: %s, %d bytes (%d KiB), %d s\n' \
+        "$name" "${crate#"$ROOT"/}/$name.wasm" "$size" $(((size + 1023) / 1024)) $((SECONDS - started))
 done
 
 if ((${#failed[@]})); then
