@@ -2,7 +2,8 @@
 # Runs the whole test suite on a fresh Debian machine: installs the system packages and fetches
 # the models (models/setup.sh), builds the WebAssembly extensions (extensions/build.sh, which
 # installs Debian's wasm toolchain), then runs every unit and end-to-end test, and the
-# extensions' own tests on the host, and runs every fuzz target for a bounded time.
+# extensions' own tests on the host, runs every fuzz target for a bounded time, and the offline
+# Docker deployment test (compose/test-offline.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # redis-server: the store tests run both backends, Redis as a real process on a free port.
@@ -24,5 +25,10 @@ cargo test --workspace --locked --no-fail-fast || status=1
 # Every fuzz target for a bounded time (cargo-fuzz, nightly); FUZZ_SECONDS=0 skips.
 if [ "${FUZZ_SECONDS:-20}" != 0 ]; then
   runtime/fuzz/run.sh || status=1
+fi
+# The offline deployment with the real Docker engine: package, build --network=none, deploy,
+# and the checks against the containers (compose/test-offline.sh). OFFLINE_TEST=0 skips.
+if [ "${OFFLINE_TEST:-1}" != 0 ]; then
+  compose/test-offline.sh || status=1
 fi
 exit $status
