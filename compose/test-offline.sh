@@ -68,7 +68,8 @@ trap 'echo "test-offline: FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 step "host tools: simulator and mock providers"
 cargo build --quiet -p xiaozhi-server --bin xiaozhi-server -p xiaozhi-e2e --bin mock-openai
-sim=(target/debug/xiaozhi-server simulate --ota "$OTA" --device-id "$DEVICE")
+# The device simulator, run in the scratch directory (it saves each reply as reply.wav there).
+sim() { (cd "$work" && "$ROOT/target/debug/xiaozhi-server" simulate --ota "$OTA" --device-id "$DEVICE" "$@"); }
 
 step "stand-in base images"
 tests/offline/base-images.sh
@@ -135,7 +136,7 @@ LLM:
 YAML
 # The change applies to new sessions without a restart: wait for a turn answered by the mock.
 started=$SECONDS
-until "${sim[@]}" --text "hello" >"$work/hello.log" 2>&1 && grep -q "sentence: .*sunny" "$work/hello.log"; do
+until sim --text "hello" >"$work/hello.log" 2>&1 && grep -q "sentence: .*sunny" "$work/hello.log"; do
     ((SECONDS - started < 60)) || { excerpt "$work/hello.log"; fail "the config change did not apply within 60 s"; }
     sleep 1
 done
@@ -143,7 +144,7 @@ figure "data/.config.yaml change to a turn answered by the new providers: $((SEC
 
 step "a spoken turn (VAD, Piper TTS, Opus both ways)"
 espeak-ng -w "$work/question.wav" "What is the weather like today?"
-"${sim[@]}" --wav "$work/question.wav" --out "$work/reply.wav" >"$work/spoken.log" 2>&1 ||
+sim --wav "$work/question.wav" --out "$work/reply.wav" >"$work/spoken.log" 2>&1 ||
     { excerpt "$work/spoken.log"; fail "the spoken turn failed"; }
 grep -q "stt: What is the weather like today?" "$work/spoken.log" || { excerpt "$work/spoken.log"; fail "no transcript"; }
 grep -q "sentence: .*sunny" "$work/spoken.log" || { excerpt "$work/spoken.log"; fail "no reply sentence"; }
@@ -152,7 +153,7 @@ reply_ms="$(sed -n 's/^saved .* (\([0-9]*\) ms at .*/\1/p' "$work/spoken.log")"
 echo "    spoken reply: $reply_ms ms of audio"
 
 step "extension hot swap: a new get_time.wasm in the mounted extensions/"
-"${sim[@]}" --text "what time is it" >"$work/tool1.log" 2>&1 || { excerpt "$work/tool1.log"; fail "tool turn"; }
+sim --text "what time is it" >"$work/tool1.log" 2>&1 || { excerpt "$work/tool1.log"; fail "tool turn"; }
 grep -q "sentence: The tool says" "$work/tool1.log" || { excerpt "$work/tool1.log"; fail "get_time was not called"; }
 grep -q "V2X" "$work/tool1.log" && fail "the first answer is already the new version"
 variant="$work/variant/get_time"
@@ -173,7 +174,7 @@ until docker logs --since "$since" "$(server_id "$deploy")" 2>&1 | grep -q "exte
     sleep 0.05
 done
 figure "extension file replaced to the new version loaded in the container: $(($(date +%s%3N) - started_ms)) ms (the server polls every 500 ms)"
-"${sim[@]}" --text "what time is it" >"$work/tool2.log" 2>&1 || { excerpt "$work/tool2.log"; fail "second tool turn"; }
+sim --text "what time is it" >"$work/tool2.log" 2>&1 || { excerpt "$work/tool2.log"; fail "second tool turn"; }
 grep -q "V2X" "$work/tool2.log" || { excerpt "$work/tool2.log"; fail "the new get_time did not answer"; }
 
 step "stop and start the stack: the chat history stays"
@@ -198,7 +199,7 @@ docker network connect --alias mock "$(network_of "$deploy2")" "$mock"
 history_of "$deploy2" >"$work/history-restored.json"
 cmp -s "$work/history-before.json" "$work/history-restored.json" ||
     { diff "$work/history-before.json" "$work/history-restored.json" | head; fail "the restored history differs"; }
-"${sim[@]}" --text "hello again" >"$work/restored-turn.log" 2>&1 && grep -q "sentence: .*sunny" "$work/restored-turn.log" ||
+sim --text "hello again" >"$work/restored-turn.log" 2>&1 && grep -q "sentence: .*sunny" "$work/restored-turn.log" ||
     { excerpt "$work/restored-turn.log"; fail "no turn after the restore (the restored settings should name the mock)"; }
 docker network disconnect "$(network_of "$deploy2")" "$mock"
 (cd "$deploy2" && docker-compose down >/dev/null 2>&1)
@@ -212,7 +213,7 @@ grep -q "docker-compose.embedded.yml (embedded store)" "$work/deploy3.log" || fa
 docker network connect --alias mock "$(network_of "$deploy3")" "$mock"
 sed -n '/^# compose\/test-offline.sh/,$p' "$deploy/data/.config.yaml" >>"$deploy3/data/.config.yaml"
 started=$SECONDS
-until "${sim[@]}" --text "hello embedded" >"$work/embedded.log" 2>&1 && grep -q "sentence: .*sunny" "$work/embedded.log"; do
+until sim --text "hello embedded" >"$work/embedded.log" 2>&1 && grep -q "sentence: .*sunny" "$work/embedded.log"; do
     ((SECONDS - started < 60)) || { excerpt "$work/embedded.log"; fail "no turn on the embedded variant"; }
     sleep 1
 done
