@@ -123,21 +123,13 @@ Docker cp "${Container}:/opt/xiaozhi/extensions" (Join-Path $Pkg "extensions")
 Docker rm $Container | Out-Null
 Copy-Item $Models (Join-Path $Pkg "models") -Recurse
 Remove-Item -Recurse -Force (Join-Path $Pkg "models\lib") -ErrorAction SilentlyContinue
-@"
-# Read by docker-compose in the deployment directory (offline-deploy.sh keeps your edits).
-# Publishing other ports: also set server.websocket in data/.config.yaml, since OTA otherwise
-# tells devices the container's port 8000.
-XIAOZHI_IMAGE=$ServerImage
-REDIS_IMAGE=$RedisImage
-TZ=$TimeZone
-XIAOZHI_WS_PORT=8000
-XIAOZHI_HTTP_PORT=8003
-XIAOZHI_MEM_LIMIT=2g
-"@ | Set-Content -NoNewline -Encoding ascii (Join-Path $Pkg ".env")
+$EnvText = Get-Content -Raw (Join-Path $Root "compose\env.template")
+$EnvText = $EnvText.Replace("@SERVER_IMAGE@", $ServerImage).Replace("@REDIS_IMAGE@", $RedisImage).Replace("@TZ@", $TimeZone)
+$EnvText | Set-Content -NoNewline -Encoding ascii (Join-Path $Pkg ".env")
 $Version | Set-Content -NoNewline -Encoding ascii (Join-Path $Pkg "VERSION")
 # Unix line endings, checksums and the tarball, made by Linux tools in a container.
 Docker run --rm -v "${Work}:/work" -v "${Out}:/out" $RuntimeImage bash -c `
-    "cd /work/$Name && find . -type f \( -name '*.sh' -o -name '*.yml' -o -name '*.yaml' -o -name '.env' -o -name '*.toml' \) -exec sed -i 's/\r$//' {} + && echo >> VERSION && echo >> .env && chmod 0755 *.sh && find . -type f ! -name SHA256SUMS -print0 | sort -z | xargs -0 sha256sum > SHA256SUMS && cd /work && tar -cf - $Name | gzip -1 > /out/$Name.tar.gz"
+    "cd /work/$Name && find . -type f \( -name '*.sh' -o -name '*.yml' -o -name '*.yaml' -o -name '.env' -o -name '*.toml' \) -exec sed -i 's/\r$//' {} + && echo >> VERSION && chmod 0755 *.sh && find . -type f ! -name SHA256SUMS -print0 | sort -z | xargs -0 sha256sum > SHA256SUMS && cd /work && tar -cf - $Name | gzip -1 > /out/$Name.tar.gz"
 Remove-Item -Recurse -Force $Pkg
 $Size = (Get-Item (Join-Path $Out "$Name.tar.gz")).Length / 1MB
 Write-Host ("==> {0}\{1}.tar.gz: {2:N0} MB, in {3:N0} s" -f $Out, $Name, $Size, ((Get-Date) - $Started).TotalSeconds)

@@ -142,17 +142,8 @@ cp "$ROOT"/compose/config/*.yaml "$pkg/config/"
 container="$(docker create "$SERVER_IMAGE")"
 docker cp "$container:/opt/xiaozhi/extensions" "$pkg/extensions" && docker rm "$container" >/dev/null
 cp -a "$models" "$pkg/models" && rm -rf "$pkg/models/lib"
-cat >"$pkg/.env" <<ENV
-# Read by docker-compose in the deployment directory (offline-deploy.sh keeps your edits).
-# Publishing other ports: also set server.websocket in data/.config.yaml, since OTA otherwise
-# tells devices the container's port 8000.
-XIAOZHI_IMAGE=$SERVER_IMAGE
-REDIS_IMAGE=$REDIS_IMAGE
-TZ=$DEPLOY_TZ
-XIAOZHI_WS_PORT=8000
-XIAOZHI_HTTP_PORT=8003
-XIAOZHI_MEM_LIMIT=2g
-ENV
+sed -e "s|@SERVER_IMAGE@|$SERVER_IMAGE|" -e "s|@REDIS_IMAGE@|$REDIS_IMAGE|" -e "s|@TZ@|$DEPLOY_TZ|" \
+    "$ROOT/compose/env.template" >"$pkg/.env"
 echo "$VERSION" >"$pkg/VERSION"
 (cd "$pkg" && find . -type f ! -name SHA256SUMS -print0 | sort -z | xargs -0 sha256sum >SHA256SUMS)
 tmp="$out/.$name.tar.gz.part"

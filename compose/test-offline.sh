@@ -3,6 +3,7 @@
 # nothing): stand-in base images (tests/offline/base-images.sh), the package script, a
 # `docker build --network=none`, the deploy script from the tarball into a scratch directory, and
 # then, against the running containers:
+#   - deploying again changes nothing; an upgrade over it backs up first and keeps data/
 #   - /health answers; OTA hands out our WebSocket URL
 #   - a data/.config.yaml change (providers -> a mock OpenAI-compatible server in a container on
 #     the stack's network) applies without a restart
@@ -101,6 +102,14 @@ grep -q "ws://.*:8000/xiaozhi/v1/" "$work/deploy.log" || fail "the deploy script
 started=$SECONDS
 bash "$pkg/offline-deploy.sh" --dir "$deploy" >"$work/redeploy.log" || fail "deploying again failed"
 figure "offline-deploy.sh again (nothing to change): $((SECONDS - started)) s"
+# An upgrade (the deployment says it runs another version): backed up first, data kept.
+echo 0.0.9 >"$deploy/VERSION"
+echo "# kept across the upgrade" >>"$deploy/data/.config.yaml"
+bash "$pkg/offline-deploy.sh" --dir "$deploy" >"$work/upgrade.log" || { tail "$work/upgrade.log"; fail "upgrading"; }
+grep -q "upgrading 0.0.9 -> $VERSION: backing up first" "$work/upgrade.log" || fail "the upgrade was not recognised"
+compgen -G "$deploy/backups/xiaozhi-backup-*.tar.gz" >/dev/null || fail "the upgrade made no backup"
+grep -q "# kept across the upgrade" "$deploy/data/.config.yaml" || fail "the upgrade lost data/.config.yaml"
+[[ "$(cat "$deploy/VERSION")" == "$VERSION" ]] || fail "the upgrade did not record the new version"
 
 step "health and OTA"
 [[ "$(curl -fsS http://127.0.0.1:8003/health)" == '{"status":"ok"}' ]] || fail "/health"
