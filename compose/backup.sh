@@ -20,7 +20,7 @@ cd "$DEPLOY"
 source ./common.sh
 find_compose
 
-running() { [[ -n "$("${COMPOSE[@]}" ps -q "$1" 2>/dev/null)" ]] && "${COMPOSE[@]}" ps "$1" 2>/dev/null | grep -q -E 'Up|running'; }
+running() { "${COMPOSE[@]}" ps "$1" 2>/dev/null | grep -q -E 'Up|running'; }
 server() { "${COMPOSE[@]}" exec -T xiaozhi-server xiaozhi-server "$@"; }
 stamp="$(date +%Y%m%d-%H%M%S)"
 
@@ -78,7 +78,6 @@ restore() {
         mkdir -p "$(dirname "$d")"
         cp -a "$work/backup/$d" "$d"
     done
-    own_data data
     mkdir -p data/restore
     cp "$work"/backup/exports/*.json data/restore/ 2>/dev/null || true
     own_data data
