@@ -23,8 +23,11 @@ fn guest(name: &str) -> PathBuf {
 fn host(cache: &Path) -> Arc<ExtensionHost> {
     let config = ExtensionsConfig { dirs: Vec::new(), cache_dir: cache.to_owned(), grants: Default::default() };
     Arc::new(
-        ExtensionHost::new(&config, HostServices { llm: None, store: Arc::new(MemoryStore::new()), metrics: None })
-            .expect("host"),
+        ExtensionHost::new(
+            &config,
+            HostServices { llm: None, store: Arc::new(MemoryStore::new()), metrics: None, kv: Default::default() },
+        )
+        .expect("host"),
     )
 }
 

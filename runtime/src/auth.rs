@@ -4,6 +4,10 @@
 //! timestamp`, sent by the device as `Authorization: Bearer <token>`. The OTA endpoint issues one
 //! per check; the WebSocket accept path verifies it with [`Authenticator::check`]. Devices in
 //! `server.auth.allowed_devices` need none.
+//!
+//! The signed string is unambiguous because ids may not contain `|` ([`check_id`]): otherwise a
+//! token for client `c` and device `x|V` would also sign client `c|x` and device `V`. Tokens the
+//! Python server issued for real ids (MAC addresses, UUIDs) keep working.
 
 use std::collections::HashSet;
 
@@ -40,6 +44,27 @@ pub enum AuthError {
     /// The signature does not match this client id, device id and timestamp.
     #[error("token signature does not match")]
     BadSignature,
+    /// The client id or device id cannot be signed unambiguously (it contains `|` or a control
+    /// character).
+    #[error("the client id or device id contains '|' or a control character")]
+    BadId,
+}
+
+/// Checks a `Device-Id` or `Client-Id` before it is used anywhere: at most `max_bytes` long, and
+/// no `|` (the separator of the signed token string) or control characters.
+pub fn check_id(id: &str, max_bytes: usize) -> Result<(), String> {
+    if id.len() > max_bytes {
+        return Err(format!("is longer than {max_bytes} bytes"));
+    }
+    match id.chars().find(|c| *c == '|' || c.is_control()) {
+        Some(c) => Err(format!("contains {c:?}")),
+        None => Ok(()),
+    }
+}
+
+/// Whether an id can be part of the signed string.
+fn signable(id: &str) -> bool {
+    !id.chars().any(|c| c == '|' || c.is_control())
 }
 
 fn mac(key: &str, client_id: &str, device_id: &str, timestamp: u64) -> HmacSha256 {
@@ -136,6 +161,9 @@ impl Authenticator {
     ) -> Result<(), AuthError> {
         if !self.requires_token(device_id) {
             return Ok(());
+        }
+        if !signable(client_id) || !signable(device_id) {
+            return Err(AuthError::BadId);
         }
         let value = authorization.map(str::trim).filter(|v| !v.is_empty()).ok_or(AuthError::Missing)?;
         let token = match value.split_once(char::is_whitespace) {
@@ -308,6 +336,24 @@ mod tests {
         let off = Authenticator::new("k".into(), &AuthConfig::default());
         assert!(!off.enabled());
         assert_eq!(off.check(Some("garbage"), CLIENT, DEVICE, NOW), Ok(()));
+    }
+
+    #[test]
+    fn a_separator_in_an_id_cannot_forge_another_identity() {
+        let auth = enabled(&[], None);
+        // Minted for client `c`, device `x|V`: the signed string is `c|x|V|ts`, the same as for
+        // client `c|x`, device `V`. Neither id may carry the separator, so neither verifies.
+        let token = issue_token("my-secret-key", "c", "x|V", NOW);
+        assert_eq!(auth.check(Some(&token), "c|x", "V", NOW), Err(AuthError::BadId));
+        assert_eq!(auth.check(Some(&token), "c", "x|V", NOW), Err(AuthError::BadId));
+        assert_eq!(auth.check(Some(&token), "c", "x\nV", NOW), Err(AuthError::BadId));
+        assert!(check_id("x|V", 128).is_err());
+        assert!(check_id(&"a".repeat(129), 128).is_err());
+        assert_eq!(check_id(DEVICE, 128), Ok(()));
+        assert_eq!(check_id(CLIENT, 128), Ok(()));
+        // Normal ids keep the Python server's tokens working.
+        let python = "xXWPz4iZnfLvT0Sf59mXkueC3P1cNdHWCz0qNtMmWMM.1757567894";
+        assert_eq!(auth.check(Some(python), CLIENT, DEVICE, NOW), Ok(()));
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! | `xiaozhi_turn_first_audio_seconds` | histogram: turn start (utterance complete or text received) → first reply audio handed to the speaker | |
 //! | `xiaozhi_provider_errors_total` | counter | `provider`: `asr`, `llm`, `tts` |
 //! | `xiaozhi_extension_calls_total` | counter | `extension`, `call` (`tool.call`, …), `outcome`: `ok`, `error`, `trap`, `timeout` |
+//! | `xiaozhi_devices_dropped_total` | counter: connections we gave up on | `reason`: `not_reading` (the queue filled or one write took longer than `limits.write_timeout_ms`), `write_failed` |
+//! | `xiaozhi_limits_hit_total` | counter: inputs cut or refused at a limit | `limit`: the `limits` key (`device_tools`, `tool_result_chars`, …) |
 //!
 //! One [`Metrics`] per server (not a process global), so that several servers in one test
 //! process never count each other's sessions.
@@ -50,6 +52,20 @@ pub struct ExtensionLabels {
     pub outcome: &'static str,
 }
 
+/// Why a connection was dropped.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DroppedLabels {
+    /// `not_reading` or `write_failed`.
+    pub reason: &'static str,
+}
+
+/// Which limit was hit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// The `limits` key.
+    pub limit: &'static str,
+}
+
 /// The metrics of one server.
 pub struct Metrics {
     registry: Registry,
@@ -67,6 +83,10 @@ pub struct Metrics {
     pub provider_errors: Family<ProviderLabels, Counter>,
     /// Extension calls by outcome.
     pub extension_calls: Family<ExtensionLabels, Counter>,
+    /// Connections we gave up on, by reason.
+    pub devices_dropped: Family<DroppedLabels, Counter>,
+    /// Inputs cut or refused at a limit, by limit.
+    pub limits_hit: Family<LimitLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -98,6 +118,10 @@ impl Metrics {
         registry.register("xiaozhi_provider_errors", "Provider failures by provider", provider_errors.clone());
         let extension_calls = Family::<ExtensionLabels, Counter>::default();
         registry.register("xiaozhi_extension_calls", "Extension calls by outcome", extension_calls.clone());
+        let devices_dropped = Family::<DroppedLabels, Counter>::default();
+        registry.register("xiaozhi_devices_dropped", "Connections given up on, by reason", devices_dropped.clone());
+        let limits_hit = Family::<LimitLabels, Counter>::default();
+        registry.register("xiaozhi_limits_hit", "Inputs cut or refused at a limit, by limit", limits_hit.clone());
         Arc::new(Self {
             registry,
             sessions,
@@ -107,12 +131,24 @@ impl Metrics {
             first_audio,
             provider_errors,
             extension_calls,
+            devices_dropped,
+            limits_hit,
         })
     }
 
     /// Counts a provider failure.
     pub fn provider_error(&self, provider: &'static str) {
         self.provider_errors.get_or_create(&ProviderLabels { provider }).inc();
+    }
+
+    /// Counts a connection given up on (`not_reading`, `write_failed`).
+    pub fn device_dropped(&self, reason: &'static str) {
+        self.devices_dropped.get_or_create(&DroppedLabels { reason }).inc();
+    }
+
+    /// Counts an input cut or refused at the `limits` key `limit`.
+    pub fn limit_hit(&self, limit: &'static str) {
+        self.limits_hit.get_or_create(&LimitLabels { limit }).inc();
     }
 
     /// The metrics as OpenMetrics text.

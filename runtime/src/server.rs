@@ -21,19 +21,17 @@ use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::{self, Config, ConfigSource};
+use crate::connection::ws::{self, Framing};
 use crate::extensions::{ExtensionHost, HostServices, Registry};
-use crate::http::{self, HttpContext};
+use crate::http::{self, Caller, HttpContext};
 use crate::onnx;
 use crate::services::{ModelCache, Services};
 use crate::session::{self, DeviceInfo};
@@ -42,12 +40,8 @@ use crate::store::{self, Store};
 /// The WebSocket path devices connect to.
 pub const WS_PATH: &str = "/xiaozhi/v1";
 
-/// Largest WebSocket message the socket layer accepts at all; the session refuses smaller
-/// oversize messages with a clear error (see [`crate::protocol`]).
-const MAX_WS_MESSAGE: usize = 256 * 1024;
-
-/// Initial read buffer of a device socket.
-const WS_READ_BUFFER: usize = 4 * 1024;
+/// Longest `Device-Id` or `Client-Id`, bytes (a MAC address has 17, a UUID 36).
+const MAX_ID_BYTES: usize = 128;
 
 /// How to start a server.
 #[derive(Debug, Clone)]
@@ -129,6 +123,13 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
             "server.auth_key is not set: device tokens are signed with a random key and stop working on restart"
         );
     }
+    if !config.server.auth.enabled && !is_loopback_bind(&config.server.ip) {
+        tracing::warn!(
+            "server.auth.enabled is false and the server listens on {}: any device (or anyone) that reaches these \
+             ports can talk to it; set server.auth.enabled: true and server.auth_key to require device tokens",
+            config.server.ip
+        );
+    }
 
     let ws_listener = TcpListener::bind((config.server.ip.as_str(), config.server.port))
         .await
@@ -150,6 +151,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
             extensions,
             store: state,
             metrics,
+            new_devices: Arc::new(http::limit::RateLimit::new()),
         },
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
@@ -177,8 +179,8 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         None
     };
     tasks.spawn(rebuild_services_on_change(config_rx, services_tx, cache, shutdown.clone()));
-    tasks.spawn(accept_loop(ws_listener, Arc::clone(&app)));
-    tasks.spawn(accept_loop(http_listener, Arc::clone(&app)));
+    tasks.spawn(accept_loop(ws_listener, Arc::clone(&app), Port::WebSocket));
+    tasks.spawn(accept_loop(http_listener, Arc::clone(&app), Port::Http));
     tracing::info!("WebSocket on ws://{ws_addr}{WS_PATH}/, OTA on http://{http_addr}/xiaozhi/ota/");
     Ok(RunningServer { ws_addr, http_addr, shutdown, tasks, _watcher: watcher })
 }
@@ -198,7 +200,8 @@ async fn start_extensions(
             None
         }
     };
-    let services = HostServices { llm, store, metrics: Some(metrics) };
+    let services =
+        HostServices { llm, store, metrics: Some(metrics), kv: crate::extensions::host::KvLimits::of(&config.limits) };
     let host = match ExtensionHost::new(&config.extensions, services) {
         Ok(host) => Arc::new(host),
         Err(e) => {
@@ -260,7 +263,22 @@ async fn rebuild_services_on_change(
     }
 }
 
-async fn accept_loop(listener: TcpListener, app: Arc<App>) {
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Port {
+    /// `server.port`: devices.
+    WebSocket,
+    /// `server.http_port`: OTA, activation, health and the admin routes.
+    Http,
+}
+
+/// Whether `ip` (the configured bind address) only accepts connections from this machine.
+fn is_loopback_bind(ip: &str) -> bool {
+    let ip = ip.trim().trim_start_matches('[').trim_end_matches(']');
+    ip == "localhost" || ip.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+async fn accept_loop(listener: TcpListener, app: Arc<App>, port: Port) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = app.shutdown.cancelled() => return,
@@ -277,12 +295,17 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>) {
         let _ = stream.set_nodelay(true);
         let app2 = Arc::clone(&app);
         let shutdown = app.shutdown.clone();
+        // A client has `limits.http_header_timeout_ms` to send each request's headers (also the
+        // next request on a kept-alive connection), so idle or trickling connections are closed.
+        let header_timeout = std::time::Duration::from_millis(app.http.config.borrow().limits.http_header_timeout_ms);
         app.tasks.spawn(async move {
             let service = service_fn(move |req| {
                 let app = Arc::clone(&app2);
-                async move { Ok::<_, Infallible>(handle(req, app, peer).await) }
+                async move { Ok::<_, Infallible>(handle(req, app, peer, port).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             let mut conn = std::pin::pin!(conn);
@@ -300,11 +323,12 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>) {
     }
 }
 
-async fn handle(req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Response<Full<Bytes>> {
+async fn handle(mut req: Request<Incoming>, app: Arc<App>, peer: SocketAddr, port: Port) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if (path == WS_PATH || path.starts_with(&format!("{WS_PATH}/"))) && is_websocket_upgrade(&req) {
         return upgrade(req, app, peer).await;
     }
+    req.extensions_mut().insert(Caller { peer, admin_port: port == Port::Http });
     http::route(req, &app.http).await
 }
 
@@ -369,13 +393,19 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 async fn upgrade(mut req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Response<Full<Bytes>> {
-    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes())) else {
+    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).map(|k| ws::accept_key(k.as_bytes())) else {
         return text_response(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
     };
     let Some(device_id) = identity_field(&req, "device-id").filter(|d| !d.is_empty()) else {
         return text_response(StatusCode::BAD_REQUEST, "missing Device-Id (header, or device-id query parameter)");
     };
     let client_id = identity_field(&req, "client-id").unwrap_or_default();
+    for (name, id) in [("Device-Id", &device_id), ("Client-Id", &client_id)] {
+        if let Err(why) = crate::auth::check_id(id, MAX_ID_BYTES) {
+            tracing::warn!(%peer, "refused: {name} {why}");
+            return text_response(StatusCode::BAD_REQUEST, &format!("bad {name}: {why}"));
+        }
+    }
     let authorization = identity_field(&req, "authorization");
     let header_version = identity_field(&req, "protocol-version").and_then(|v| v.parse().ok());
     let gateway = req.uri().query().is_some_and(|q| form_pairs(q).any(|(k, v)| k == "from" && v == "mqtt_gateway"));
@@ -394,13 +424,14 @@ async fn upgrade(mut req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) ->
         tracing::warn!(device = %device_id, %peer, "refused: token revoked");
         return text_response(StatusCode::UNAUTHORIZED, "authentication failed: token revoked");
     }
-    if config.activation.enabled && !http::activation::is_bound(app.http.store.as_ref(), &device_id).await {
-        tracing::warn!(device = %device_id, %peer, "refused: device not activated");
+    if config.activation.enabled && !http::activation::admits(app.http.store.as_ref(), &device_id, &client_id).await {
+        tracing::warn!(device = %device_id, %peer, "refused: device not activated (or bound with another Client-Id)");
         return text_response(StatusCode::FORBIDDEN, "device not activated: run the OTA check and bind its code");
     }
 
     let upgrade = hyper::upgrade::on(&mut req);
-    let device = DeviceInfo { device_id, client_id, header_version, gateway };
+    let device = DeviceInfo { device_id, client_id };
+    let framing = Framing { header_version, gateway };
     let app2 = Arc::clone(&app);
     app.tasks.spawn(async move {
         let upgraded = match upgrade.await {
@@ -410,18 +441,10 @@ async fn upgrade(mut req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) ->
                 return;
             }
         };
-        // Small eager buffers: device messages are tiny (Opus frames of at most a few hundred
-        // bytes) and every message is written at once, so the 128 KiB defaults would only cost
-        // memory on every idle connection.
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(WS_READ_BUFFER)
-            .write_buffer_size(0)
-            .max_write_buffer_size(MAX_WS_MESSAGE)
-            .max_message_size(Some(MAX_WS_MESSAGE))
-            .max_frame_size(Some(MAX_WS_MESSAGE));
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
         let services = Arc::clone(&app2.services.borrow());
-        session::run(ws, device, services, app2.shutdown.clone()).await;
+        let limits = services.config.limits.clone();
+        let (connection, outbox) = ws::open(upgraded, framing, &limits, Arc::clone(&services.metrics)).await;
+        session::run(connection, outbox, device, services, app2.shutdown.clone()).await;
     });
 
     let mut response = Response::new(Full::new(Bytes::new()));

@@ -1,4 +1,5 @@
-//! The per-session audio output: the only place that paces the downlink.
+//! The per-session audio output: the only place that paces the downlink, and the one owner of
+//! the device's speaking state (`tts` start, sentence_start and stop).
 //!
 //! One speaker task per session owns the Opus encoder (reused across turns) and the [`Pacer`].
 //! Turns hand it sentences ([`AudioClip`]s at any rate); it resamples each to the downlink rate,
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -22,15 +23,16 @@ use crate::audio::pacer::Pacer;
 use crate::audio::resample::resample;
 use crate::config::{AudioConfig, AudioParams};
 use crate::connection::{Outbound, Outbox};
-use crate::protocol::message::{ServerMessage, TtsState};
+use crate::protocol::message::TtsState;
 
 /// Queued sentences per session; the turn waits when the speaker is this far behind.
 const SPEAKER_QUEUE: usize = 16;
 
 enum Command {
+    Begin { turn: CancellationToken },
     Play { turn: CancellationToken, text: Option<String>, clip: AudioClip, record: Option<oneshot::Sender<Vec<Bytes>>> },
     PlayEncoded { turn: CancellationToken, text: Option<String>, frames: Arc<[Bytes]> },
-    Drain { turn: CancellationToken, done: oneshot::Sender<()> },
+    Finish { turn: CancellationToken, done: oneshot::Sender<()> },
 }
 
 /// Most phrases kept by a [`PhraseCache`].
@@ -88,36 +90,65 @@ impl PhraseCache {
     }
 }
 
+/// A `tts` message (start, sentence_start with its subtitle, stop). Only the speaker makes them,
+/// so the device's speaking state has one owner: the connection just sends them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tts {
+    state: TtsState,
+    text: Option<String>,
+}
+
+impl Tts {
+    fn start() -> Self {
+        Self { state: TtsState::Start, text: None }
+    }
+
+    fn sentence(text: String) -> Self {
+        Self { state: TtsState::SentenceStart, text: Some(text) }
+    }
+
+    fn stop() -> Self {
+        Self { state: TtsState::Stop, text: None }
+    }
+
+    /// The state and, for `sentence_start`, the subtitle.
+    pub fn into_parts(self) -> (TtsState, Option<String>) {
+        (self.state, self.text)
+    }
+}
+
 /// Handle to a session's speaker task; cloning shares the same speaker.
 #[derive(Clone)]
 pub struct Speaker {
     tx: mpsc::Sender<Command>,
-}
-
-/// Why the speaker could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot start the Opus encoder at {rate} Hz / {frame_ms} ms: {message}")]
-pub struct SpeakerError {
-    rate: u32,
-    frame_ms: u32,
-    message: String,
+    /// Asks the task to stop speaking now: it takes this before any queued command.
+    stop: Arc<Notify>,
 }
 
 impl Speaker {
-    /// Starts the speaker task of a session. It ends when every handle is dropped.
-    pub fn spawn(outbox: Outbox, params: &AudioParams, audio: &AudioConfig) -> Result<Self, SpeakerError> {
-        let encoder =
-            OpusEncoder::new(params.sample_rate, params.frame_duration, audio.opus_bitrate, audio.opus_complexity)
-                .map_err(|e| SpeakerError {
-                    rate: params.sample_rate,
-                    frame_ms: params.frame_duration,
-                    message: e.to_string(),
-                })?;
+    /// Starts the speaker task of a session. It ends when every handle is dropped or the
+    /// connection is gone. The Opus encoder is made by the first audio, so a speaker that only
+    /// ever says `tts stop` (an abort on an idle device) costs no encoder.
+    pub fn spawn(outbox: Outbox, params: &AudioParams, audio: &AudioConfig) -> Self {
         let pacer = Pacer::new(Duration::from_millis(params.frame_duration as u64), audio.prebuffer_frames);
         let (tx, rx) = mpsc::channel(SPEAKER_QUEUE);
-        let task = Task { outbox, encoder, pacer, rate: params.sample_rate, started: Instant::now() };
+        let stop = Arc::new(Notify::new());
+        let task = Task {
+            outbox,
+            encoder: None,
+            params: params.clone(),
+            audio: audio.clone(),
+            pacer,
+            started: Instant::now(),
+            stop: Arc::clone(&stop),
+        };
         tokio::spawn(task.run(rx));
-        Ok(Self { tx })
+        Self { tx, stop }
+    }
+
+    /// Says `tts start`: the device starts speaking (the first thing a reply sends).
+    pub async fn begin(&self, turn: &CancellationToken) {
+        let _ = self.tx.send(Command::Begin { turn: turn.clone() }).await;
     }
 
     /// Queues one sentence: its subtitle (`tts sentence_start`, sent just before its first frame)
@@ -143,43 +174,76 @@ impl Speaker {
         let _ = self.tx.send(Command::PlayEncoded { turn: turn.clone(), text, frames }).await;
     }
 
-    /// Waits until the device has played everything queued for `turn` (by the pacing clock), or
-    /// until the turn is cancelled.
-    pub async fn drain(&self, turn: &CancellationToken) {
+    /// Waits until the device has played everything queued for `turn` (by the pacing clock),
+    /// then says `tts stop`; a cancelled turn says nothing (its abort said it).
+    pub async fn finish(&self, turn: &CancellationToken) {
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Command::Drain { turn: turn.clone(), done }).await.is_ok() {
+        if self.tx.send(Command::Finish { turn: turn.clone(), done }).await.is_ok() {
             tokio::select! {
                 _ = wait => {}
                 _ = turn.cancelled() => {}
             }
         }
     }
+
+    /// Stops speaking now and says `tts stop` (abort, barge-in, a wake word that gets no
+    /// greeting). Never waits: the task takes it before anything still queued, and what is queued
+    /// for cancelled turns is skipped. Cancel the turn first.
+    pub fn stop(&self) {
+        self.stop.notify_one();
+    }
 }
 
 struct Task {
     outbox: Outbox,
-    encoder: OpusEncoder,
+    /// Made by the first audio.
+    encoder: Option<OpusEncoder>,
+    params: AudioParams,
+    audio: AudioConfig,
     pacer: Pacer,
-    rate: u32,
     started: Instant,
+    stop: Arc<Notify>,
 }
 
 impl Task {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let frame_samples = self.encoder.frame_samples();
-        let mut pcm_frame = vec![0i16; frame_samples];
+        let mut pcm_frame = Vec::new();
         let mut packet = vec![0u8; MAX_PACKET];
-        while let Some(cmd) = rx.recv().await {
+        loop {
+            let cmd = tokio::select! {
+                biased;
+                _ = self.stop.notified() => {
+                    self.pacer.reset();
+                    self.say(Tts::stop());
+                    continue;
+                }
+                _ = self.outbox.gone() => return,
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => cmd,
+                    None => return,
+                },
+            };
             match cmd {
+                Command::Begin { turn } => {
+                    if !turn.is_cancelled() {
+                        self.say(Tts::start());
+                    }
+                }
                 Command::Play { turn, text, clip, record } => {
                     if turn.is_cancelled() {
                         continue;
                     }
-                    self.subtitle(text).await;
-                    let pcm = if clip.sample_rate == self.rate || clip.samples.is_empty() {
+                    self.subtitle(text);
+                    if clip.samples.is_empty() {
+                        continue;
+                    }
+                    let Some(frame_samples) = self.encoder().map(|encoder| encoder.frame_samples()) else { continue };
+                    pcm_frame.resize(frame_samples, 0);
+                    let rate = self.params.sample_rate;
+                    let pcm = if clip.sample_rate == rate {
                         clip.samples
                     } else {
-                        resample(&clip.samples, clip.sample_rate, self.rate)
+                        resample(&clip.samples, clip.sample_rate, rate)
                     };
                     let mut recorded = record.as_ref().map(|_| Vec::with_capacity(pcm.len() / frame_samples + 1));
                     for chunk in pcm.chunks(frame_samples) {
@@ -190,7 +254,8 @@ impl Task {
                             break;
                         }
                         // Encoded just before it is due: the encoder's work is spread over the reply.
-                        let opus = match self.encoder.encode(&pcm_frame, &mut packet) {
+                        let Some(encoder) = self.encoder.as_mut() else { break };
+                        let opus = match encoder.encode(&pcm_frame, &mut packet) {
                             Ok(len) => Bytes::copy_from_slice(&packet[..len]),
                             Err(e) => {
                                 tracing::warn!("opus encode failed, frame skipped: {e}");
@@ -201,7 +266,7 @@ impl Task {
                             frames.push(opus.clone());
                         }
                         if !self.send(opus, &turn).await {
-                            return;
+                            break;
                         }
                     }
                     if turn.is_cancelled() {
@@ -214,37 +279,64 @@ impl Task {
                     if turn.is_cancelled() {
                         continue;
                     }
-                    self.subtitle(text).await;
+                    self.subtitle(text);
                     for opus in frames.iter() {
-                        if !self.wait_due(&turn).await {
+                        if !self.wait_due(&turn).await || !self.send(opus.clone(), &turn).await {
                             break;
-                        }
-                        if !self.send(opus.clone(), &turn).await {
-                            return;
                         }
                     }
                     if turn.is_cancelled() {
                         self.pacer.reset();
                     }
                 }
-                Command::Drain { turn, done } => {
+                Command::Finish { turn, done } => {
                     if let Some(end) = self.pacer.play_end() {
                         tokio::select! {
                             _ = turn.cancelled() => {}
                             _ = tokio::time::sleep_until(Instant::from_std(end)) => {}
                         }
                     }
+                    if !turn.is_cancelled() {
+                        self.say(Tts::stop());
+                    }
                     let _ = done.send(());
                 }
+            }
+            if self.outbox.is_gone() {
+                return;
             }
         }
     }
 
+    /// The encoder, made on first use (`None`, logged, if the downlink settings cannot be encoded).
+    fn encoder(&mut self) -> Option<&mut OpusEncoder> {
+        if self.encoder.is_none() {
+            let (params, audio) = (&self.params, &self.audio);
+            match OpusEncoder::new(params.sample_rate, params.frame_duration, audio.opus_bitrate, audio.opus_complexity)
+            {
+                Ok(encoder) => self.encoder = Some(encoder),
+                Err(e) => {
+                    tracing::error!(
+                        "cannot start the Opus encoder at {} Hz / {} ms: {e}",
+                        params.sample_rate,
+                        params.frame_duration
+                    );
+                    return None;
+                }
+            }
+        }
+        self.encoder.as_mut()
+    }
+
+    fn say(&self, tts: Tts) {
+        // A full queue closes the connection; nothing else to do here.
+        let _ = self.outbox.send(Outbound::Tts(tts));
+    }
+
     /// Sends `tts sentence_start` with the subtitle, just before the sentence's first frame.
-    async fn subtitle(&mut self, text: Option<String>) {
+    fn subtitle(&self, text: Option<String>) {
         if let Some(text) = text {
-            let session_id = self.outbox.session_id().to_string();
-            self.outbox.send(ServerMessage::Tts { state: TtsState::SentenceStart, text: Some(text), session_id }).await;
+            self.say(Tts::sentence(text));
         }
     }
 
@@ -258,10 +350,11 @@ impl Task {
         }
     }
 
-    /// Queues one frame to the writer and records it with the pacer; false if the connection is gone.
+    /// Queues one frame to the writer and records it with the pacer; false if the turn was
+    /// cancelled or the connection is gone.
     async fn send(&mut self, opus: Bytes, turn: &CancellationToken) -> bool {
         let timestamp = self.started.elapsed().as_millis() as u32;
-        if !self.outbox.send_raw(Outbound::Audio { opus, timestamp, turn: turn.clone() }).await {
+        if !self.outbox.send_audio(opus, timestamp, turn).await {
             return false;
         }
         self.pacer.sent(Instant::now().into_std());

@@ -31,6 +31,9 @@
 /// The emotion sent when a reply has no emoji from the table: `("🙂", "happy")`.
 pub const DEFAULT_EMOTION: (&str, &str) = ("🙂", "happy");
 
+/// Longest segment [`SentenceSplitter::new`] emits, in characters (`limits.sentence_chars`).
+pub const DEFAULT_MAX_SEGMENT_CHARS: usize = 300;
+
 /// A first segment needs at least this many letters or digits to be emitted on its own.
 const MIN_FIRST_SEGMENT_ALNUM: usize = 2;
 
@@ -60,6 +63,9 @@ pub struct SentenceSplitter {
     first: bool,
     /// True when `buf` starts at the beginning of a line (used for ordered-list markers).
     at_line_start: bool,
+    /// Longest segment, in characters: longer text is cut at a space or a clause mark (or, when
+    /// there is none, right at the limit), so no subtitle or TTS request is ever unbounded.
+    max_chars: usize,
 }
 
 /// The outcome of looking for a boundary in the buffer.
@@ -79,9 +85,15 @@ impl Default for SentenceSplitter {
 }
 
 impl SentenceSplitter {
-    /// A splitter at the start of a reply.
+    /// A splitter at the start of a reply, with segments of at most
+    /// [`DEFAULT_MAX_SEGMENT_CHARS`] characters.
     pub fn new() -> Self {
-        Self { buf: String::new(), scan_from: 0, first: true, at_line_start: true }
+        Self::with_max_chars(DEFAULT_MAX_SEGMENT_CHARS)
+    }
+
+    /// A splitter whose segments have at most `max_chars` characters (at least 1).
+    pub fn with_max_chars(max_chars: usize) -> Self {
+        Self { buf: String::new(), scan_from: 0, first: true, at_line_start: true, max_chars: max_chars.max(1) }
     }
 
     /// Adds one LLM delta and returns every segment it completed, in order (possibly none).
@@ -89,7 +101,29 @@ impl SentenceSplitter {
         self.buf.push_str(delta);
         let mut out = Vec::new();
         loop {
-            match find_boundary(&self.buf, self.scan_from, self.first, self.at_line_start) {
+            let scan = find_boundary(&self.buf, self.scan_from, self.first, self.at_line_start);
+            // Text too long for one segment: a segment that ends at this boundary is cut into
+            // pieces whole; without a boundary, pieces are cut while more than a segment is left.
+            let (region, whole) = match scan {
+                Scan::Cut(end) => (end, true),
+                Scan::Wait(_) | Scan::Nothing => (self.buf.len(), false),
+            };
+            if split_point(self.buf.get(..region).unwrap_or_default(), self.max_chars).is_some() {
+                let mut start = 0;
+                while let Some(cut) = split_point(self.buf.get(start..region).unwrap_or_default(), self.max_chars) {
+                    self.emit(start..start + cut, &mut out);
+                    start += cut;
+                }
+                if whole {
+                    self.emit(start..region, &mut out);
+                    start = region;
+                    self.at_line_start = self.buf.get(..region).is_some_and(|s| s.ends_with('\n'));
+                }
+                self.buf.drain(..start);
+                self.scan_from = 0;
+                continue;
+            }
+            match scan {
                 Scan::Cut(end) => {
                     let segment = self.buf.get(..end).unwrap_or_default();
                     let cleaned = clean_for_speech(segment);
@@ -123,6 +157,15 @@ impl SentenceSplitter {
         out
     }
 
+    /// Cleans the piece `range` of the buffer and emits it if anything speakable is left.
+    fn emit(&mut self, range: std::ops::Range<usize>, out: &mut Vec<String>) {
+        let cleaned = clean_for_speech(self.buf.get(range).unwrap_or_default());
+        if !cleaned.is_empty() {
+            self.first = false;
+            out.push(cleaned);
+        }
+    }
+
     /// Flushes what is left at the end of the reply (cleaned; `None` when nothing speakable is
     /// left) and makes the splitter ready for the next reply.
     pub fn finish(&mut self) -> Option<String> {
@@ -139,6 +182,59 @@ impl SentenceSplitter {
         self.first = true;
         self.at_line_start = true;
     }
+}
+
+/// `text` cut to at most `max` characters, with a note saying how much was cut; borrowed when it
+/// is short enough.
+pub fn cut_chars(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    match text.char_indices().nth(max) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((at, _)) => {
+            let rest = text.get(at..).map_or(0, |rest| rest.chars().count());
+            std::borrow::Cow::Owned(format!("{}… [{rest} more characters cut]", text.get(..at).unwrap_or_default()))
+        }
+    }
+}
+
+/// `text` cut to at most `max` bytes (at a character boundary), with a note saying how much was
+/// cut; the note is counted in the `max` bytes when `max` leaves room for it.
+pub fn cut_bytes(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let note = format!("… [{} more bytes cut]", text.len());
+    let keep = max.saturating_sub(note.len());
+    let mut end = keep.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = String::with_capacity(end + note.len());
+    out.push_str(text.get(..end).unwrap_or_default());
+    if keep > 0 {
+        out.push_str(&format!("… [{} more bytes cut]", text.len() - end));
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Where to cut `text` when it has more than `max` characters: after the last space or clause
+/// mark in the second half of its first `max` characters, else right after them. `None` when it
+/// is short enough.
+fn split_point(text: &str, max: usize) -> Option<usize> {
+    if text.len() <= max {
+        return None;
+    }
+    let (hard, _) = text.char_indices().nth(max)?;
+    let window = text.get(..hard).unwrap_or_default();
+    let soft = window
+        .char_indices()
+        .rev()
+        .take_while(|(at, _)| *at > hard / 2)
+        .find(|(_, c)| c.is_whitespace() || is_mark(*c, true))
+        .map(|(at, c)| at + c.len_utf8());
+    Some(soft.unwrap_or(hard))
 }
 
 /// Whether `c` ends a segment in the current mode (the first segment has the larger set).
@@ -755,14 +851,59 @@ mod tests {
     }
 
     #[test]
+    fn no_segment_is_longer_than_the_limit() {
+        // The attack: 300 000 characters without punctuation in one piece (a tool's spoken
+        // response) made one subtitle larger than the socket's write buffer.
+        let words = "word ".repeat(60_000);
+        let started = std::time::Instant::now();
+        let mut s = SentenceSplitter::with_max_chars(300);
+        let mut pieces = s.push(&words);
+        pieces.extend(s.finish());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "linear, not quadratic: {:?}",
+            started.elapsed()
+        );
+        assert!(pieces.iter().all(|p| p.chars().count() <= 300));
+        assert!(pieces.iter().all(|p| p.ends_with("word")), "cut at spaces, not inside words");
+        assert_eq!(pieces.join(" "), words.trim_end());
+        // A long sentence that does end: cut into pieces, then the next sentence as usual.
+        let text = format!("{}. Next one. ", "abc ".repeat(200));
+        let mut s = SentenceSplitter::with_max_chars(100);
+        let mut pieces = s.push(&text);
+        pieces.extend(s.finish());
+        assert!(pieces.iter().all(|p| p.chars().count() <= 100), "{pieces:?}");
+        assert_eq!(pieces.last().map(String::as_str), Some("Next one"));
+        // Without a space or a mark, a hard cut at the limit.
+        let mut s = SentenceSplitter::with_max_chars(7);
+        assert_eq!(s.push("abcdefghijklmnop"), ["abcdefg", "hijklmn"]);
+        assert_eq!(s.finish().as_deref(), Some("op"));
+    }
+
+    #[test]
+    fn cutting_text_says_how_much_was_cut() {
+        assert_eq!(cut_chars("short", 10), "short");
+        assert_eq!(cut_chars("好好好好好", 2), "好好… [3 more characters cut]");
+        assert_eq!(cut_bytes("short", 10), "short");
+        let long = "é".repeat(1000);
+        let cut = cut_bytes(&long, 100);
+        assert!(cut.len() <= 100, "{}", cut.len());
+        assert!(cut.ends_with("bytes cut]"), "{cut}");
+        assert!(cut_bytes("abcdef", 3).len() <= 3);
+    }
+
+    #[test]
     fn long_and_hostile_streams() {
-        // A long reply without any boundary is held until finish.
+        // A long reply without any boundary is cut into pieces of at most the segment length.
         let long = "很".repeat(20_000);
         let mut s = SentenceSplitter::new();
+        let mut pieces = Vec::new();
         for _ in 0..20_000 {
-            assert!(s.push("很").is_empty());
+            pieces.extend(s.push("很"));
         }
-        assert_eq!(s.finish(), Some(long));
+        pieces.extend(s.finish());
+        assert!(pieces.iter().all(|p| p.chars().count() <= DEFAULT_MAX_SEGMENT_CHARS), "a piece is too long");
+        assert_eq!(pieces.concat(), long, "nothing is lost");
         // Many one-letter first segments: merged up to the cap, then spoken.
         let mut s = SentenceSplitter::new();
         let out: Vec<String> = (0..2_000).flat_map(|_| s.push("嗯😊，")).collect();

@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::extensions::{ExtensionScope, Kind, ToolAction as ExtAction, ToolResult};
 use crate::llm::ToolSpec;
-use crate::mcp::{DeviceTool, McpClient};
+use crate::mcp::{DeviceTool, McpClient, UniqueNames};
 
 /// The tool whose `response` with a `result` replaces the session's system prompt (the built-in
 /// `change_role` extension).
@@ -81,11 +81,12 @@ impl ToolBox {
     /// the extension tools (a name offered twice goes to the first extension), then the device
     /// tools with the names they are exposed under.
     fn listing(&self) -> (Vec<ToolSpec>, Vec<(String, DeviceTool)>) {
+        let mut names = UniqueNames::default();
         let mut specs: Vec<ToolSpec> = Vec::new();
         if let Some(ext) = &self.extensions {
             for loaded in ext.snapshot.of_kind(Kind::Tool) {
                 for tool in &loaded.tools {
-                    if specs.iter().any(|s| s.name == tool.name) {
+                    if !names.reserve(&tool.name) {
                         tracing::warn!(extension = %loaded.id(), "tool {} is offered twice; the first extension keeps it", tool.name);
                         continue;
                     }
@@ -98,11 +99,10 @@ impl ToolBox {
         let mut device = Vec::new();
         if let Some(mcp) = &self.mcp {
             for t in mcp.tools() {
-                let taken = specs
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .chain(device.iter().map(|(n, _): &(String, DeviceTool)| n.as_str()));
-                let name = unique_name(taken.collect(), &t.exposed);
+                let name = names.take(&t.exposed);
+                if name != t.exposed {
+                    tracing::debug!("device tool {} is exposed as {name}: an extension tool has its name", t.exposed);
+                }
                 device.push((name, t));
             }
         }
@@ -144,20 +144,6 @@ impl ToolBox {
             Err(e) => ToolAction::Error(format!("{name} failed: {e}")),
         }
     }
-}
-
-/// `name`, or `name_2`, `name_3`, … if an earlier tool already took it.
-fn unique_name(taken: Vec<&str>, name: &str) -> String {
-    let mut candidate = name.to_string();
-    let mut n = 2;
-    while taken.contains(&candidate.as_str()) {
-        candidate = format!("{name}_{n}");
-        n += 1;
-    }
-    if candidate != name {
-        tracing::warn!("device tool {name} is exposed as {candidate}: an extension tool has its name");
-    }
-    candidate
 }
 
 /// An extension's result as the turn's action (`record` is spoken and recorded, like `response`).

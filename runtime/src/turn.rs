@@ -1,5 +1,7 @@
-//! One conversational turn: ASR → `stt` → memory and intent (extensions, when configured) → LLM
-//! stream (with tool-call rounds) → sentences → TTS → the session's [`Speaker`] → `tts stop`.
+//! One conversational turn: [`recognise`] (ASR), then — once the session's rules have shown the
+//! text (`stt`) and decided it is not an exit command — [`run`]: memory and intent (extensions,
+//! when configured) → LLM stream (with tool-call rounds) → sentences → TTS → the session's
+//! [`Speaker`], which says `tts start` and, when the device has played it all, `tts stop`.
 //!
 //! With an intent extension selected (`Intent` type other than `function_call`/`nointent`), the
 //! extension decides first, given the session's tools: a tool call is run and its action applied
@@ -8,7 +10,9 @@
 //! tool (when one serves) and closes, and anything else (or a failure) goes to plain chat.
 //!
 //! A turn runs as its own task and never touches the socket directly: JSON goes through the
-//! session's [`Outbox`], audio through the [`Speaker`]. Cancelling the turn's token (abort,
+//! session's [`Outbox`], audio and the speaking state through the [`Speaker`]. What a turn takes
+//! in is bounded: a tool's result is cut at `limits.tool_result_chars`, and no sentence is longer
+//! than `limits.sentence_chars`. Cancelling the turn's token (abort,
 //! barge-in, disconnect) drops every provider future at once, which cancels their HTTP requests;
 //! the speaker stops within one frame. Provider failures never end the session: the device hears
 //! `system_error_response` and the next turn works as usual.
@@ -23,12 +27,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audio::AudioClip;
 use crate::config::{Config, IntentMode};
-use crate::connection::Outbox;
+use crate::connection::{Outbound, Outbox};
 use crate::extensions::{ExtensionScope, IntentDecision, Kind, LoadedExtension, ToolDefinition, warn_not_serving};
 use crate::llm::{ChatMessage, LlmDelta, Role, ToolCall, ToolSpec};
 use crate::memory;
-use crate::protocol::message::{ServerMessage, TtsState};
 use crate::services::Services;
+use crate::session::state::Reply;
 use crate::speaker::{PhraseCache, Speaker};
 use crate::text::{self, SentenceSplitter};
 use crate::tools::{ToolAction, ToolBox};
@@ -39,31 +43,17 @@ pub const MAX_LLM_ROUNDS: usize = 5;
 /// The tool whose spoken response ends the conversation (the built-in `handle_exit_intent`).
 pub const EXIT_TOOL: &str = "handle_exit_intent";
 
-/// Shortest utterance worth sending to ASR.
-pub const MIN_SPEECH_SAMPLES: usize = 16_000 / 4;
-
-/// What starts a turn.
-#[derive(Debug, Clone)]
-pub enum TurnInput {
-    /// An utterance: 16 kHz mono PCM, pre-roll included.
-    Speech(Vec<i16>),
-    /// Typed text (`listen detect` with text that is not a wake word, or a wake word greeting).
-    Text(String),
-    /// The no-voice timeout: the assistant says goodbye (`end_prompt`) and the session closes.
-    Goodbye,
-}
-
 /// Everything a turn needs, handed over by the session.
 pub struct TurnContext {
-    /// What the user said or typed.
-    pub input: TurnInput,
+    /// What is answered.
+    pub reply: Reply,
     /// Providers and config of the session.
     pub services: Arc<Services>,
     /// The dialogue so far (without the system prompt).
     pub history: Vec<ChatMessage>,
     /// JSON to the device.
     pub outbox: Outbox,
-    /// Audio to the device.
+    /// Audio and the speaking state (`tts`) to the device.
     pub speaker: Speaker,
     /// Tools the LLM may call.
     pub tools: ToolBox,
@@ -84,82 +74,60 @@ pub struct TurnOutcome {
     pub messages: Vec<ChatMessage>,
     /// The session should close (exit command, goodbye).
     pub close: bool,
-    /// ASR found no words: nothing was said to the device.
-    pub heard_nothing: bool,
-    /// The turn was cancelled before it finished.
-    pub cancelled: bool,
     /// A new system prompt for the session's next turns (`change_role`).
     pub prompt: Option<String>,
 }
 
-/// Runs one turn to its end or until its token is cancelled.
+/// Recognises an utterance (16 kHz PCM); `None` when ASR failed (logged and counted).
+pub async fn recognise(services: &Services, pcm: &[i16]) -> Option<String> {
+    match services.asr.transcribe(pcm).await {
+        Ok(text) => Some(text),
+        Err(e) => {
+            tracing::warn!("ASR failed: {e}");
+            services.metrics.provider_error("asr");
+            None
+        }
+    }
+}
+
+/// Runs one reply to its end or until its token is cancelled.
 pub async fn run(ctx: TurnContext) -> TurnOutcome {
-    let metrics = Arc::clone(&ctx.services.metrics);
-    let _active = crate::metrics::GaugeGuard::new(&metrics.turns_active);
     let mut outcome = TurnOutcome::default();
-    let finished = tokio::select! {
+    tokio::select! {
         biased;
-        _ = ctx.cancel.cancelled() => false,
-        _ = run_inner(&ctx, &mut outcome) => true,
-    };
-    outcome.cancelled = !finished;
-    let label = match (outcome.cancelled, outcome.heard_nothing) {
-        (true, _) => "cancelled",
-        (false, true) => "heard_nothing",
-        (false, false) => "answered",
-    };
-    metrics.turns.get_or_create(&crate::metrics::TurnLabels { outcome: label }).inc();
+        _ = ctx.cancel.cancelled() => {}
+        _ = run_inner(&ctx, &mut outcome) => {}
+    }
     outcome
 }
 
 async fn run_inner(ctx: &TurnContext, out: &mut TurnOutcome) {
     let config = &ctx.services.config;
-    let session_id = ctx.outbox.session_id().to_string();
-    let user_text = match &ctx.input {
-        TurnInput::Speech(pcm) if pcm.len() < MIN_SPEECH_SAMPLES => String::new(),
-        TurnInput::Speech(pcm) => match ctx.services.asr.transcribe(pcm).await {
-            Ok(text) => text,
-            Err(e) => {
-                tracing::warn!("ASR failed: {e}");
-                ctx.services.metrics.provider_error("asr");
-                ctx.outbox.send(ServerMessage::Tts { state: TtsState::Start, text: None, session_id }).await;
-                let (tx, rx) = mpsc::channel(8);
-                let speak = async move { say(&tx, &config.system_error_response, true).await };
-                tokio::join!(speak, voice(ctx, rx));
-                finish(ctx).await;
-                return;
-            }
-        },
-        TurnInput::Text(text) => text.clone(),
-        TurnInput::Goodbye => String::new(),
-    };
-    let goodbye = matches!(ctx.input, TurnInput::Goodbye);
-    let user_text = user_text.trim().to_string();
-    if !goodbye {
-        if user_text.is_empty() {
-            out.heard_nothing = true;
+    ctx.speaker.begin(&ctx.cancel).await;
+    let (tx, rx) = mpsc::channel::<Sentence>(32);
+    let sentences = Sentences { tx, max_chars: config.limits.sentence_chars };
+    let request = match &ctx.reply {
+        Reply::Error => {
+            let speak = async move { sentences.say(&config.system_error_response, true).await };
+            tokio::join!(speak, voice(ctx, rx));
+            ctx.speaker.finish(&ctx.cancel).await;
             return;
         }
-        ctx.outbox.send(ServerMessage::Stt { text: user_text.clone(), session_id: session_id.clone() }).await;
-        if text::matches_any(&user_text, &config.exit_commands) {
-            tracing::info!("exit command heard: {user_text}");
+        Reply::Goodbye => {
             out.close = true;
-            return;
+            config.end_prompt.prompt.clone()
         }
-    }
-    out.close = goodbye;
-    ctx.outbox.send(ServerMessage::Tts { state: TtsState::Start, text: None, session_id }).await;
-    let request = if goodbye { config.end_prompt.prompt.clone() } else { user_text };
+        Reply::Text(text) => text.clone(),
+    };
     out.messages.push(ChatMessage::new(Role::User, request));
-
-    let (sentences, rx) = mpsc::channel::<Sentence>(32);
+    let goodbye = matches!(ctx.reply, Reply::Goodbye);
     tokio::join!(respond(ctx, out, sentences, goodbye), voice(ctx, rx));
-    finish(ctx).await;
+    ctx.speaker.finish(&ctx.cancel).await;
 }
 
 /// The thinking side of a turn whose user message is the last of `out.messages`: memory into
 /// the system prompt, the intent step when an intent extension is selected, then [`think`].
-async fn respond(ctx: &TurnContext, out: &mut TurnOutcome, sentences: mpsc::Sender<Sentence>, goodbye: bool) {
+async fn respond(ctx: &TurnContext, out: &mut TurnOutcome, sentences: Sentences, goodbye: bool) {
     let config = &ctx.services.config;
     let request = out.messages.last().map(|m| m.content.clone()).unwrap_or_default();
     let mut prompt = system_prompt(config, ctx.prompt.as_deref());
@@ -174,7 +142,7 @@ async fn respond(ctx: &TurnContext, out: &mut TurnOutcome, sentences: mpsc::Send
         IntentMode::FunctionCall => ctx.tools.specs().await,
         IntentMode::Extension(id) => match ctx.extensions.as_ref().and_then(|s| s.find(id, Kind::Intent)) {
             Some(ext) => {
-                if !goodbye && recognise(ctx, out, &sentences, ext, &request).await {
+                if !goodbye && decide_intent(ctx, out, &sentences, ext, &request).await {
                     return;
                 }
                 Vec::new()
@@ -190,10 +158,10 @@ async fn respond(ctx: &TurnContext, out: &mut TurnOutcome, sentences: mpsc::Send
 
 /// The intent step: asks the intent extension about `text` and acts on its decision. Returns
 /// whether the turn is answered (else the chat LLM answers, seeing any tool result).
-async fn recognise(
+async fn decide_intent(
     ctx: &TurnContext,
     out: &mut TurnOutcome,
-    sentences: &mpsc::Sender<Sentence>,
+    sentences: &Sentences,
     ext: &LoadedExtension,
     text: &str,
 ) -> bool {
@@ -217,7 +185,7 @@ async fn recognise(
     let (name, arguments) = match decision {
         IntentDecision::ContinueChat => return false,
         IntentDecision::Reply(reply) => {
-            say(sentences, &reply, false).await;
+            sentences.say(&reply, false).await;
             out.messages.push(ChatMessage::new(Role::Assistant, reply));
             return true;
         }
@@ -235,16 +203,7 @@ async fn recognise(
         out.close = true;
     }
     out.messages.push(ChatMessage::tool_calls("", vec![call.clone()]));
-    !apply(out, sentences, &call, action).await
-}
-
-/// Waits for the device to play everything, then says `tts stop`.
-async fn finish(ctx: &TurnContext) {
-    ctx.speaker.drain(&ctx.cancel).await;
-    if !ctx.cancel.is_cancelled() {
-        let session_id = ctx.outbox.session_id().to_string();
-        ctx.outbox.send(ServerMessage::Tts { state: TtsState::Stop, text: None, session_id }).await;
-    }
+    !apply(ctx, out, sentences, &call, action).await
 }
 
 /// The LLM side: streams answers, splits them into sentences for [`voice`], runs tool calls and
@@ -252,7 +211,7 @@ async fn finish(ctx: &TurnContext) {
 async fn think(
     ctx: &TurnContext,
     out: &mut TurnOutcome,
-    sentences: &mpsc::Sender<Sentence>,
+    sentences: &Sentences,
     system: &ChatMessage,
     tools: &[ToolSpec],
 ) {
@@ -271,11 +230,11 @@ async fn think(
             Err(e) => {
                 tracing::warn!("LLM request failed: {e}");
                 ctx.services.metrics.provider_error("llm");
-                say(sentences, &config.system_error_response, true).await;
+                sentences.say(&config.system_error_response, true).await;
                 return;
             }
         };
-        let mut splitter = SentenceSplitter::new();
+        let mut splitter = sentences.splitter();
         let mut answer = String::new();
         let mut calls = Vec::new();
         while let Some(item) = stream.next().await {
@@ -283,17 +242,12 @@ async fn think(
                 Ok(LlmDelta::Text(delta)) => {
                     if !emotion_sent && !delta.trim().is_empty() {
                         let (emoji, name) = text::emotion_of(&delta).unwrap_or(text::DEFAULT_EMOTION);
-                        let msg = ServerMessage::Llm {
-                            text: emoji.to_string(),
-                            emotion: name.to_string(),
-                            session_id: ctx.outbox.session_id().to_string(),
-                        };
-                        ctx.outbox.send(msg).await;
+                        let _ = ctx.outbox.send(Outbound::Emotion { emoji: emoji.into(), name: name.into() });
                         emotion_sent = true;
                     }
                     answer.push_str(&delta);
                     for sentence in splitter.push(&delta) {
-                        let _ = sentences.send(Sentence::Reply(sentence)).await;
+                        sentences.reply(sentence).await;
                     }
                 }
                 Ok(LlmDelta::ToolCalls(c)) => calls = c,
@@ -301,14 +255,14 @@ async fn think(
                     tracing::warn!("LLM stream failed: {e}");
                     ctx.services.metrics.provider_error("llm");
                     if answer.trim().is_empty() && calls.is_empty() {
-                        say(sentences, &config.system_error_response, true).await;
+                        sentences.say(&config.system_error_response, true).await;
                     }
                     break;
                 }
             }
         }
         if let Some(rest) = splitter.finish() {
-            let _ = sentences.send(Sentence::Reply(rest)).await;
+            sentences.reply(rest).await;
         }
         if calls.is_empty() {
             if !answer.trim().is_empty() {
@@ -323,7 +277,7 @@ async fn think(
         let actions = join_all(calls.iter().map(|c| ctx.tools.call(&c.name, &c.arguments, tool_timeout))).await;
         let mut ask_llm = false;
         for (call, action) in calls.iter().zip(actions) {
-            ask_llm |= apply(out, sentences, call, action).await;
+            ask_llm |= apply(ctx, out, sentences, call, action).await;
         }
         if !ask_llm {
             return;
@@ -332,12 +286,37 @@ async fn think(
 }
 
 /// Applies what one tool call did: speaks a response, records the tool message, notes a new
-/// prompt or the end of the conversation. Returns whether the LLM should be asked again.
-async fn apply(out: &mut TurnOutcome, sentences: &mpsc::Sender<Sentence>, call: &ToolCall, action: ToolAction) -> bool {
+/// prompt or the end of the conversation. Returns whether the LLM should be asked again. Any text
+/// a tool gives (to the LLM, to be spoken, a new prompt) is cut at `limits.tool_result_chars`.
+async fn apply(
+    ctx: &TurnContext,
+    out: &mut TurnOutcome,
+    sentences: &Sentences,
+    call: &ToolCall,
+    action: ToolAction,
+) -> bool {
+    let max = ctx.services.config.limits.tool_result_chars;
+    let cut = |text: String| match text::cut_chars(&text, max) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(cut) => {
+            tracing::warn!("the result of tool {} was cut to {max} characters", call.name);
+            ctx.services.metrics.limit_hit("tool_result_chars");
+            cut
+        }
+    };
+    let action = match action {
+        ToolAction::Response(text) => ToolAction::Response(cut(text)),
+        ToolAction::ReqLlm(text) => ToolAction::ReqLlm(cut(text)),
+        ToolAction::Error(text) => ToolAction::Error(cut(text)),
+        ToolAction::ChangeRole { prompt, response } => {
+            ToolAction::ChangeRole { prompt: cut(prompt), response: cut(response) }
+        }
+        ToolAction::None => ToolAction::None,
+    };
     let (result, ask_llm) = match action {
         ToolAction::None => ("done".to_string(), false),
         ToolAction::Response(text) => {
-            say(sentences, &text, false).await;
+            sentences.say(&text, false).await;
             // As in the Python server, the exit tool's goodbye ends the conversation.
             if call.name == EXIT_TOOL {
                 out.close = true;
@@ -345,7 +324,7 @@ async fn apply(out: &mut TurnOutcome, sentences: &mpsc::Sender<Sentence>, call: 
             (text, false)
         }
         ToolAction::ChangeRole { prompt, response } => {
-            say(sentences, &response, false).await;
+            sentences.say(&response, false).await;
             tracing::info!("the session's system prompt changes ({})", call.name);
             out.prompt = Some(prompt);
             (response, false)
@@ -368,20 +347,38 @@ enum Sentence {
     Fixed(String),
 }
 
+/// The thinking side's way to the [`voice`] side: sentences of at most `max_chars` characters.
+struct Sentences {
+    tx: mpsc::Sender<Sentence>,
+    max_chars: usize,
+}
+
+impl Sentences {
+    /// A splitter for one stream of model output.
+    fn splitter(&self) -> SentenceSplitter {
+        SentenceSplitter::with_max_chars(self.max_chars)
+    }
+
+    /// Queues one sentence of model output.
+    async fn reply(&self, sentence: String) {
+        let _ = self.tx.send(Sentence::Reply(sentence)).await;
+    }
+
+    /// Queues a whole text (the error response, a tool's spoken answer) as sentences.
+    async fn say(&self, text: &str, fixed: bool) {
+        for sentence in split_sentences(text, self.max_chars) {
+            let item = if fixed { Sentence::Fixed(sentence) } else { Sentence::Reply(sentence) };
+            let _ = self.tx.send(item).await;
+        }
+    }
+}
+
 /// A whole text cut into the sentences that are spoken one by one.
-fn split_sentences(text: &str) -> Vec<String> {
-    let mut splitter = SentenceSplitter::new();
+fn split_sentences(text: &str, max_chars: usize) -> Vec<String> {
+    let mut splitter = SentenceSplitter::with_max_chars(max_chars);
     let mut sentences = splitter.push(text);
     sentences.extend(splitter.finish());
     sentences
-}
-
-/// Queues a text (the error response, a tool's spoken answer) as sentences.
-async fn say(sentences: &mpsc::Sender<Sentence>, text: &str, fixed: bool) {
-    for sentence in split_sentences(text) {
-        let item = if fixed { Sentence::Fixed(sentence) } else { Sentence::Reply(sentence) };
-        let _ = sentences.send(item).await;
-    }
 }
 
 /// The TTS side: synthesizes sentences in order and queues them to the speaker, so sentence
@@ -413,7 +410,7 @@ async fn voice(ctx: &TurnContext, mut sentences: mpsc::Receiver<Sentence>) {
                 // the TTS is down.
                 error_spoken = true;
                 ctx.speaker.play(&ctx.cancel, Some(text), AudioClip::default()).await;
-                for phrase in split_sentences(&config.system_error_response) {
+                for phrase in split_sentences(&config.system_error_response, config.limits.sentence_chars) {
                     speak_fixed(ctx, phrase, timeout).await;
                 }
             }

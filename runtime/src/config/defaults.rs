@@ -107,6 +107,7 @@ impl Default for Config {
             manager_api: ManagerApiConfig::default(),
             extensions: ExtensionsConfig::default(),
             store: StoreConfig::default(),
+            limits: LimitsConfig::default(),
             providers: Providers::default(),
         }
     }
@@ -134,6 +135,7 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             auth_key: String::new(),
             mqtt_gateway: String::new(),
+            admin_token: String::new(),
         }
     }
 }
@@ -235,9 +237,34 @@ impl Default for ExtensionsConfig {
     }
 }
 
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            hello_timeout_ms: 10_000,
+            write_timeout_ms: 10_000,
+            outbound_queue_bytes: 1024 * 1024,
+            device_tools: 128,
+            tool_name_chars: 64,
+            tool_result_chars: 8000,
+            sentence_chars: 300,
+            history_entry_bytes: 16 * 1024,
+            kv_bytes_per_extension: 64 * 1024 * 1024,
+            kv_keys_per_device: 1024,
+            http_header_timeout_ms: 10_000,
+            http_body_timeout_ms: 30_000,
+            activation_code_ttl: 3600,
+            new_devices_per_ip_per_minute: 10,
+        }
+    }
+}
+
 impl Default for ActivationConfig {
     fn default() -> Self {
-        Self { enabled: false, message: "Bind this device with: xiaozhi-server bind {code}".into() }
+        Self {
+            enabled: false,
+            message: "Bind this device with: xiaozhi-server bind {code}".into(),
+            hmac_keys: BTreeMap::new(),
+        }
     }
 }
 

@@ -570,6 +570,7 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         );
     }
     check_log_level(&config.log.log_level)?;
+    check_limits(&config.limits)?;
 
     let VadSpec::Silero(vad) = &config.providers.vad;
     let vad_path = format!("VAD.{}", config.selected_module.vad);
@@ -583,6 +584,19 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             &format!("{vad_path}.threshold_low"),
             format!("{} is above threshold ({}); it must not be", vad.threshold_low, vad.threshold),
         );
+    }
+    Ok(())
+}
+
+/// Every `limits` value must be above zero: a zero would refuse everything (or disable the limit,
+/// which is not what a limit of zero says).
+fn check_limits(limits: &super::LimitsConfig) -> Result<(), ConfigError> {
+    let value = serde_json::to_value(limits).unwrap_or_default();
+    let Some(map) = value.as_object() else { return Ok(()) };
+    for (key, value) in map {
+        if value.as_u64() == Some(0) {
+            return Err(ConfigError::Invalid { path: format!("limits.{key}"), message: "must be above zero".into() });
+        }
     }
     Ok(())
 }
@@ -698,6 +712,12 @@ fn redact(value: &mut Value) {
                 let secret = key.as_str().is_some_and(is_secret_key);
                 match inner {
                     Value::String(text) if secret && !text.is_empty() => *text = REDACTED.to_owned(),
+                    // A map of secrets (`activation.hmac_keys`): every value is one.
+                    Value::Mapping(secrets) if key.as_str() == Some("hmac_keys") => {
+                        for (_, value) in secrets.iter_mut() {
+                            *value = Value::String(REDACTED.to_owned());
+                        }
+                    }
                     other => redact(other),
                 }
             }

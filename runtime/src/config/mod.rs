@@ -89,6 +89,8 @@ pub struct Config {
     pub extensions: ExtensionsConfig,
     /// Where state lives: extension key/values (memory), chat history, the device registry.
     pub store: StoreConfig,
+    /// The bound on every per-device and per-caller resource (README "Limits and security").
+    pub limits: LimitsConfig,
     /// The selected providers, typed; filled by [`load()`], never read from YAML.
     #[serde(skip)]
     pub providers: Providers,
@@ -116,6 +118,9 @@ pub struct ServerConfig {
     pub auth_key: String,
     /// MQTT gateway address (accepted for compatibility; OTA never returns `mqtt` unless set).
     pub mqtt_gateway: String,
+    /// Token for the admin routes (`/metrics`, `/xiaozhi/extensions*`) on the HTTP port, sent as
+    /// `Authorization: Bearer <token>`; empty = those routes answer loopback callers only.
+    pub admin_token: String,
 }
 
 /// `server.auth:` — device tokens.
@@ -234,6 +239,9 @@ pub struct ActivationConfig {
     pub enabled: bool,
     /// Text shown on the device; `{code}` is replaced by the 6-digit code.
     pub message: String,
+    /// eFuse HMAC keys of devices that have one, by their `Serial-Number` (hex): such a device
+    /// must prove it holds its key (device-protocol.md §5.3) before it gets a token.
+    pub hmac_keys: BTreeMap<String, String>,
 }
 
 /// `manager-api:` — the Python server's management back end.
@@ -278,6 +286,45 @@ pub struct StoreConfig {
     pub timeout_ms: u64,
     /// A name for this server instance in the device registry; empty: host name and port.
     pub instance_id: String,
+}
+
+/// `limits:` — the bound on every per-device and per-caller resource. What happens at each limit
+/// is in the README ("Limits and security"); every value must be above zero.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    /// Milliseconds a device has to send its hello after connecting.
+    pub hello_timeout_ms: u64,
+    /// Milliseconds a device may take to accept one message we send before it is closed as not
+    /// reading.
+    pub write_timeout_ms: u64,
+    /// Bytes of messages queued for one device; a device that lets more pile up is closed as not
+    /// reading.
+    pub outbound_queue_bytes: usize,
+    /// Tools one device may list over MCP; the rest of its list is ignored.
+    pub device_tools: usize,
+    /// Longest device tool name, in characters; a tool with a longer name is ignored.
+    pub tool_name_chars: usize,
+    /// Longest tool result given to the LLM or spoken, in characters; the rest is cut off.
+    pub tool_result_chars: usize,
+    /// Longest text spoken as one sentence, in characters; longer text is split.
+    pub sentence_chars: usize,
+    /// Largest message kept in a conversation and in the stored chat history, in bytes; the rest
+    /// is cut off. A device's stored history is at most `store.history_limit` such messages.
+    pub history_entry_bytes: usize,
+    /// Bytes of values one extension may keep in its key/value store, over all devices.
+    pub kv_bytes_per_extension: u64,
+    /// Keys one extension may keep for one device.
+    pub kv_keys_per_device: usize,
+    /// Milliseconds an HTTP client has to send the headers of a request.
+    pub http_header_timeout_ms: u64,
+    /// Milliseconds an HTTP client has to send the body of a request.
+    pub http_body_timeout_ms: u64,
+    /// Seconds an activation code (and the state of its waiting device) is kept.
+    pub activation_code_ttl: u64,
+    /// New activation codes one IP address may cause per minute (OTA checks of unknown devices
+    /// beyond it are answered 429).
+    pub new_devices_per_ip_per_minute: u32,
 }
 
 /// The store backends.

@@ -66,6 +66,30 @@ pub struct HostServices {
     pub store: Arc<dyn StateStore>,
     /// Where calls are counted (`None`: not counted).
     pub metrics: Option<Arc<Metrics>>,
+    /// The bounds of the `kv` interface (`limits.kv_*`, as the server started).
+    pub kv: KvLimits,
+}
+
+/// The bounds of the `kv` interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLimits {
+    /// Keys one extension may keep for one device.
+    pub keys_per_device: usize,
+    /// Value bytes one extension may keep over all devices.
+    pub bytes_per_extension: u64,
+}
+
+impl Default for KvLimits {
+    fn default() -> Self {
+        Self::of(&crate::config::LimitsConfig::default())
+    }
+}
+
+impl KvLimits {
+    /// The `kv` bounds of `limits`.
+    pub fn of(limits: &crate::config::LimitsConfig) -> Self {
+        Self { keys_per_device: limits.kv_keys_per_device, bytes_per_extension: limits.kv_bytes_per_extension }
+    }
 }
 
 /// The data of one call's [`Store`]: who the call is for, what the extension may do, its limits

@@ -26,8 +26,12 @@ fn host(cache: &Path, grants: &[(&str, Grant)]) -> ExtensionHost {
         cache_dir: cache.to_owned(),
         grants: grants.iter().map(|(id, grant)| ((*id).to_owned(), grant.clone())).collect(),
     };
-    let services =
-        HostServices { llm: None, store: Arc::new(MemoryStore::new()), metrics: Some(crate::metrics::Metrics::new()) };
+    let services = HostServices {
+        llm: None,
+        store: Arc::new(MemoryStore::new()),
+        metrics: Some(crate::metrics::Metrics::new()),
+        kv: Default::default(),
+    };
     ExtensionHost::new(&config, services).expect("host starts")
 }
 
@@ -350,12 +354,61 @@ async fn canned_http_server(body: Vec<u8>) -> u16 {
     port
 }
 
+/// The attack: the device id is whatever the client says, so a caller inventing device ids got
+/// the per-device quota once per id. The per-extension byte quota holds over all of them.
+#[tokio::test]
+async fn invented_device_ids_do_not_multiply_the_kv_quota() {
+    use super::bindings::xiaozhi::extension::kv;
+    use super::bindings::xiaozhi::extension::types::ExtensionError as WitError;
+
+    let metrics = crate::metrics::Metrics::new();
+    let limits = super::host::KvLimits { keys_per_device: 4, bytes_per_extension: 10 * 1024 };
+    let services = HostServices {
+        llm: None,
+        store: Arc::new(MemoryStore::new()),
+        metrics: Some(Arc::clone(&metrics)),
+        kv: limits,
+    };
+    let grant = Grant { kv: true, ..Grant::default() };
+    let value = vec![7u8; 1024];
+    let mut stored = 0usize;
+    let mut refused = 0usize;
+    for device in 0..21 {
+        let mut call = call_state("notes", &format!("invented:{device}"), "kv = true", &grant, &services);
+        for key in 0..4 {
+            match kv::Host::set(&mut call, format!("k{key}"), value.clone()).await {
+                Ok(()) => stored += 1,
+                Err(WitError::Failed(message)) if message.contains("full") => refused += 1,
+                Err(e) => panic!("unexpected error {e:?}"),
+            }
+        }
+    }
+    assert_eq!(stored, 10, "10 KiB of 1 KiB values over all devices, not 21 x 4");
+    assert_eq!(refused, 21 * 4 - 10);
+    assert!(metrics.render().contains("xiaozhi_limits_hit_total{limit=\"kv_bytes_per_extension\"}"));
+    // Replacing a value with one of the same size, and deleting, keep the count right.
+    let mut first = call_state("notes", "invented:0", "kv = true", &grant, &services);
+    kv::Host::set(&mut first, "k0".into(), value.clone()).await.expect("same size fits");
+    kv::Host::delete(&mut first, "k0".into()).await.expect("delete");
+    let mut late = call_state("notes", "invented:99", "kv = true", &grant, &services);
+    kv::Host::set(&mut late, "k".into(), value.clone()).await.expect("a deleted value frees its room");
+    assert!(kv::Host::set(&mut late, "k2".into(), value.clone()).await.is_err(), "and only its room");
+    // Another extension has its own quota.
+    let mut other = call_state("other", "invented:0", "kv = true", &grant, &services);
+    kv::Host::set(&mut other, "k".into(), value).await.expect("other extension");
+}
+
 #[tokio::test]
 async fn host_imports_check_the_grant_and_keep_devices_apart() {
     use super::bindings::xiaozhi::extension::types::{ExtensionError as WitError, Message, Role};
     use super::bindings::xiaozhi::extension::{config, http, kv, llm};
 
-    let services = HostServices { llm: Some(Arc::new(EchoLlm)), store: Arc::new(MemoryStore::new()), metrics: None };
+    let services = HostServices {
+        llm: Some(Arc::new(EchoLlm)),
+        store: Arc::new(MemoryStore::new()),
+        metrics: None,
+        kv: Default::default(),
+    };
     let grant = Grant {
         http_hosts: vec!["127.0.0.1".into()],
         kv: true,
@@ -380,7 +433,7 @@ async fn host_imports_check_the_grant_and_keep_devices_apart() {
     assert_eq!(denied, Err(WitError::Denied("kv is not granted to extension plain".into())));
     let too_big = kv::Host::set(&mut device_a, "k".into(), vec![0; super::iface::kv::MAX_VALUE_BYTES + 1]).await;
     assert!(matches!(too_big, Err(WitError::InvalidArguments(_))), "{too_big:?}");
-    let most = super::iface::kv::MAX_KEYS_PER_NAMESPACE;
+    let most = services.kv.keys_per_device;
     for i in 0..most {
         kv::Host::set(&mut device_b, format!("k{i}"), vec![1]).await.expect("room");
     }
@@ -423,8 +476,12 @@ async fn host_imports_check_the_grant_and_keep_devices_apart() {
 async fn on_demand_allocation_works_too() {
     let cache = tempfile::tempdir().expect("tempdir");
     let config = ExtensionsConfig { dirs: Vec::new(), cache_dir: cache.path().to_owned(), grants: Default::default() };
-    let services =
-        HostServices { llm: None, store: Arc::new(MemoryStore::new()), metrics: Some(crate::metrics::Metrics::new()) };
+    let services = HostServices {
+        llm: None,
+        store: Arc::new(MemoryStore::new()),
+        metrics: Some(crate::metrics::Metrics::new()),
+        kv: Default::default(),
+    };
     let host = ExtensionHost::build(&config, services, false).expect("host starts");
     assert!(!host.uses_pooling());
     let ext = host.load(&get_time_dir()).await.expect("loads");
@@ -673,7 +730,8 @@ fn host_with(cache: &Path, grants: &[(&str, Grant)], llm: Arc<dyn crate::llm::Ll
         cache_dir: cache.to_owned(),
         grants: grants.iter().map(|(id, grant)| ((*id).to_owned(), grant.clone())).collect(),
     };
-    let services = HostServices { llm: Some(llm), store: Arc::new(MemoryStore::new()), metrics: None };
+    let services =
+        HostServices { llm: Some(llm), store: Arc::new(MemoryStore::new()), metrics: None, kv: Default::default() };
     ExtensionHost::new(&config, services).expect("host starts")
 }
 

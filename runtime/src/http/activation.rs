@@ -4,14 +4,30 @@
 //! section with a code; the device shows and speaks it and polls `/xiaozhi/ota/activate` until the
 //! owner runs `xiaozhi-server bind <code>`, which moves the device from waiting to bound.
 //!
+//! Closed against strangers:
+//!
+//! - A code belongs to one device *and* one `Client-Id` (the UUID in the device's flash): someone
+//!   who sends the device's MAC address from another client gets another code, which the owner
+//!   never sees, so the owner's binding always goes to the owner's device. The binding keeps that
+//!   `Client-Id`, and only requests carrying it are given the device's token or let in.
+//! - A device with an eFuse key (`Serial-Number` header, its key in `activation.hmac_keys`) must
+//!   also prove it holds the key: its challenge is random, and the `hmac` it posts to
+//!   `/xiaozhi/ota/activate` must be HMAC-SHA256(key, challenge) (device-protocol.md §5.3). Until
+//!   it has, it gets no token.
+//! - Waiting devices expire: a code and its record live `limits.activation_code_ttl` seconds, and
+//!   one IP address may cause `limits.new_devices_per_ip_per_minute` new codes (the OTA route
+//!   answers 429 beyond, see [`super::limit`]).
+//!
 //! The state lives in the [`Store`] (so every instance sharing a Redis agrees on it):
-//! `binding/<device>` → `{"bound_at": ts}`, `activation/code/<code>` → `{"device_id", "created"}`
-//! and `activation/device/<device>` → the code (Unix seconds; device segments escaped by
+//! `binding/<device>` → [`BoundDevice`], `activation/code/<code>` → [`PendingCode`] and
+//! `activation/device/<device>/<client>` → the code (device and client segments escaped by
 //! [`crate::store::segment`]).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 use crate::store::{Store, StoreError, segment};
 
@@ -35,9 +51,20 @@ pub enum ActivationError {
     /// `bind` was given a code that no device is waiting with.
     #[error("no device is waiting with activation code {0:?} (the code is shown on the device after its OTA check)")]
     UnknownCode(String),
-    /// Every code drawn was already pending (a million devices waiting).
+    /// Every code drawn was already pending.
     #[error("could not find a free activation code")]
     NoFreeCode,
+}
+
+/// What a device with an eFuse key must prove before it gets a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyProof {
+    /// The device's `Serial-Number`; its key is `activation.hmac_keys.<serial>`.
+    pub serial: String,
+    /// The random challenge the device must sign.
+    pub challenge: String,
+    /// Whether the device has posted a valid HMAC of the challenge.
+    pub proven: bool,
 }
 
 /// A bound device.
@@ -45,6 +72,20 @@ pub enum ActivationError {
 pub struct BoundDevice {
     /// When it was bound (Unix seconds).
     pub bound_at: u64,
+    /// The `Client-Id` it was bound with (absent in bindings made before this was kept).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The key proof, for devices with an eFuse key.
+    #[serde(default)]
+    pub proof: Option<KeyProof>,
+}
+
+impl BoundDevice {
+    /// Whether a request from `client_id` may act as this device: it carries the bound
+    /// `Client-Id` (when one was kept), and a device with a key has proven it.
+    pub fn admits(&self, client_id: &str) -> bool {
+        self.client_id.as_deref().is_none_or(|bound| bound == client_id) && self.proof.as_ref().is_none_or(|p| p.proven)
+    }
 }
 
 /// A device waiting to be bound.
@@ -54,6 +95,12 @@ pub struct PendingCode {
     pub device_id: String,
     /// When the code was created (Unix seconds).
     pub created: u64,
+    /// The `Client-Id` that asked for the code.
+    #[serde(default)]
+    pub client_id: String,
+    /// The key proof, for devices with an eFuse key.
+    #[serde(default)]
+    pub proof: Option<KeyProof>,
 }
 
 fn binding_key(device_id: &str) -> String {
@@ -64,8 +111,8 @@ fn code_key(code: &str) -> String {
     format!("activation/code/{}", segment(code))
 }
 
-fn device_code_key(device_id: &str) -> String {
-    format!("activation/device/{}", segment(device_id))
+fn device_code_key(device_id: &str, client_id: &str) -> String {
+    format!("activation/device/{}/{}", segment(device_id), segment(client_id))
 }
 
 fn now_secs() -> u64 {
@@ -81,16 +128,26 @@ async fn read<T: for<'de> Deserialize<'de>>(store: &dyn Store, key: &str) -> Res
     }
 }
 
-async fn write<T: Serialize>(store: &dyn Store, key: &str, value: &T) -> Result<(), ActivationError> {
+async fn write<T: Serialize>(
+    store: &dyn Store,
+    key: &str,
+    value: &T,
+    ttl: Option<Duration>,
+) -> Result<(), ActivationError> {
     let bytes = serde_json::to_vec(value)
         .map_err(|e| ActivationError::Corrupt { key: key.to_owned(), message: e.to_string() })?;
-    Ok(store.set(key, &bytes, None).await?)
+    Ok(store.set(key, &bytes, ttl).await?)
+}
+
+/// The binding of `device_id`, if it is bound.
+pub async fn binding(store: &dyn Store, device_id: &str) -> Result<Option<BoundDevice>, ActivationError> {
+    read(store, &binding_key(device_id)).await
 }
 
 /// Whether `device_id` is bound. An unreadable state counts as "not bound" (and is logged), so
 /// a broken store keeps devices in activation rather than letting them in.
 pub async fn is_bound(store: &dyn Store, device_id: &str) -> bool {
-    match read::<BoundDevice>(store, &binding_key(device_id)).await {
+    match binding(store, device_id).await {
         Ok(bound) => bound.is_some(),
         Err(e) => {
             tracing::error!("activation state unreadable: {e}");
@@ -99,27 +156,64 @@ pub async fn is_bound(store: &dyn Store, device_id: &str) -> bool {
     }
 }
 
-/// The activation code of `device_id`: its pending code if it has one, otherwise a new random
-/// 6-digit code, unique among pending codes, which is stored. The code stays the same until the
-/// device is bound.
-pub async fn pending_code(store: &dyn Store, device_id: &str) -> Result<String, ActivationError> {
-    if let Some(code) = store.get(&device_code_key(device_id)).await? {
-        let code = String::from_utf8_lossy(&code).into_owned();
-        let pending = read::<PendingCode>(store, &code_key(&code)).await?;
-        if pending.is_some_and(|p| p.device_id == device_id) {
-            return Ok(code);
+/// Whether a connection from `client_id` may act as the bound device `device_id` (see
+/// [`BoundDevice::admits`]). Unbound devices, and an unreadable state, are refused.
+pub async fn admits(store: &dyn Store, device_id: &str, client_id: &str) -> bool {
+    match binding(store, device_id).await {
+        Ok(Some(bound)) => bound.admits(client_id),
+        Ok(None) => false,
+        Err(e) => {
+            tracing::error!("activation state unreadable: {e}");
+            false
         }
     }
+}
+
+/// The pending code of `device_id` asked for by `client_id`, with its record, if it has one.
+pub async fn pending(
+    store: &dyn Store,
+    device_id: &str,
+    client_id: &str,
+) -> Result<Option<(String, PendingCode)>, ActivationError> {
+    let Some(code) = store.get(&device_code_key(device_id, client_id)).await? else {
+        return Ok(None);
+    };
+    let code = String::from_utf8_lossy(&code).into_owned();
+    let record = read::<PendingCode>(store, &code_key(&code)).await?;
+    Ok(record.filter(|p| p.device_id == device_id && p.client_id == client_id).map(|p| (code, p)))
+}
+
+/// Draws a new random 6-digit code, unique among pending codes, for `device_id` asked for by
+/// `client_id`, and stores it for `ttl`. `proof` is set for devices with an eFuse key.
+pub async fn new_code(
+    store: &dyn Store,
+    device_id: &str,
+    client_id: &str,
+    proof: Option<KeyProof>,
+    ttl: Duration,
+) -> Result<String, ActivationError> {
     for _ in 0..CODE_ATTEMPTS {
         let code = format!("{:06}", rand::random_range(0..1_000_000u32));
         if store.get(&code_key(&code)).await?.is_some() {
             continue;
         }
-        write(store, &code_key(&code), &PendingCode { device_id: device_id.to_owned(), created: now_secs() }).await?;
-        store.set(&device_code_key(device_id), code.as_bytes(), None).await?;
+        let record = PendingCode {
+            device_id: device_id.to_owned(),
+            created: now_secs(),
+            client_id: client_id.to_owned(),
+            proof,
+        };
+        write(store, &code_key(&code), &record, Some(ttl)).await?;
+        store.set(&device_code_key(device_id, client_id), code.as_bytes(), Some(ttl)).await?;
         return Ok(code);
     }
     Err(ActivationError::NoFreeCode)
+}
+
+/// A fresh random challenge for a device with a key: 32 hex digits.
+pub fn random_challenge() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Binds the device waiting with `code` and returns its device id.
@@ -128,10 +222,81 @@ pub async fn bind(store: &dyn Store, code: &str) -> Result<String, ActivationErr
     let pending = read::<PendingCode>(store, &code_key(code))
         .await?
         .ok_or_else(|| ActivationError::UnknownCode(code.to_string()))?;
-    write(store, &binding_key(&pending.device_id), &BoundDevice { bound_at: now_secs() }).await?;
+    let client_id = Some(pending.client_id.clone()).filter(|c| !c.is_empty());
+    let bound = BoundDevice { bound_at: now_secs(), client_id, proof: pending.proof.clone() };
+    write(store, &binding_key(&pending.device_id), &bound, None).await?;
     store.delete(&code_key(code)).await?;
-    store.delete(&device_code_key(&pending.device_id)).await?;
+    store.delete(&device_code_key(&pending.device_id, &pending.client_id)).await?;
     Ok(pending.device_id)
+}
+
+/// What the device posts to `/xiaozhi/ota/activate` (device-protocol.md §5.3); `{}` from devices
+/// without an eFuse serial.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ActivateRequest {
+    /// `hmac-sha256`.
+    pub algorithm: String,
+    /// The eFuse serial number.
+    pub serial_number: String,
+    /// The challenge it signed.
+    pub challenge: String,
+    /// 64 lowercase hex digits: HMAC-SHA256(key, challenge).
+    pub hmac: String,
+}
+
+/// Whether `request` proves the key `key_hex` (hex) for `proof`.
+pub fn verifies(proof: &KeyProof, key_hex: &str, request: &ActivateRequest) -> bool {
+    let Some(key) = decode_hex(key_hex.trim()) else {
+        tracing::warn!(serial = %proof.serial, "activation.hmac_keys: the key is not hex");
+        return false;
+    };
+    let Some(signature) = decode_hex(request.hmac.trim()) else { return false };
+    if request.serial_number != proof.serial || request.challenge != proof.challenge {
+        return false;
+    }
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key) else { return false };
+    mac.update(proof.challenge.as_bytes());
+    mac.verify_slice(&signature).is_ok()
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || text.is_empty() {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// Records a valid key proof for `device_id` (its binding, else its pending code from
+/// `client_id`). Returns whether the device has proven its key (now or before).
+pub async fn prove(
+    store: &dyn Store,
+    device_id: &str,
+    client_id: &str,
+    key_hex: &str,
+    request: &ActivateRequest,
+    ttl: Duration,
+) -> Result<bool, ActivationError> {
+    if let Some(mut bound) = binding(store, device_id).await? {
+        let Some(proof) = bound.proof.as_mut() else { return Ok(true) };
+        if proof.proven {
+            return Ok(true);
+        }
+        if !verifies(proof, key_hex, request) {
+            return Ok(false);
+        }
+        proof.proven = true;
+        write(store, &binding_key(device_id), &bound, None).await?;
+        return Ok(true);
+    }
+    let Some((code, mut pending)) = pending(store, device_id, client_id).await? else { return Ok(false) };
+    let Some(proof) = pending.proof.as_mut() else { return Ok(true) };
+    if !proof.proven && verifies(proof, key_hex, request) {
+        proof.proven = true;
+        write(store, &code_key(&code), &pending, Some(ttl)).await?;
+        return Ok(true);
+    }
+    Ok(proof.proven)
 }
 
 #[cfg(test)]
@@ -139,22 +304,68 @@ mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
 
+    const HOUR: Duration = Duration::from_secs(3600);
+
     #[tokio::test]
-    async fn code_is_stable_until_bound() {
+    async fn code_is_stable_until_bound_and_keeps_the_client() {
         let store = MemoryStore::new();
         assert!(!is_bound(&store, "aa:bb").await);
-        let code = pending_code(&store, "aa:bb").await.unwrap();
+        assert!(pending(&store, "aa:bb", "c1").await.unwrap().is_none());
+        let code = new_code(&store, "aa:bb", "c1", None, HOUR).await.unwrap();
         assert_eq!(code.len(), 6);
         assert!(code.bytes().all(|b| b.is_ascii_digit()));
-        assert_eq!(pending_code(&store, "aa:bb").await.unwrap(), code);
-        let other = pending_code(&store, "cc:dd").await.unwrap();
+        assert_eq!(pending(&store, "aa:bb", "c1").await.unwrap().map(|(c, _)| c), Some(code.clone()));
+        // Another client sending the same MAC address has no code (and would get its own).
+        assert!(pending(&store, "aa:bb", "intruder").await.unwrap().is_none());
+        let other = new_code(&store, "cc:dd", "c2", None, HOUR).await.unwrap();
         assert_ne!(other, code);
 
         assert_eq!(bind(&store, &format!(" {code}\n")).await.unwrap(), "aa:bb");
         assert!(is_bound(&store, "aa:bb").await);
+        assert!(admits(&store, "aa:bb", "c1").await);
+        assert!(!admits(&store, "aa:bb", "intruder").await, "only the bound client acts as the device");
         assert!(!is_bound(&store, "cc:dd").await);
         assert!(matches!(bind(&store, &code).await, Err(ActivationError::UnknownCode(_))), "a code binds once");
-        assert_eq!(pending_code(&store, "cc:dd").await.unwrap(), other, "other devices keep their codes");
+        assert_eq!(pending(&store, "cc:dd", "c2").await.unwrap().map(|(c, _)| c), Some(other), "others keep theirs");
+    }
+
+    #[tokio::test]
+    async fn codes_expire_with_their_ttl() {
+        let store = MemoryStore::new();
+        let code = new_code(&store, "aa:bb", "c1", None, Duration::from_millis(50)).await.unwrap();
+        assert!(store.get(&code_key(&code)).await.unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(store.get(&code_key(&code)).await.unwrap().is_none());
+        assert!(pending(&store, "aa:bb", "c1").await.unwrap().is_none());
+        assert!(matches!(bind(&store, &code).await, Err(ActivationError::UnknownCode(_))));
+    }
+
+    #[tokio::test]
+    async fn a_device_with_a_key_must_prove_it() {
+        let store = MemoryStore::new();
+        let key = "00112233445566778899aabbccddeeff";
+        let challenge = random_challenge();
+        assert_eq!(challenge.len(), 32);
+        let proof = KeyProof { serial: "SN1".into(), challenge: challenge.clone(), proven: false };
+        let code = new_code(&store, "aa:bb", "c1", Some(proof), HOUR).await.unwrap();
+        bind(&store, &code).await.unwrap();
+        assert!(is_bound(&store, "aa:bb").await);
+        assert!(!admits(&store, "aa:bb", "c1").await, "bound, but the key is not proven yet");
+
+        let mut mac = Hmac::<Sha256>::new_from_slice(&decode_hex(key).unwrap()).unwrap();
+        mac.update(challenge.as_bytes());
+        let hmac: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let forged = ActivateRequest {
+            algorithm: "hmac-sha256".into(),
+            serial_number: "SN1".into(),
+            challenge: challenge.clone(),
+            hmac: "00".repeat(32),
+        };
+        assert!(!prove(&store, "aa:bb", "c1", key, &forged, HOUR).await.unwrap());
+        assert!(!admits(&store, "aa:bb", "c1").await);
+        let real = ActivateRequest { hmac, ..forged };
+        assert!(prove(&store, "aa:bb", "c1", key, &real, HOUR).await.unwrap());
+        assert!(admits(&store, "aa:bb", "c1").await);
     }
 
     #[tokio::test]
@@ -175,7 +386,9 @@ mod tests {
         let tasks: Vec<_> = (0..16)
             .map(|i| {
                 let store = std::sync::Arc::clone(&store);
-                tokio::spawn(async move { pending_code(store.as_ref(), &format!("dev{i}")).await.unwrap() })
+                tokio::spawn(
+                    async move { new_code(store.as_ref(), &format!("dev{i}"), "c", None, HOUR).await.unwrap() },
+                )
             })
             .collect();
         for (i, task) in tasks.into_iter().enumerate() {

@@ -4,16 +4,22 @@
 //! |---|---|
 //! | `GET /`, `GET /xiaozhi/v1/` | 200 `Server is running` |
 //! | `GET /health` | 200 `{"status":"ok"}` |
-//! | `GET /metrics` | Prometheus metrics, OpenMetrics text (see [`crate::metrics`]) |
+//! | `GET /metrics` | Prometheus metrics, OpenMetrics text (see [`crate::metrics`]); admin |
 //! | `GET /xiaozhi/ota/` | 200 text naming the WebSocket URL devices are given |
 //! | `POST /xiaozhi/ota/` | the OTA check answer ([`ota`]) |
 //! | `POST /xiaozhi/ota/activate` | 202 until the device is bound, then 200 `success` |
 //! | `GET /xiaozhi/ota/download/<file>` | the firmware image `data/bin/<file>` |
+//! | `GET /xiaozhi/extensions` | what extensions serve; admin |
+//! | `POST /xiaozhi/extensions/reload` | reloads the extension folders; admin |
 //! | `OPTIONS *` | 204 |
 //! | anything else | 404 |
 //!
 //! Every response carries permissive CORS headers. Request bodies are capped at [`MAX_BODY`]
-//! bytes (413 beyond).
+//! bytes (413 beyond) and must arrive within `limits.http_body_timeout_ms` (408 beyond).
+//!
+//! **Admin routes** answer only on the HTTP port (on the WebSocket port they do not exist: 404),
+//! and only to `Authorization: Bearer <server.admin_token>`, or, when no admin token is set, to
+//! callers on this machine (loopback); others get 401 or 403.
 //!
 //! OTA errors follow the Python server where the firmware can see them: a malformed report gets
 //! HTTP 200 `{"success":false,"message":"request error."}`. A missing `Device-Id` header is a 400
@@ -21,9 +27,11 @@
 
 pub mod activation;
 pub mod firmware;
+pub mod limit;
 pub mod ota;
 pub mod probe;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -42,6 +50,16 @@ pub const MAX_BODY: usize = 64 * 1024;
 
 /// Path prefix of firmware downloads.
 const DOWNLOAD_PREFIX: &str = "/xiaozhi/ota/download/";
+
+/// Who sent a request: set by the server on every plain HTTP request (a request without it is
+/// treated as coming from outside, on the WebSocket port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Whether it came in on the HTTP port (`server.http_port`), the only one serving admin routes.
+    pub admin_port: bool,
+}
 
 /// Everything the routes need. Cheap to clone (a watch receiver, a path, an `Arc`).
 #[derive(Debug, Clone)]
@@ -63,6 +81,8 @@ pub struct HttpContext {
     pub store: Arc<dyn crate::store::Store>,
     /// The server's metrics (`GET /metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// New activation codes per caller address (`limits.new_devices_per_ip_per_minute`).
+    pub new_devices: Arc<limit::RateLimit>,
 }
 
 /// Answers one plain HTTP request. Never fails: every problem is an HTTP status.
@@ -91,6 +111,11 @@ where
 {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    if is_admin_route(&path)
+        && let Some(refused) = refuse_admin(&req, ctx)
+    {
+        return refused;
+    }
     match (&method, path.as_str()) {
         (&Method::OPTIONS, _) => empty(StatusCode::NO_CONTENT),
         (&Method::GET, "/" | "/xiaozhi/v1/" | "/xiaozhi/v1") => text(StatusCode::OK, "Server is running"),
@@ -130,14 +155,57 @@ where
     }
 }
 
+/// Whether `path` is an admin route (see the module documentation).
+fn is_admin_route(path: &str) -> bool {
+    path == "/metrics" || path == "/xiaozhi/extensions" || path.starts_with("/xiaozhi/extensions/")
+}
+
+/// The refusal of an admin route for this caller, if it is refused.
+fn refuse_admin<B>(req: &Request<B>, ctx: &HttpContext) -> Option<Response<Full<Bytes>>> {
+    let caller = req.extensions().get::<Caller>().copied().filter(|caller| caller.admin_port);
+    let Some(caller) = caller else {
+        // Not on the HTTP port: as if the route did not exist.
+        return Some(json_response(StatusCode::NOT_FOUND, &json!({"success": false, "message": "not found"})));
+    };
+    let token = ctx.config.borrow().server.admin_token.clone();
+    if token.is_empty() {
+        if caller.peer.ip().to_canonical().is_loopback() {
+            return None;
+        }
+        tracing::warn!(peer = %caller.peer, "admin route refused: not loopback and no server.admin_token is set");
+        return Some(json_response(
+            StatusCode::FORBIDDEN,
+            &json!({"success": false, "message": "admin routes answer only this machine unless server.admin_token is set"}),
+        ));
+    }
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let given = given.strip_prefix("Bearer ").or_else(|| given.strip_prefix("bearer ")).unwrap_or_default().trim();
+    if same_secret(given, &token) {
+        return None;
+    }
+    tracing::warn!(peer = %caller.peer, "admin route refused: wrong or missing admin token");
+    let mut response =
+        json_response(StatusCode::UNAUTHORIZED, &json!({"success": false, "message": "admin token required"}));
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Some(response)
+}
+
+/// Compares two secrets without leaking, through timing, how much of them matches (the digests
+/// are compared; their equal prefix says nothing about the secret's).
+fn same_secret(given: &str, expected: &str) -> bool {
+    use sha2::Digest;
+    sha2::Sha256::digest(given.as_bytes()) == sha2::Sha256::digest(expected.as_bytes())
+}
+
 /// Why a body could not be read.
 enum BodyError {
     TooLarge,
+    TimedOut,
     Broken(String),
 }
 
-/// Reads a request body of at most [`MAX_BODY`] bytes.
-async fn read_body<B>(headers: &HeaderMap, body: B) -> Result<Bytes, BodyError>
+/// Reads a request body of at most [`MAX_BODY`] bytes, within `limits.http_body_timeout_ms`.
+async fn read_body<B>(headers: &HeaderMap, body: B, ctx: &HttpContext) -> Result<Bytes, BodyError>
 where
     B: Body,
     B::Data: Buf,
@@ -148,10 +216,12 @@ where
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(BodyError::TooLarge);
     }
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(BodyError::TooLarge),
-        Err(e) => Err(BodyError::Broken(e.to_string())),
+    let timeout = std::time::Duration::from_millis(ctx.config.borrow().limits.http_body_timeout_ms);
+    match tokio::time::timeout(timeout, Limited::new(body, MAX_BODY).collect()).await {
+        Err(_) => Err(BodyError::TimedOut),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(BodyError::TooLarge),
+        Ok(Err(e)) => Err(BodyError::Broken(e.to_string())),
     }
 }
 
@@ -161,6 +231,10 @@ fn body_error(e: BodyError) -> Response<Full<Bytes>> {
         BodyError::TooLarge => json_response(
             StatusCode::PAYLOAD_TOO_LARGE,
             &json!({"success": false, "message": format!("request body over {MAX_BODY} bytes")}),
+        ),
+        BodyError::TimedOut => json_response(
+            StatusCode::REQUEST_TIMEOUT,
+            &json!({"success": false, "message": "the request body did not arrive in time"}),
         ),
         BodyError::Broken(e) => {
             tracing::debug!("request body unreadable: {e}");
@@ -173,14 +247,30 @@ fn missing_device_id() -> Response<Full<Bytes>> {
     json_response(StatusCode::BAD_REQUEST, &json!({"success": false, "message": "missing Device-Id header"}))
 }
 
+/// Longest `Device-Id` or `Client-Id` accepted, bytes (a MAC address has 17, a UUID 36).
+pub const MAX_ID_BYTES: usize = 128;
+
+fn bad_id(name: &str, why: &str) -> Response<Full<Bytes>> {
+    json_response(StatusCode::BAD_REQUEST, &json!({"success": false, "message": format!("bad {name}: {why}")}))
+}
+
+fn activation_unavailable(device: &str, e: &activation::ActivationError) -> Response<Full<Bytes>> {
+    tracing::error!(%device, "activation state unavailable: {e}");
+    json_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &json!({"success": false, "message": "activation state unavailable"}),
+    )
+}
+
 async fn ota_check<B>(req: Request<B>, ctx: &HttpContext) -> Response<Full<Bytes>>
 where
     B: Body,
     B::Data: Buf,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let caller = req.extensions().get::<Caller>().copied();
     let (parts, body) = req.into_parts();
-    let body = match read_body(&parts.headers, body).await {
+    let body = match read_body(&parts.headers, body, ctx).await {
         Ok(b) => b,
         Err(e) => return body_error(e),
     };
@@ -192,25 +282,25 @@ where
             return json_response(StatusCode::OK, &json!({"success": false, "message": "request error."}));
         }
     };
+    for (name, id) in [("Device-Id", &request.device_id), ("Client-Id", &request.client_id)] {
+        if let Err(why) = crate::auth::check_id(id, MAX_ID_BYTES) {
+            return bad_id(name, &why);
+        }
+    }
     let config = ctx.config.borrow().clone();
     let device = request.device_id.clone();
-    let code = if config.activation.enabled && !activation::is_bound(ctx.store.as_ref(), &device).await {
-        match activation::pending_code(ctx.store.as_ref(), &device).await {
-            Ok(code) => Some(code),
-            Err(e) => {
-                tracing::error!(%device, "OTA check failed: {e}");
-                return json_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &json!({"success": false, "message": "activation state unavailable"}),
-                );
-            }
+    let serial = ota::header(&parts.headers, "serial-number");
+    let decision = if config.activation.enabled {
+        match activation_of(ctx, &config, &request, caller, serial.as_deref()).await {
+            Ok(decision) => decision,
+            Err(refused) => return refused,
         }
     } else {
-        None
+        ota::OtaActivation::Admitted
     };
     let (data_dir, key, ws_port) = (ctx.data_dir.clone(), ctx.auth_key.to_string(), ctx.ws_port);
     let built = tokio::task::spawn_blocking(move || {
-        ota::answer(&request, &config, &data_dir, &key, ws_port, SystemTime::now(), code.as_deref())
+        ota::answer(&request, &config, &data_dir, &key, ws_port, SystemTime::now(), &decision)
     })
     .await;
     match built {
@@ -225,6 +315,64 @@ where
     }
 }
 
+/// With activation on: what the OTA answer says to this device and client (see
+/// [`activation`]), or the refusal (429 over the new-device rate, 500 when the state is
+/// unreadable).
+async fn activation_of(
+    ctx: &HttpContext,
+    config: &Config,
+    request: &ota::OtaRequest,
+    caller: Option<Caller>,
+    serial: Option<&str>,
+) -> Result<ota::OtaActivation, Response<Full<Bytes>>> {
+    let store = ctx.store.as_ref();
+    let device = &request.device_id;
+    match activation::binding(store, device).await {
+        Err(e) => return Err(activation_unavailable(device, &e)),
+        Ok(Some(bound)) if bound.admits(&request.client_id) => return Ok(ota::OtaActivation::Admitted),
+        Ok(Some(bound)) => {
+            if bound.client_id.as_deref().is_some_and(|c| c != request.client_id) {
+                tracing::warn!(%device, client = %request.client_id, "OTA check for a bound device from another Client-Id: no token");
+                return Ok(ota::OtaActivation::Withheld { challenge: None });
+            }
+            // The key proof is owed: the device polls /activate with it.
+            return Ok(ota::OtaActivation::Withheld { challenge: bound.proof.map(|p| p.challenge) });
+        }
+        Ok(None) => {}
+    }
+    match activation::pending(store, device, &request.client_id).await {
+        Err(e) => return Err(activation_unavailable(device, &e)),
+        Ok(Some((code, pending))) => {
+            let challenge = pending.proof.map(|p| p.challenge).unwrap_or_else(|| device.clone());
+            return Ok(ota::OtaActivation::Code { code, challenge });
+        }
+        Ok(None) => {}
+    }
+    let peer = caller.map(|c| c.peer.ip()).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+    let per_minute = config.limits.new_devices_per_ip_per_minute;
+    if !ctx.new_devices.allow(peer, per_minute, std::time::Instant::now()) {
+        tracing::warn!(%device, %peer, "OTA check refused: over {per_minute} new devices a minute from this address");
+        ctx.metrics.limit_hit("new_devices_per_ip_per_minute");
+        let mut refused = json_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &json!({"success": false, "message": "too many new devices from this address; try again in a minute"}),
+        );
+        refused.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        return Err(refused);
+    }
+    let proof = serial.filter(|s| config.activation.hmac_keys.contains_key(*s)).map(|serial| activation::KeyProof {
+        serial: serial.to_owned(),
+        challenge: activation::random_challenge(),
+        proven: false,
+    });
+    let challenge = proof.as_ref().map(|p| p.challenge.clone()).unwrap_or_else(|| device.clone());
+    let ttl = std::time::Duration::from_secs(config.limits.activation_code_ttl);
+    match activation::new_code(store, device, &request.client_id, proof, ttl).await {
+        Ok(code) => Ok(ota::OtaActivation::Code { code, challenge }),
+        Err(e) => Err(activation_unavailable(device, &e)),
+    }
+}
+
 async fn ota_activate<B>(req: Request<B>, ctx: &HttpContext) -> Response<Full<Bytes>>
 where
     B: Body,
@@ -232,18 +380,30 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (parts, body) = req.into_parts();
-    // The body (`{}` or the eFuse HMAC proof) is read to honour the size cap but not checked: we do
-    // not know the devices' eFuse keys; binding is the owner's `bind <code>`.
-    if let Err(e) = read_body(&parts.headers, body).await {
-        return body_error(e);
-    }
+    let body = match read_body(&parts.headers, body, ctx).await {
+        Ok(body) => body,
+        Err(e) => return body_error(e),
+    };
     let Some(device_id) = ota::header(&parts.headers, "device-id") else {
         return missing_device_id();
     };
-    if !ctx.config.borrow().activation.enabled {
+    let client_id = ota::header(&parts.headers, "client-id").unwrap_or_default();
+    let config = ctx.config.borrow().clone();
+    if !config.activation.enabled {
         return text(StatusCode::OK, "success");
     }
-    if activation::is_bound(ctx.store.as_ref(), &device_id).await {
+    let store = ctx.store.as_ref();
+    // A device with an eFuse key proves it here: `{"serial_number", "challenge", "hmac"}`.
+    let request: activation::ActivateRequest = serde_json::from_slice(&body).unwrap_or_default();
+    if let Some(key) = config.activation.hmac_keys.get(&request.serial_number) {
+        let ttl = std::time::Duration::from_secs(config.limits.activation_code_ttl);
+        match activation::prove(store, &device_id, &client_id, key, &request, ttl).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(device = %device_id, "activation: the key proof does not verify"),
+            Err(e) => return activation_unavailable(&device_id, &e),
+        }
+    }
+    if activation::admits(store, &device_id, &client_id).await {
         text(StatusCode::OK, "success")
     } else {
         text(StatusCode::ACCEPTED, "waiting for activation")
@@ -339,6 +499,7 @@ mod tests {
             extensions: None,
             store: Arc::new(crate::store::memory::MemoryStore::new()),
             metrics: crate::metrics::Metrics::new(),
+            new_devices: Arc::new(limit::RateLimit::new()),
         };
         Fixture { _dir: dir, ctx, _tx: tx }
     }
@@ -474,6 +635,7 @@ mod tests {
         let activate = || {
             Request::post("/xiaozhi/ota/activate")
                 .header("Device-Id", DEVICE)
+                .header("Client-Id", CLIENT)
                 .body(Full::new(Bytes::from_static(b"{}")))
                 .unwrap()
         };
@@ -497,6 +659,111 @@ mod tests {
         assert_eq!(call(activate(), &off.ctx).await.0, StatusCode::OK);
         let no_id = Request::post("/xiaozhi/ota/activate").body(Full::new(Bytes::new())).unwrap();
         assert_eq!(call(no_id, &f.ctx).await.0, StatusCode::BAD_REQUEST);
+    }
+
+    /// An OTA check of `device` from `client`, coming from `peer`.
+    fn ota_from(device: &str, client: &str, peer: &str) -> Request<Full<Bytes>> {
+        let mut req = Request::post("/xiaozhi/ota/")
+            .header("Host", "192.168.1.10:8003")
+            .header("Device-Id", device)
+            .header("Client-Id", client)
+            .body(Full::new(Bytes::from(REPORT)))
+            .unwrap();
+        req.extensions_mut().insert(Caller { peer: peer.parse().unwrap(), admin_port: true });
+        req
+    }
+
+    #[tokio::test]
+    async fn a_stranger_with_a_bound_devices_mac_gets_no_token() {
+        let f = fixture(|c| {
+            c.activation.enabled = true;
+            c.server.auth.enabled = true;
+        });
+        let peer = "10.0.0.5:4000";
+        let json = |body: &Bytes| serde_json::from_slice::<Value>(body).unwrap();
+        let mine = json(&call(ota_from(DEVICE, CLIENT, peer), &f.ctx).await.2);
+        let code = mine["activation"]["code"].as_str().unwrap().to_owned();
+        // Someone else sends the same MAC address first or later: they get their own code, never
+        // the one on the owner's screen.
+        let theirs = json(&call(ota_from(DEVICE, "intruder", peer), &f.ctx).await.2);
+        assert_ne!(theirs["activation"]["code"].as_str(), Some(code.as_str()));
+        activation::bind(f.ctx.store.as_ref(), &code).await.unwrap();
+        let mine = json(&call(ota_from(DEVICE, CLIENT, peer), &f.ctx).await.2);
+        assert!(mine["websocket"]["token"].is_string(), "the owner's device gets its token: {mine}");
+        let theirs = json(&call(ota_from(DEVICE, "intruder", peer), &f.ctx).await.2);
+        assert!(theirs["websocket"].get("token").is_none(), "a stranger gets none: {theirs}");
+        assert!(theirs.get("activation").is_none());
+        // A separator in an id is refused before anything is signed.
+        let (status, _, _) = call(ota_from("x|V", CLIENT, peer), &f.ctx).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn new_devices_are_rate_limited_per_address_and_their_codes_expire() {
+        let f = fixture(|c| {
+            c.activation.enabled = true;
+            c.limits.new_devices_per_ip_per_minute = 3;
+            c.limits.activation_code_ttl = 1;
+        });
+        let statuses: Vec<StatusCode> = futures_util::future::join_all(
+            (0..5).map(|i| call(ota_from(&format!("aa:bb:cc:00:00:{i:02}"), CLIENT, "10.0.0.5:1"), &f.ctx)),
+        )
+        .await
+        .into_iter()
+        .map(|(status, ..)| status)
+        .collect();
+        assert_eq!(statuses.iter().filter(|s| **s == StatusCode::OK).count(), 3, "{statuses:?}");
+        assert_eq!(statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count(), 2);
+        // The devices that got a code ask again: the same code, no new one counted.
+        assert_eq!(call(ota_from("aa:bb:cc:00:00:00", CLIENT, "10.0.0.5:1"), &f.ctx).await.0, StatusCode::OK);
+        // Another address has its own count.
+        assert_eq!(call(ota_from("aa:bb:cc:00:00:09", CLIENT, "10.0.0.6:1"), &f.ctx).await.0, StatusCode::OK);
+        assert!(!f.ctx.store.keys("activation/").await.unwrap().is_empty());
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        assert!(f.ctx.store.keys("activation/").await.unwrap().is_empty(), "waiting devices expire with their code");
+        assert!(f.ctx.metrics.render().contains("xiaozhi_limits_hit_total{limit=\"new_devices_per_ip_per_minute\"} 2"));
+    }
+
+    #[tokio::test]
+    async fn admin_routes_need_the_http_port_and_loopback_or_the_token() {
+        let admin = |path: &str, peer: &str, admin_port: bool, token: Option<&str>| {
+            let mut req = Request::get(path);
+            if let Some(token) = token {
+                req = req.header("Authorization", format!("Bearer {token}"));
+            }
+            let mut req = req.body(Full::new(Bytes::new())).unwrap();
+            req.extensions_mut().insert(Caller { peer: peer.parse().unwrap(), admin_port });
+            req
+        };
+        let open = fixture(|_| {});
+        for path in ["/metrics", "/xiaozhi/extensions"] {
+            let status = |req| async { call(req, &open.ctx).await.0 };
+            assert_eq!(
+                status(admin(path, "127.0.0.1:1", false, None)).await,
+                StatusCode::NOT_FOUND,
+                "{path} on the WebSocket port"
+            );
+            assert_eq!(
+                status(admin(path, "192.168.1.9:1", true, None)).await,
+                StatusCode::FORBIDDEN,
+                "{path} from the LAN"
+            );
+            assert_ne!(
+                status(admin(path, "127.0.0.1:1", true, None)).await,
+                StatusCode::FORBIDDEN,
+                "{path} from loopback"
+            );
+            assert_ne!(status(admin(path, "[::1]:1", true, None)).await, StatusCode::FORBIDDEN, "{path} from ::1");
+        }
+        let reload = Request::post("/xiaozhi/extensions/reload").body(Full::new(Bytes::new())).unwrap();
+        assert_eq!(call(reload, &open.ctx).await.0, StatusCode::NOT_FOUND, "a request without a caller is refused");
+
+        let locked = fixture(|c| c.server.admin_token = "s3cret".into());
+        let status = |req| async { call(req, &locked.ctx).await.0 };
+        assert_eq!(status(admin("/metrics", "127.0.0.1:1", true, None)).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(admin("/metrics", "192.168.1.9:1", true, Some("wrong"))).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(admin("/metrics", "192.168.1.9:1", true, Some("s3cret"))).await, StatusCode::OK);
+        assert_eq!(status(admin("/metrics", "192.168.1.9:1", false, Some("s3cret"))).await, StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]

@@ -42,6 +42,28 @@ pub enum OtaRequestError {
     MalformedBody,
 }
 
+/// What the OTA answer says about activation, and whether it may carry the device's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OtaActivation {
+    /// Activation is off, or the device is bound and this request may act as it: the answer
+    /// carries a token when `server.auth` asks for one.
+    Admitted,
+    /// The device is bound, but this request gets no token: it comes from another `Client-Id`,
+    /// or (with a challenge) the device still owes the proof of its eFuse key, which it gives by
+    /// polling `/xiaozhi/ota/activate`.
+    Withheld {
+        /// The challenge to sign, when the key proof is owed.
+        challenge: Option<String>,
+    },
+    /// The device waits to be bound: its code, and the challenge it polls with.
+    Code {
+        /// The 6-digit code.
+        code: String,
+        /// The challenge (the device id, or a random one for a device with a key).
+        challenge: String,
+    },
+}
+
 /// A non-empty header value, trimmed.
 pub fn header(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get(name)?.to_str().ok().map(str::trim).filter(|v| !v.is_empty()).map(str::to_string)
@@ -137,9 +159,9 @@ fn epoch_ms(now: SystemTime) -> u64 {
 
 /// Builds the OTA answer (device-protocol.md §5.2) for one check at `now`.
 ///
-/// `activation_code` is the device's pending code when activation is on and it is not bound
-/// (see [`activation::pending_code`]). Reads the firmware directory (blocking file I/O): run it
-/// off the async workers.
+/// `activation` says what the device is to activation (see [`activation`]) and whether the answer
+/// may carry its token. Reads the firmware directory (blocking file I/O): run it off the async
+/// workers.
 pub fn answer(
     req: &OtaRequest,
     config: &Config,
@@ -147,7 +169,7 @@ pub fn answer(
     auth_key: &str,
     ws_port: u16,
     now: SystemTime,
-    activation_code: Option<&str>,
+    activation: &OtaActivation,
 ) -> Value {
     let mut out = Map::new();
     out.insert(
@@ -173,7 +195,7 @@ pub fn answer(
     let mut websocket = Map::new();
     websocket.insert("url".into(), websocket_url(config, req.host.as_deref(), ws_port).into());
     let auth = Authenticator::new(auth_key.to_string(), &config.server.auth);
-    if auth.requires_token(&req.device_id) {
+    if auth.requires_token(&req.device_id) && *activation == OtaActivation::Admitted {
         let secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
         websocket.insert("token".into(), auth.issue(&req.client_id, &req.device_id, secs).into());
     }
@@ -188,15 +210,22 @@ pub fn answer(
         );
     }
 
-    if let Some(code) = activation_code {
-        out.insert(
-            "activation".into(),
-            json!({
-                "code": code,
-                "message": config.activation.message.replace("{code}", code),
-                "challenge": req.device_id,
-            }),
-        );
+    match activation {
+        OtaActivation::Code { code, challenge } => {
+            out.insert(
+                "activation".into(),
+                json!({
+                    "code": code,
+                    "message": config.activation.message.replace("{code}", code.as_str()),
+                    "challenge": challenge,
+                    "timeout_ms": config.limits.activation_code_ttl.saturating_mul(1000),
+                }),
+            );
+        }
+        OtaActivation::Withheld { challenge: Some(challenge) } => {
+            out.insert("activation".into(), json!({"message": "Activating", "challenge": challenge}));
+        }
+        OtaActivation::Withheld { challenge: None } | OtaActivation::Admitted => {}
     }
     Value::Object(out)
 }

@@ -74,6 +74,20 @@ impl ChatMessage {
     }
 }
 
+/// `message` bounded for keeping (the dialogue, the stored history): its text cut at `max_bytes`,
+/// and tool-call arguments over `max_bytes` replaced by `{}` (cut JSON would not parse).
+pub fn capped(mut message: ChatMessage, max_bytes: usize) -> ChatMessage {
+    if let std::borrow::Cow::Owned(cut) = crate::text::cut_bytes(&message.content, max_bytes) {
+        message.content = cut;
+    }
+    for call in &mut message.tool_calls {
+        if call.arguments.len() > max_bytes {
+            call.arguments = "{}".into();
+        }
+    }
+    message
+}
+
 /// A tool offered to the model (OpenAI function-calling shape).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolSpec {

@@ -5,18 +5,25 @@
 //! `tools/list` page by page (the cursor is the `nextCursor` the device returns). Tools are then
 //! offered to the LLM under sanitized names, and [`McpClient::call`] sends `tools/call` and waits
 //! (bounded) for the matching response. Ids are numbers: the firmware drops string ids.
+//!
+//! What a device lists is bounded: at most `limits.device_tools` tools (the rest of the list is
+//! ignored, and no further page is asked for) with names of at most `limits.tool_name_chars`
+//! characters; clashing names are made unique in linear time ([`UniqueNames`]), so no tool list
+//! can keep a worker busy.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::connection::Outbox;
+use crate::config::LimitsConfig;
+use crate::connection::{Outbound, Outbox, SendError};
+use crate::metrics::Metrics;
 use crate::protocol::mcp::{self, McpIncoming};
-use crate::protocol::message::ServerMessage;
 
 /// How long each step of the start-up exchange may take.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,19 +44,69 @@ pub struct DeviceTool {
     pub input_schema: Value,
 }
 
+/// Tool lists by fingerprint (see [`intern`]).
+type Lists = HashMap<u64, Vec<Weak<[DeviceTool]>>>;
+
 /// The one shared copy of a device tool list: devices running the same firmware list the same
 /// tools (with their JSON schemas, several KB), so thousands of sessions hold one allocation
-/// instead of one each. Lists no session holds any more are forgotten.
+/// instead of one each. Lists are found by a fingerprint, so the cost does not grow with the
+/// number of different lists; lists no session holds any more are forgotten.
 fn intern(tools: Vec<DeviceTool>) -> Arc<[DeviceTool]> {
-    static LISTS: Mutex<Vec<std::sync::Weak<[DeviceTool]>>> = Mutex::new(Vec::new());
+    // std Mutex: held for a hash lookup and a few comparisons, never across an await.
+    static LISTS: LazyLock<Mutex<Lists>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+    let key = fingerprint(&tools);
     let mut lists = LISTS.lock().unwrap_or_else(|p| p.into_inner());
-    lists.retain(|list| list.strong_count() > 0);
-    if let Some(shared) = lists.iter().filter_map(std::sync::Weak::upgrade).find(|list| **list == *tools) {
+    let bucket = lists.entry(key).or_default();
+    bucket.retain(|list| list.strong_count() > 0);
+    if let Some(shared) = bucket.iter().filter_map(Weak::upgrade).find(|list| **list == *tools) {
         return shared;
     }
     let list: Arc<[DeviceTool]> = Arc::from(tools);
-    lists.push(Arc::downgrade(&list));
+    bucket.push(Arc::downgrade(&list));
+    // Now and then, forget the lists nobody holds (amortised: at each power of two).
+    if lists.len().is_power_of_two() {
+        lists.retain(|_, bucket| bucket.iter().any(|list| list.strong_count() > 0));
+    }
     list
+}
+
+/// A hash of everything a tool list holds.
+fn fingerprint(tools: &[DeviceTool]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for tool in tools {
+        (&tool.name, &tool.exposed, &tool.description, tool.input_schema.to_string()).hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// Hands out unique names in linear time: a name already taken gets `_2`, `_3`, … The next
+/// suffix to try is remembered per name, so n tools of one name cost O(n), not O(n²).
+#[derive(Debug, Default)]
+pub struct UniqueNames {
+    taken: HashSet<String>,
+    next: HashMap<String, usize>,
+}
+
+impl UniqueNames {
+    /// `name` if it is free, else the first free `name_<n>`; the result is taken.
+    pub fn take(&mut self, name: &str) -> String {
+        if self.taken.insert(name.to_owned()) {
+            return name.to_owned();
+        }
+        let next = self.next.entry(name.to_owned()).or_insert(2);
+        loop {
+            let candidate = format!("{name}_{next}");
+            *next += 1;
+            if self.taken.insert(candidate.clone()) {
+                return candidate;
+            }
+        }
+    }
+
+    /// Takes `name` as it is; false if it was already taken.
+    pub fn reserve(&mut self, name: &str) -> bool {
+        self.taken.insert(name.to_owned())
+    }
 }
 
 /// Why a device tool call failed.
@@ -71,6 +128,10 @@ type Pending = HashMap<u64, oneshot::Sender<Result<Value, String>>>;
 /// MCP client state of one session.
 pub struct McpClient {
     outbox: Outbox,
+    /// Most tools taken from the device, and their longest name.
+    max_tools: usize,
+    max_name_chars: usize,
+    metrics: Arc<Metrics>,
     next_id: AtomicU64,
     // std Mutex: held only to insert/remove a map entry, never across an await.
     pending: Mutex<Pending>,
@@ -82,10 +143,13 @@ pub struct McpClient {
 }
 
 impl McpClient {
-    /// A client that sends through `outbox`.
-    pub fn new(outbox: Outbox) -> Arc<Self> {
+    /// A client that sends through `outbox`, taking at most what `limits` allow.
+    pub fn new(outbox: Outbox, limits: &LimitsConfig, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             outbox,
+            max_tools: limits.device_tools,
+            max_name_chars: limits.tool_name_chars,
+            metrics,
             next_id: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             tools: Mutex::new(Arc::from(Vec::new())),
@@ -107,38 +171,51 @@ impl McpClient {
     async fn discover(&self, vision: Option<(String, String)>) -> Result<(), McpCallError> {
         let vision_ref = vision.as_ref().map(|(u, t)| (u.as_str(), t.as_str()));
         self.request(|id| mcp::initialize(id, vision_ref), STARTUP_TIMEOUT).await?;
-        self.send(mcp::initialized_notification()).await;
+        self.send(mcp::initialized_notification())?;
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
+        let (mut long_names, mut over) = (0usize, false);
         for _ in 0..MAX_PAGES {
             let result = self.request(|id| mcp::tools_list(id, cursor.as_deref()), STARTUP_TIMEOUT).await?;
             let (page, next) = mcp::parse_tools_list(&result).map_err(|e| McpCallError::Device(e.to_string()))?;
-            tools.extend(page);
+            for tool in page {
+                if tool.name.chars().count() > self.max_name_chars {
+                    long_names += 1;
+                } else if tools.len() < self.max_tools {
+                    tools.push(tool);
+                } else {
+                    over = true;
+                    break;
+                }
+            }
             match next {
-                Some(next) if Some(&next) != cursor.as_ref() => cursor = Some(next),
+                Some(next) if !over && Some(&next) != cursor.as_ref() => cursor = Some(next),
                 _ => break,
             }
         }
-        let mut exposed: Vec<DeviceTool> = Vec::with_capacity(tools.len());
-        for tool in tools {
-            let mut name = mcp::sanitize_tool_name(&tool.name);
-            // Two device names that sanitize alike (`a.b` and `a_b`) keep both: the later one gets
-            // a numeric suffix, and we say so.
-            let base = name.clone();
-            let mut n = 2;
-            while exposed.iter().any(|t| t.exposed == name) {
-                name = format!("{base}_{n}");
-                n += 1;
-            }
-            if name != base {
-                tracing::warn!("device tool {} renamed to {name} to avoid a clash", tool.name);
-            }
-            exposed.push(DeviceTool {
-                name: tool.name,
-                exposed: name,
-                description: tool.description,
-                input_schema: tool.input_schema,
-            });
+        if long_names > 0 {
+            tracing::warn!("{long_names} device tool(s) ignored: names over {} characters", self.max_name_chars);
+            self.metrics.limit_hit("tool_name_chars");
+        }
+        if over {
+            tracing::warn!("the device lists more than {} tools; the rest are ignored", self.max_tools);
+            self.metrics.limit_hit("device_tools");
+        }
+        // Two device names that sanitize alike (`a.b` and `a_b`) keep both: the later one gets a
+        // numeric suffix, and we say so.
+        let mut names = UniqueNames::default();
+        let mut renamed = 0usize;
+        let exposed: Vec<DeviceTool> = tools
+            .into_iter()
+            .map(|tool| {
+                let base = mcp::sanitize_tool_name(&tool.name);
+                let exposed = names.take(&base);
+                renamed += usize::from(exposed != base);
+                DeviceTool { name: tool.name, exposed, description: tool.description, input_schema: tool.input_schema }
+            })
+            .collect();
+        if renamed > 0 {
+            tracing::warn!("{renamed} device tool(s) renamed with a numeric suffix to avoid a clash");
         }
         tracing::info!("device offers {} MCP tools", exposed.len());
         *self.tools.lock().unwrap_or_else(|p| p.into_inner()) = intern(exposed);
@@ -187,9 +264,9 @@ impl McpClient {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
-        if !self.send(build(id)).await {
+        if let Err(e) = self.send(build(id)) {
             self.forget(id);
-            return Err(McpCallError::Disconnected);
+            return Err(e);
         }
         let outcome = tokio::time::timeout(timeout, rx).await;
         self.forget(id);
@@ -205,8 +282,52 @@ impl McpClient {
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     }
 
-    async fn send(&self, payload: Value) -> bool {
-        let session_id = self.outbox.session_id().to_string();
-        self.outbox.send(ServerMessage::Mcp { payload, session_id }).await
+    fn send(&self, payload: Value) -> Result<(), McpCallError> {
+        self.outbox.send(Outbound::Mcp(payload)).map_err(|e| match e {
+            SendError::Gone => McpCallError::Disconnected,
+            SendError::TooLarge(_) => McpCallError::Device(format!("the request is too large to send: {e}")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clashing_names_are_made_unique_in_linear_time() {
+        // The attack: 20 000 tools all named `a`; renaming used to look up every earlier name for
+        // every suffix tried, cubic in the number of clashes.
+        let started = std::time::Instant::now();
+        let mut names = UniqueNames::default();
+        let taken: Vec<String> = (0..20_000).map(|_| names.take("a")).collect();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+        assert_eq!(taken[0], "a");
+        assert_eq!(taken[1], "a_2");
+        assert_eq!(taken[19_999], "a_20000");
+        let unique: HashSet<&String> = taken.iter().collect();
+        assert_eq!(unique.len(), taken.len());
+        // A suffixed name that a tool already has is skipped.
+        let mut names = UniqueNames::default();
+        assert_eq!(names.take("b_2"), "b_2");
+        assert_eq!(names.take("b"), "b");
+        assert_eq!(names.take("b"), "b_3");
+        assert!(!names.reserve("b"));
+        assert!(names.reserve("c"));
+    }
+
+    #[test]
+    fn equal_tool_lists_share_one_copy() {
+        let tool = |name: &str| DeviceTool {
+            name: name.into(),
+            exposed: name.into(),
+            description: String::new(),
+            input_schema: serde_json::json!({"type": "object"}),
+        };
+        let a = intern(vec![tool("x"), tool("y")]);
+        let b = intern(vec![tool("x"), tool("y")]);
+        let c = intern(vec![tool("x"), tool("z")]);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
     }
 }

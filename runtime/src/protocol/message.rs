@@ -32,7 +32,7 @@ pub enum Inbound {
 }
 
 /// Why a text message could not be understood.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum MessageError {
     /// Over [`MAX_TEXT_MESSAGE`] bytes.
     #[error("message of {0} bytes is over the {MAX_TEXT_MESSAGE}-byte limit")]

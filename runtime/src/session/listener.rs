@@ -17,19 +17,10 @@ use crate::audio::vad::{Vad, VadBatcher, VadEvent};
 use crate::audio::{UPLINK_FRAME_SAMPLES, UPLINK_SAMPLE_RATE};
 use crate::config::SileroVadConfig;
 
+use super::state::Heard;
+
 /// Longest utterance; longer speech is cut and sent to ASR (Whisper's window is 30 s).
 pub const MAX_UTTERANCE_SAMPLES: usize = 30 * UPLINK_SAMPLE_RATE as usize;
-
-/// What one uplink packet led to.
-#[derive(Debug, PartialEq)]
-pub enum Heard {
-    /// Nothing to act on yet.
-    Nothing,
-    /// Speech started (the utterance is being collected): in realtime mode, a barge-in.
-    SpeechStart,
-    /// An utterance ended (VAD end of speech, or the length cap): 16 kHz PCM, pre-roll included.
-    Utterance(Vec<i16>),
-}
 
 /// Listening state of one session.
 pub struct Listener {
@@ -77,7 +68,8 @@ impl Listener {
 
     /// Decodes one uplink Opus packet and updates the utterance. In `manual` mode everything is
     /// buffered (push-to-talk); otherwise Silero VAD decides where the utterance ends (this
-    /// waits for the frame's one or two VAD windows to be run by the batcher).
+    /// waits for the frame's one or two VAD windows to be run by the batcher). An utterance
+    /// ends at the VAD's end of speech, or at the length cap.
     pub async fn push_packet(&mut self, packet: &[u8], manual: bool) -> Result<Heard, AudioError> {
         let n = self.decoder.decode(packet, &mut self.scratch)?;
         let pcm = &self.scratch[..n];
@@ -85,7 +77,7 @@ impl Listener {
             if self.utterance.len() + n <= MAX_UTTERANCE_SAMPLES {
                 self.utterance.extend_from_slice(pcm);
             }
-            return Ok(Heard::Nothing);
+            return Ok(self.nothing());
         }
         if self.vad.in_speech() {
             self.utterance.extend_from_slice(pcm);
@@ -121,7 +113,11 @@ impl Listener {
         } else {
             self.no_voice_samples += n as u64;
         }
-        Ok(Heard::Nothing)
+        Ok(self.nothing())
+    }
+
+    fn nothing(&self) -> Heard {
+        Heard::Nothing { no_voice_ms: self.no_voice_ms() }
     }
 }
 
@@ -198,7 +194,7 @@ mod tests {
         let voice = speech("hello");
         let sent = packets(&voice);
         for packet in &sent {
-            assert_eq!(listener.push_packet(packet, true).await.unwrap(), Heard::Nothing);
+            assert!(matches!(listener.push_packet(packet, true).await.unwrap(), Heard::Nothing { .. }));
         }
         assert_eq!(listener.take_utterance().len(), sent.len() * UPLINK_FRAME_SAMPLES);
         assert!(listener.take_utterance().is_empty());

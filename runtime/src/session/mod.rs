@@ -1,10 +1,18 @@
 //! The per-device session: one task that owns everything about one connected device.
 //!
+//! The rules live in [`state`], a pure state machine (`step(event, now) → actions`); this module
+//! is its shell: it turns what the [`Connection`] yields, what turns report and the clock into
+//! [`state::Event`]s, and performs the [`state::Action`]s that come back. It never touches a
+//! socket: messages go out through the [`Outbox`] (which never waits) and audio through the
+//! session's [`Speaker`].
+//!
 //! Nothing mutable is shared between devices: each session has its own Opus decoder, VAD state,
 //! pre-roll ring, utterance buffer (`listener`), dialogue, speaker and MCP client. (The VAD
-//! *model* is shared and batched across sessions; each session keeps its own recurrent state.) Other tasks (the turn, the
-//! speaker, the writer) talk to it through channels. The loop `select!`s over server shutdown,
-//! finished turns, the socket and a timer.
+//! *model* is shared and batched across sessions; each session keeps its own recurrent state.)
+//! Turns run as their own tasks (ASR, then LLM and TTS) and report back through a channel. The
+//! loop `select!`s over server shutdown, the connection going away, finished turns, the socket
+//! and the state's next deadline, and nothing in it waits on the device, so the timers always
+//! fire.
 //!
 //! Listening: in `auto` and `realtime` modes Silero VAD finds the end of each utterance, counting
 //! silence in audio time (frames received), so a stall of ours can never split an utterance; the
@@ -12,50 +20,38 @@
 //! `listen start` and `listen stop` is the utterance. In `realtime` mode the microphone is heard
 //! while we speak too: speech from the user stops the reply (barge-in) and becomes the next turn.
 
-use std::sync::Arc;
-use std::time::Duration;
+pub mod state;
 
-use futures_util::StreamExt;
+mod listener;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::audio::UPLINK_SAMPLE_RATE;
-use crate::connection::{self, Outbox, WsReader, WsStream};
+use crate::connection::{Connection, Event as Incoming, Outbound, Outbox};
 use crate::extensions::{CallContext, ExtensionScope};
 use crate::llm::{ChatMessage, Role};
 use crate::mcp::McpClient;
 use crate::memory;
-use crate::protocol::frame::{self, ProtocolVersion};
-use crate::protocol::message::{
-    ClientHello, Inbound, Listen, ListenMode, ListenState, ServerMessage, TtsState, parse_inbound,
-};
+use crate::metrics::{GaugeGuard, TurnLabels};
+use crate::protocol::message::ClientHello;
 use crate::services::Services;
 use crate::speaker::Speaker;
-use crate::text;
 use crate::tools::ToolBox;
-use crate::turn::{self, TurnContext, TurnInput, TurnOutcome};
+use crate::turn::{self, TurnContext, TurnOutcome};
 
-mod listener;
-
-use listener::{Heard, Listener};
-
-/// How long a device has to send its hello after connecting.
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+use listener::Listener;
+use state::{Action, Event, Heard, Reply, Rules, State, TurnId};
 
 /// Dialogue messages kept per session (older ones are dropped at a user-message boundary).
 pub const HISTORY_LIMIT: usize = 40;
 
 /// How long a device's registry entry (which instance holds it) lives without a refresh.
-pub const REGISTRY_TTL: Duration = Duration::from_secs(90);
-
-/// How often a session refreshes its registry entry.
-const REGISTRY_REFRESH: Duration = Duration::from_secs(30);
-
-/// Extra wall-clock time after the no-voice timeout before a silent connection is dropped (the
-/// Python server's hard cut: no-voice time + 60 s).
-const HARD_TIMEOUT_MARGIN: Duration = Duration::from_secs(60);
+pub const REGISTRY_TTL: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// Who is connecting, from the upgrade request.
 #[derive(Debug, Clone)]
@@ -64,36 +60,31 @@ pub struct DeviceInfo {
     pub device_id: String,
     /// `Client-Id` (a UUID).
     pub client_id: String,
-    /// `Protocol-Version` header, if any.
-    pub header_version: Option<u32>,
-    /// The connection comes from the MQTT gateway (`?from=mqtt_gateway`): binary v2 framing.
-    pub gateway: bool,
 }
 
 /// Runs one device session to its end. `shutdown` fires when the server stops.
-pub async fn run(ws: WsStream, device: DeviceInfo, services: Arc<Services>, shutdown: CancellationToken) {
-    let _open = crate::metrics::GaugeGuard::new(&services.metrics.sessions);
+pub async fn run(
+    mut connection: Connection,
+    outbox: Outbox,
+    device: DeviceInfo,
+    services: Arc<Services>,
+    shutdown: CancellationToken,
+) {
+    let _open = GaugeGuard::new(&services.metrics.sessions);
     services.metrics.sessions_total.inc();
-    let session_id = uuid::Uuid::new_v4().to_string();
-    let initial = if device.gateway {
-        ProtocolVersion::V2
-    } else {
-        device.header_version.and_then(ProtocolVersion::from_number).unwrap_or(ProtocolVersion::V1)
-    };
-    let (mut reader, outbox, version_tx) = connection::split(ws, session_id.clone(), initial);
-    let span = tracing::info_span!("session", device = %device.device_id, session = %session_id);
-    let mut session = Session::new(device, services, outbox.clone(), version_tx, initial);
+    let span = tracing::info_span!("session", device = %device.device_id, session = %connection.session_id());
+    let mut session = Session::new(device, services, outbox.clone());
     tracing::info!(parent: &span, "device connected");
     session.register(true);
-    let reason = tracing::Instrument::instrument(session.run(&mut reader, &shutdown), span.clone()).await;
+    let end = tracing::Instrument::instrument(session.run(&mut connection, &shutdown), span.clone()).await;
     session.cancel_turn();
     session.register(false);
-    match reason {
-        End::DeviceGone => tracing::info!(parent: &span, "device disconnected"),
+    match end {
+        End::Gone => tracing::info!(parent: &span, "device disconnected"),
         End::Close(why) => {
             tracing::info!(parent: &span, "closing: {why}");
             outbox.close(why).await;
-            connection::drain_after_close(&mut reader).await;
+            connection.drain().await;
         }
     }
     for write in std::mem::take(&mut session.writes) {
@@ -109,109 +100,322 @@ pub async fn run(ws: WsStream, device: DeviceInfo, services: Arc<Services>, shut
 
 /// Why the session loop ended.
 enum End {
-    /// The device dropped the connection (or sent Close).
-    DeviceGone,
+    /// The device dropped the connection (or sent Close), or the connection failed.
+    Gone,
     /// We close, for this reason.
     Close(&'static str),
 }
 
+/// What a turn's tasks report.
+enum TurnReport {
+    /// ASR finished (`None`: it failed).
+    Transcript { turn: TurnId, text: Option<String> },
+    /// The reply is over.
+    Done { turn: TurnId, outcome: TurnOutcome },
+}
+
+/// The running turn, as the shell holds it.
 struct ActiveTurn {
-    id: u64,
+    id: TurnId,
     cancel: CancellationToken,
+    /// When the utterance was complete (or the text arrived): the first-audio metric's start.
+    started: std::time::Instant,
+    /// Counts the turn in `xiaozhi_turns_active` while it lives.
+    _active: GaugeGuard,
 }
 
 struct Session {
     device: DeviceInfo,
     services: Arc<Services>,
     outbox: Outbox,
-    version_tx: tokio::sync::watch::Sender<ProtocolVersion>,
-    version: ProtocolVersion,
-    hello_done: bool,
-    mode: ListenMode,
-    listening: bool,
+    state: State,
+    /// The audio packet of the [`Incoming::Audio`] being stepped, for [`Action::Hear`].
+    packet: Option<Bytes>,
     /// Created by the first audio frame: idle devices cost no decoder, VAD or pre-roll memory.
     listener: Option<Listener>,
-    last_activity: Instant,
-    /// Created on the first reply.
+    /// Created on the first reply (or abort).
     speaker: Option<Speaker>,
     mcp: Option<Arc<McpClient>>,
     history: Vec<ChatMessage>,
-    /// The system prompt set by `change_role`; `None`: the configured prompt.
+    /// The system prompt set by a tool (`change_role`); `None`: the configured prompt.
     prompt: Option<String>,
     turn: Option<ActiveTurn>,
-    next_turn_id: u64,
-    turn_tx: mpsc::Sender<(u64, TurnOutcome)>,
-    turn_rx: mpsc::Receiver<(u64, TurnOutcome)>,
-    goodbye_started: bool,
+    reports_tx: mpsc::Sender<TurnReport>,
+    reports: mpsc::Receiver<TurnReport>,
     bad_frames: u64,
-    registered_at: Instant,
     /// Store writes in flight (history, registry); awaited before the session ends, so a server
     /// shutdown (which waits for sessions) never cuts them off.
     writes: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Session {
-    fn new(
-        device: DeviceInfo,
-        services: Arc<Services>,
-        outbox: Outbox,
-        version_tx: tokio::sync::watch::Sender<ProtocolVersion>,
-        version: ProtocolVersion,
-    ) -> Self {
-        let (turn_tx, turn_rx) = mpsc::channel(4);
+    fn new(device: DeviceInfo, services: Arc<Services>, outbox: Outbox) -> Self {
+        let (reports_tx, reports) = mpsc::channel(4);
+        let state = State::new(Rules::of(&services.config), Instant::now().into_std());
         Self {
             device,
             services,
             outbox,
-            version_tx,
-            version,
-            hello_done: false,
-            mode: ListenMode::Auto,
-            listening: false,
+            state,
+            packet: None,
             listener: None,
-            last_activity: Instant::now(),
             speaker: None,
             mcp: None,
             history: Vec::new(),
             prompt: None,
             turn: None,
-            next_turn_id: 1,
-            turn_tx,
-            turn_rx,
-            goodbye_started: false,
+            reports_tx,
+            reports,
             bad_frames: 0,
-            registered_at: Instant::now(),
             writes: Vec::new(),
         }
     }
 
-    async fn run(&mut self, reader: &mut WsReader, shutdown: &CancellationToken) -> End {
-        let connected = Instant::now();
-        let mut timer = tokio::time::interval(Duration::from_secs(1));
-        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    async fn run(&mut self, connection: &mut Connection, shutdown: &CancellationToken) -> End {
         loop {
-            let step = tokio::select! {
+            let deadline = Instant::from_std(self.state.deadline());
+            let event = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => Some(End::Close("server shutting down")),
-                Some((id, outcome)) = self.turn_rx.recv() => self.on_turn_done(id, outcome),
-                msg = reader.next() => match msg {
-                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Some(End::DeviceGone),
-                    Some(Ok(Message::Text(t))) => self.on_text(t.as_str()).await,
-                    Some(Ok(Message::Binary(b))) => self.on_binary(&b).await,
-                    Some(Ok(_)) => None,
+                _ = shutdown.cancelled() => Event::Shutdown,
+                _ = self.outbox.gone() => Event::WireGone,
+                Some(report) = self.reports.recv() => self.on_report(report),
+                incoming = connection.recv() => match self.on_incoming(incoming) {
+                    Some(event) => event,
+                    None => continue,
                 },
-                _ = timer.tick() => self.on_timer(connected),
+                _ = tokio::time::sleep_until(deadline) => Event::Tick,
             };
-            if let Some(end) = step {
+            if let Some(end) = self.apply(event).await {
                 return end;
             }
+        }
+    }
+
+    /// What the connection yielded, as a state event (`None`: nothing for the rules).
+    fn on_incoming(&mut self, incoming: Incoming) -> Option<Event> {
+        Some(match incoming {
+            Incoming::Message(message) => Event::Message(message),
+            Incoming::BadMessage(e) => {
+                tracing::warn!("bad message from device: {e}");
+                Event::BadMessage(e.to_string())
+            }
+            Incoming::Audio { opus, .. } => {
+                self.packet = Some(opus);
+                Event::Audio
+            }
+            Incoming::BadAudio(e) => {
+                self.count_bad_frame(&e);
+                return None;
+            }
+            Incoming::Gone => Event::WireGone,
+        })
+    }
+
+    /// Steps the state with `first` and everything its actions lead to; performs the actions.
+    async fn apply(&mut self, first: Event) -> Option<End> {
+        let mut events = VecDeque::from([first]);
+        while let Some(event) = events.pop_front() {
+            for action in self.state.step(event, Instant::now().into_std()) {
+                match action {
+                    Action::AnswerHello(hello) => self.answer_hello(hello),
+                    Action::SendError(message) => self.send(Outbound::Error(message)),
+                    Action::Pong => self.send(Outbound::Pong),
+                    Action::ForwardMcp(payload) => match &self.mcp {
+                        Some(mcp) => mcp.handle_incoming(&payload),
+                        None => tracing::debug!("MCP message from a device that did not announce MCP"),
+                    },
+                    Action::Hear { manual } => {
+                        if let Some(heard) = self.hear(manual).await {
+                            events.push_back(Event::Heard(heard));
+                        }
+                    }
+                    Action::EndUtterance => {
+                        let pcm = self.listener.as_mut().map(Listener::take_utterance).unwrap_or_default();
+                        if !pcm.is_empty() {
+                            events.push_back(Event::Heard(Heard::Utterance(pcm)));
+                        }
+                    }
+                    Action::ResetListener => {
+                        if let Some(listener) = &mut self.listener {
+                            listener.reset();
+                        }
+                    }
+                    Action::CancelTurn => self.cancel_turn(),
+                    Action::StopSpeaking => self.speaker().stop(),
+                    Action::Stt(text) => self.send(Outbound::Stt(text)),
+                    Action::Recognise { turn, pcm } => self.recognise(turn, pcm),
+                    Action::Reply { turn, to } => self.reply(turn, to),
+                    Action::HeardNothing => {
+                        tracing::debug!("no words recognized");
+                        self.count_turn("heard_nothing");
+                    }
+                    Action::Register => self.register(true),
+                    Action::Close(why) => return Some(End::Close(why)),
+                    Action::End => return Some(End::Gone),
+                }
+            }
+            // The shell's turn follows the state's (a transcript without words ends it).
+            if self.turn.as_ref().map(|t| t.id) != self.state.turn() {
+                self.turn = None;
+            }
+        }
+        None
+    }
+
+    /// Queues a message; a full queue closes the connection, which the loop then sees.
+    fn send(&self, message: Outbound) {
+        let _ = self.outbox.send(message);
+    }
+
+    fn answer_hello(&mut self, hello: ClientHello) {
+        let config = &self.services.config;
+        self.send(Outbound::Hello { audio_params: config.xiaozhi.audio_params.clone() });
+        if let Some(params) = &hello.audio_params
+            && params.sample_rate.is_some_and(|r| r != crate::audio::UPLINK_SAMPLE_RATE)
+        {
+            tracing::warn!(
+                "device announces uplink {:?} Hz; decoding as 16 kHz like the firmware sends",
+                params.sample_rate
+            );
+        }
+        if hello.features.mcp && self.mcp.is_none() {
+            let mcp = McpClient::new(self.outbox.clone(), &config.limits, Arc::clone(&self.services.metrics));
+            let vision = Some(config.server.vision_explain.clone())
+                .filter(|url| !url.is_empty())
+                .map(|url| (url, String::new()));
+            mcp.start(vision);
+            self.mcp = Some(mcp);
+        }
+        tracing::info!("hello: mcp {}", hello.features.mcp);
+    }
+
+    /// Runs the audio packet being stepped through the listener (made on first use).
+    async fn hear(&mut self, manual: bool) -> Option<Heard> {
+        let packet = self.packet.take()?;
+        if self.listener.is_none() {
+            match Listener::new(Arc::clone(&self.services.vad), &self.services.vad_config) {
+                Ok(listener) => self.listener = Some(listener),
+                Err(e) => {
+                    tracing::error!("cannot start listening: {e}");
+                    return None;
+                }
+            }
+        }
+        let listener = self.listener.as_mut()?;
+        match listener.push_packet(&packet, manual).await {
+            Ok(heard) => Some(heard),
+            Err(e) => {
+                self.count_bad_frame(&e);
+                None
+            }
+        }
+    }
+
+    fn count_bad_frame(&mut self, error: &dyn std::fmt::Display) {
+        self.bad_frames += 1;
+        if self.bad_frames.is_power_of_two() {
+            tracing::warn!("dropped bad audio frame ({} so far): {error}", self.bad_frames);
+        }
+    }
+
+    fn count_turn(&self, outcome: &'static str) {
+        self.services.metrics.turns.get_or_create(&TurnLabels { outcome }).inc();
+    }
+
+    /// The session's speaker, started on first use.
+    fn speaker(&mut self) -> Speaker {
+        let config = &self.services.config;
+        self.speaker
+            .get_or_insert_with(|| Speaker::spawn(self.outbox.clone(), &config.xiaozhi.audio_params, &config.audio))
+            .clone()
+    }
+
+    /// The cancellation token and start time of the running turn `id`, made if it is new.
+    fn active(&mut self, id: TurnId) -> (CancellationToken, std::time::Instant) {
+        if let Some(turn) = self.turn.as_ref().filter(|t| t.id == id) {
+            return (turn.cancel.clone(), turn.started);
+        }
+        let turn = ActiveTurn {
+            id,
+            cancel: CancellationToken::new(),
+            started: std::time::Instant::now(),
+            _active: GaugeGuard::new(&self.services.metrics.turns_active),
+        };
+        let handles = (turn.cancel.clone(), turn.started);
+        self.turn = Some(turn);
+        handles
+    }
+
+    /// A turn starts: ASR on the utterance, in its own task.
+    fn recognise(&mut self, id: TurnId, pcm: Vec<i16>) {
+        let (cancel, _) = self.active(id);
+        let (services, reports) = (Arc::clone(&self.services), self.reports_tx.clone());
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            let text = tokio::select! {
+                _ = cancel.cancelled() => return,
+                text = turn::recognise(&services, &pcm) => text,
+            };
+            let _ = reports.send(TurnReport::Transcript { turn: id, text }).await;
+        }));
+    }
+
+    /// The LLM and TTS answer, in the turn's own task.
+    fn reply(&mut self, id: TurnId, to: Reply) {
+        let speaker = self.speaker();
+        let extensions = self.extension_scope();
+        let (cancel, started) = self.active(id);
+        let ctx = TurnContext {
+            reply: to,
+            services: Arc::clone(&self.services),
+            history: self.history.clone(),
+            outbox: self.outbox.clone(),
+            speaker,
+            tools: ToolBox::new(self.mcp.clone(), extensions.clone()),
+            started,
+            extensions,
+            prompt: self.prompt.clone(),
+            cancel,
+        };
+        let reports = self.reports_tx.clone();
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            let outcome = turn::run(ctx).await;
+            let _ = reports.send(TurnReport::Done { turn: id, outcome }).await;
+        }));
+    }
+
+    /// A turn's report as a state event; a finished reply's messages join the dialogue and the
+    /// stored history whether or not the turn was cancelled meanwhile.
+    fn on_report(&mut self, report: TurnReport) -> Event {
+        match report {
+            TurnReport::Transcript { turn, text } => Event::Transcript { turn, text },
+            TurnReport::Done { turn, outcome } => {
+                let cap = self.services.config.limits.history_entry_bytes;
+                let messages: Vec<ChatMessage> =
+                    outcome.messages.into_iter().map(|message| crate::llm::capped(message, cap)).collect();
+                self.save_history(&messages);
+                self.history.extend(messages);
+                if outcome.prompt.is_some() {
+                    self.prompt = outcome.prompt;
+                }
+                trim_history(&mut self.history, HISTORY_LIMIT);
+                if self.turn.as_ref().is_some_and(|t| t.id == turn) {
+                    self.count_turn("answered");
+                }
+                Event::TurnDone { turn, close: outcome.close }
+            }
+        }
+    }
+
+    fn cancel_turn(&mut self) {
+        if let Some(turn) = self.turn.take() {
+            turn.cancel.cancel();
+            self.count_turn("cancelled");
         }
     }
 
     /// Records in the store that this instance holds the device (`held`), or that it no longer
     /// does, in the background; a store failure is logged and changes nothing else.
     fn register(&mut self, held: bool) {
-        self.registered_at = Instant::now();
         let store = Arc::clone(&self.services.store);
         let (device, instance) = (self.device.device_id.clone(), self.services.instance.to_string());
         self.track(tokio::spawn(async move {
@@ -239,260 +443,6 @@ impl Session {
         self.writes.push(write);
     }
 
-    fn on_timer(&mut self, connected: Instant) -> Option<End> {
-        if self.registered_at.elapsed() >= REGISTRY_REFRESH {
-            self.register(true);
-        }
-        if !self.hello_done && connected.elapsed() > HELLO_TIMEOUT {
-            return Some(End::Close("no hello within 10 s"));
-        }
-        let limit = Duration::from_secs(self.services.config.close_connection_no_voice_time) + HARD_TIMEOUT_MARGIN;
-        if self.turn.is_none() && self.last_activity.elapsed() > limit {
-            return Some(End::Close("inactive"));
-        }
-        None
-    }
-
-    fn sid(&self) -> String {
-        self.outbox.session_id().to_string()
-    }
-
-    async fn on_text(&mut self, text: &str) -> Option<End> {
-        self.last_activity = Instant::now();
-        let msg = match parse_inbound(text) {
-            Ok(msg) => msg,
-            Err(e) => {
-                tracing::warn!("bad message from device: {e}");
-                self.outbox.send(ServerMessage::Error { message: e.to_string(), session_id: self.sid() }).await;
-                return None;
-            }
-        };
-        match msg {
-            Inbound::Hello(hello) => self.on_hello(hello).await,
-            _ if !self.hello_done => {
-                let message = "send a hello first".to_string();
-                self.outbox.send(ServerMessage::Error { message, session_id: self.sid() }).await;
-            }
-            Inbound::Listen(listen) => return self.on_listen(listen).await,
-            Inbound::Abort(abort) => {
-                tracing::info!("abort ({})", abort.reason.as_deref().unwrap_or("no reason"));
-                self.cancel_turn();
-                self.outbox
-                    .send(ServerMessage::Tts { state: TtsState::Stop, text: None, session_id: self.sid() })
-                    .await;
-            }
-            Inbound::Mcp(payload) => match &self.mcp {
-                Some(mcp) => mcp.handle_incoming(&payload),
-                None => tracing::debug!("MCP message from a device that did not announce MCP"),
-            },
-            Inbound::Iot => tracing::debug!("legacy iot message ignored"),
-            Inbound::Goodbye => return Some(End::Close("device said goodbye")),
-            Inbound::Ping => {
-                self.outbox.send(ServerMessage::Pong { session_id: self.sid() }).await;
-            }
-        }
-        None
-    }
-
-    async fn on_hello(&mut self, hello: ClientHello) {
-        let version = if self.device.gateway {
-            ProtocolVersion::V2
-        } else {
-            let asked = self.device.header_version.or(hello.version).unwrap_or(1);
-            ProtocolVersion::from_number(asked).unwrap_or_else(|| {
-                tracing::warn!("unknown protocol version {asked}; using 1");
-                ProtocolVersion::V1
-            })
-        };
-        self.version = version;
-        let _ = self.version_tx.send(version);
-        let config = &self.services.config;
-        let reply = ServerMessage::Hello {
-            version: version.number(),
-            transport: "websocket".into(),
-            session_id: self.sid(),
-            audio_params: config.xiaozhi.audio_params.clone(),
-        };
-        self.outbox.send(reply).await;
-        if let Some(params) = &hello.audio_params
-            && params.sample_rate.is_some_and(|r| r != UPLINK_SAMPLE_RATE)
-        {
-            tracing::warn!(
-                "device announces uplink {:?} Hz; decoding as 16 kHz like the firmware sends",
-                params.sample_rate
-            );
-        }
-        if hello.features.mcp && self.mcp.is_none() {
-            let mcp = McpClient::new(self.outbox.clone());
-            let vision = Some(config.server.vision_explain.clone())
-                .filter(|url| !url.is_empty())
-                .map(|url| (url, String::new()));
-            mcp.start(vision);
-            self.mcp = Some(mcp);
-        }
-        self.hello_done = true;
-        tracing::info!("hello: protocol v{}, mcp {}", version.number(), hello.features.mcp);
-    }
-
-    async fn on_listen(&mut self, listen: Listen) -> Option<End> {
-        match listen.state {
-            ListenState::Start => {
-                if let Some(mode) = listen.mode {
-                    self.mode = mode;
-                }
-                self.listening = true;
-                self.reset_listening();
-            }
-            ListenState::Stop => {
-                if self.listening && self.turn.is_none() {
-                    self.listening = false;
-                    let pcm = self.listener.as_mut().map(Listener::take_utterance).unwrap_or_default();
-                    if !pcm.is_empty() {
-                        self.start_turn(TurnInput::Speech(pcm));
-                    }
-                }
-            }
-            ListenState::Detect => {
-                let text = listen.text.map(|t| t.trim().to_string()).filter(|t| !t.is_empty())?;
-                let config = &self.services.config;
-                if text::matches_any(&text, &config.wakeup_words) && !config.enable_greeting {
-                    self.outbox.send(ServerMessage::Stt { text, session_id: self.sid() }).await;
-                    self.outbox
-                        .send(ServerMessage::Tts { state: TtsState::Stop, text: None, session_id: self.sid() })
-                        .await;
-                } else {
-                    // A wake word gets a greeting from the LLM; any other text is a typed turn.
-                    self.start_turn(TurnInput::Text(text));
-                }
-            }
-        }
-        None
-    }
-
-    async fn on_binary(&mut self, data: &[u8]) -> Option<End> {
-        if !self.hello_done {
-            return None;
-        }
-        let frame = match frame::decode(self.version, data) {
-            Ok(frame) => frame,
-            Err(e) => {
-                self.count_bad_frame(&e);
-                return None;
-            }
-        };
-        self.last_activity = Instant::now();
-        // While we speak, the microphone is only heard in realtime mode (the device has echo
-        // cancellation there): that is what makes a barge-in possible.
-        let realtime = self.mode == ListenMode::Realtime;
-        if frame.kind != 0 || !self.listening || (self.turn.is_some() && !realtime) {
-            return None;
-        }
-        if self.listener.is_none() {
-            self.create_listener();
-        }
-        let listener = self.listener.as_mut()?;
-        let heard = match listener.push_packet(frame.payload, self.mode == ListenMode::Manual).await {
-            Ok(heard) => heard,
-            Err(e) => {
-                self.count_bad_frame(&e);
-                return None;
-            }
-        };
-        match heard {
-            Heard::Utterance(pcm) => {
-                self.start_turn(TurnInput::Speech(pcm));
-                return None;
-            }
-            Heard::SpeechStart if self.turn.is_some() => {
-                tracing::info!("barge-in: the user speaks over the reply");
-                self.cancel_turn();
-                self.outbox
-                    .send(ServerMessage::Tts { state: TtsState::Stop, text: None, session_id: self.sid() })
-                    .await;
-                return None;
-            }
-            Heard::SpeechStart | Heard::Nothing => {}
-        }
-        if self.turn.is_some() {
-            return None;
-        }
-        let listener = self.listener.as_ref()?;
-        let config = &self.services.config;
-        if listener.no_voice_ms() >= config.close_connection_no_voice_time * 1000 && !self.goodbye_started {
-            self.goodbye_started = true;
-            tracing::info!("no voice for {} s: saying goodbye", config.close_connection_no_voice_time);
-            if !config.end_prompt.enable {
-                return Some(End::Close("no voice"));
-            }
-            self.start_turn(TurnInput::Goodbye);
-        }
-        None
-    }
-
-    fn count_bad_frame(&mut self, error: &dyn std::fmt::Display) {
-        self.bad_frames += 1;
-        if self.bad_frames.is_power_of_two() {
-            tracing::warn!("dropped bad audio frame ({} so far): {error}", self.bad_frames);
-        }
-    }
-
-    /// Arms listening: resets the decoder and VAD state if there are any. They are created by
-    /// the first audio frame ([`Session::create_listener`]), so a device that says `listen start`
-    /// but streams nothing costs no decoder, VAD or pre-roll memory.
-    fn reset_listening(&mut self) {
-        if let Some(listener) = &mut self.listener {
-            listener.reset();
-        }
-    }
-
-    /// Creates the decoder, VAD state and pre-roll ring for the first audio frame.
-    fn create_listener(&mut self) {
-        match Listener::new(Arc::clone(&self.services.vad), &self.services.vad_config) {
-            Ok(listener) => self.listener = Some(listener),
-            Err(e) => tracing::error!("cannot start listening: {e}"),
-        }
-    }
-
-    /// The session's speaker, started on the first reply.
-    fn speaker(&mut self) -> Option<Speaker> {
-        if self.speaker.is_none() {
-            let config = &self.services.config;
-            match Speaker::spawn(self.outbox.clone(), &config.xiaozhi.audio_params, &config.audio) {
-                Ok(speaker) => self.speaker = Some(speaker),
-                Err(e) => tracing::error!("cannot start the speaker: {e}"),
-            }
-        }
-        self.speaker.clone()
-    }
-
-    fn start_turn(&mut self, input: TurnInput) {
-        // A new utterance while we still speak replaces the old reply (the Python server aborts too).
-        self.cancel_turn();
-        let Some(speaker) = self.speaker() else { return };
-        let id = self.next_turn_id;
-        self.next_turn_id += 1;
-        let cancel = CancellationToken::new();
-        let extensions = self.extension_scope();
-        let ctx = TurnContext {
-            input,
-            services: Arc::clone(&self.services),
-            history: self.history.clone(),
-            outbox: self.outbox.clone(),
-            speaker,
-            tools: ToolBox::new(self.mcp.clone(), extensions.clone()),
-            started: std::time::Instant::now(),
-            extensions,
-            prompt: self.prompt.clone(),
-            cancel: cancel.clone(),
-        };
-        let done = self.turn_tx.clone();
-        tokio::spawn(tracing::Instrument::in_current_span(async move {
-            let outcome = turn::run(ctx).await;
-            let _ = done.send((id, outcome)).await;
-        }));
-        self.turn = Some(ActiveTurn { id, cancel });
-    }
-
     /// The extensions for a new turn (or the final memory save): the registry's current snapshot.
     fn extension_scope(&self) -> Option<ExtensionScope> {
         let registry = self.services.extensions.as_ref()?;
@@ -501,7 +451,7 @@ impl Session {
             host: Arc::clone(registry.host()),
             context: CallContext {
                 device_id: self.device.device_id.clone(),
-                session_id: self.sid(),
+                session_id: self.outbox.session_id().to_string(),
                 language: String::new(),
             },
         })
@@ -513,46 +463,13 @@ impl Session {
             return;
         }
         let store = Arc::clone(&self.services.store);
-        let (device, session) = (self.device.device_id.clone(), self.sid());
+        let (device, session) = (self.device.device_id.clone(), self.outbox.session_id().to_string());
         let (messages, keep) = (messages.to_vec(), self.services.config.store.history_limit);
         self.track(tokio::spawn(tracing::Instrument::in_current_span(async move {
             if let Err(e) = crate::store::append_history(store.as_ref(), &device, &session, &messages, keep).await {
                 tracing::warn!("chat history not saved: {e}");
             }
         })));
-    }
-
-    fn cancel_turn(&mut self) {
-        if let Some(turn) = self.turn.take() {
-            turn.cancel.cancel();
-        }
-    }
-
-    fn on_turn_done(&mut self, id: u64, outcome: TurnOutcome) -> Option<End> {
-        self.save_history(&outcome.messages);
-        self.history.extend(outcome.messages);
-        if outcome.prompt.is_some() {
-            self.prompt = outcome.prompt;
-        }
-        trim_history(&mut self.history, HISTORY_LIMIT);
-        if self.turn.as_ref().is_none_or(|t| t.id != id) {
-            // An aborted turn finishing late: keep what was said, change nothing else.
-            return None;
-        }
-        self.turn = None;
-        if outcome.close {
-            return Some(End::Close(if self.goodbye_started { "no voice" } else { "exit command" }));
-        }
-        if outcome.heard_nothing {
-            tracing::debug!("no words recognized");
-        }
-        // In realtime mode the user may already be speaking again: keep what was heard.
-        if self.mode != ListenMode::Realtime
-            && let Some(listener) = &mut self.listener
-        {
-            listener.reset();
-        }
-        None
     }
 }
 

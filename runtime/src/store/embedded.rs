@@ -11,15 +11,20 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Store, StoreError, now_ms};
+use super::{Store, StoreError, now_ms, parse_counter};
 
 /// How long an operation waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Expired values are deleted after this many sets with an expiry (so they cannot pile up).
+const PURGE_EVERY: u64 = 256;
 
 /// A store in an SQLite file.
 pub struct EmbeddedStore {
     path: PathBuf,
     conn: Arc<Mutex<Connection>>,
+    /// Sets with an expiry since the file was opened.
+    expiring_sets: std::sync::atomic::AtomicU64,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -37,7 +42,11 @@ impl EmbeddedStore {
             .await
             .map_err(backend)?
             .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
-        Ok(Self { path: path.to_path_buf(), conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self {
+            path: path.to_path_buf(),
+            conn: Arc::new(Mutex::new(conn)),
+            expiring_sets: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     /// Runs `op` on the connection on a blocking thread.
@@ -66,6 +75,7 @@ fn open_connection(path: &Path) -> Result<Connection, String> {
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
          CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL, expires_ms INTEGER);
+         CREATE INDEX IF NOT EXISTS kv_by_expiry ON kv (expires_ms) WHERE expires_ms IS NOT NULL;
          CREATE TABLE IF NOT EXISTS list (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, value BLOB NOT NULL);
          CREATE INDEX IF NOT EXISTS list_by_key ON list (key, id);",
     )
@@ -109,14 +119,46 @@ impl Store for EmbeddedStore {
     async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
         let (key, value) = (key.to_owned(), value.to_vec());
         let expires = ttl.map(|ttl| now().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)));
+        let purge = expires.is_some()
+            && self.expiring_sets.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % PURGE_EVERY == PURGE_EVERY - 1;
         self.with(move |conn| {
             conn.execute(
                 "INSERT OR REPLACE INTO kv (key, value, expires_ms) VALUES (?1, ?2, ?3)",
                 params![key, value, expires],
-            )
-            .map(drop)
+            )?;
+            if purge {
+                conn.execute("DELETE FROM kv WHERE expires_ms IS NOT NULL AND expires_ms <= ?1", params![now()])?;
+            }
+            Ok(())
         })
         .await
+    }
+
+    async fn incr(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
+        let key = key.to_owned();
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            let current: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT value FROM kv WHERE key = ?1 AND (expires_ms IS NULL OR expires_ms > ?2)",
+                    params![key, now()],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let current = match current.as_deref().map(parse_counter) {
+                None => 0,
+                Some(Ok(n)) => n,
+                Some(Err(_)) => return Ok(Err(StoreError::Invalid(format!("{key} is not a counter")))),
+            };
+            let next = current.saturating_add(delta);
+            tx.execute(
+                "INSERT OR REPLACE INTO kv (key, value, expires_ms) VALUES (?1, ?2, NULL)",
+                params![key, next.to_string().into_bytes()],
+            )?;
+            tx.commit()?;
+            Ok(Ok(next))
+        })
+        .await?
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

@@ -4,13 +4,18 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, parse_counter};
 
 #[derive(Default)]
 struct Maps {
     values: BTreeMap<String, (Vec<u8>, Option<Instant>)>,
     lists: BTreeMap<String, VecDeque<Vec<u8>>>,
+    /// Values set with an expiry since the last purge of expired values.
+    expiring_sets: usize,
 }
+
+/// Expired values are purged after this many sets with an expiry (so they cannot pile up).
+const PURGE_EVERY: usize = 256;
 
 /// A store in process memory.
 #[derive(Default)]
@@ -45,9 +50,30 @@ impl Store for MemoryStore {
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
-        let expires = ttl.map(|ttl| Instant::now() + ttl);
-        self.lock().values.insert(key.to_owned(), (value.to_vec(), expires));
+        let now = Instant::now();
+        let expires = ttl.map(|ttl| now + ttl);
+        let mut maps = self.lock();
+        maps.values.insert(key.to_owned(), (value.to_vec(), expires));
+        if expires.is_some() {
+            maps.expiring_sets += 1;
+            if maps.expiring_sets >= PURGE_EVERY {
+                maps.expiring_sets = 0;
+                maps.values.retain(|_, (_, expires)| expires.is_none_or(|e| e > now));
+            }
+        }
         Ok(())
+    }
+
+    async fn incr(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
+        let mut maps = self.lock();
+        let now = Instant::now();
+        let current = match maps.values.get(key) {
+            Some((value, expires)) if expires.is_none_or(|e| e > now) => parse_counter(value)?,
+            _ => 0,
+        };
+        let next = current.saturating_add(delta);
+        maps.values.insert(key.to_owned(), (next.to_string().into_bytes(), None));
+        Ok(next)
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

@@ -69,6 +69,10 @@ pub trait Store: Send + Sync {
     async fn push(&self, list: &str, items: &[Vec<u8>], keep: usize) -> Result<(), StoreError>;
     /// The items of the list under `list`, oldest first (empty when there is none).
     async fn range(&self, list: &str) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Adds `delta` to the integer under `key` (a missing key counts as 0; the value is stored as
+    /// decimal text, without expiry) and returns the new value, atomically. Not queued during a
+    /// Redis outage: it fails with [`StoreError::Unavailable`] instead.
+    async fn incr(&self, key: &str, delta: i64) -> Result<i64, StoreError>;
     /// What this store is, for the log (`embedded data/store.sqlite3`, `redis 127.0.0.1:6379`).
     fn describe(&self) -> String;
 }
@@ -91,6 +95,14 @@ pub async fn open(config: &StoreConfig, data_dir: &Path) -> Result<Arc<dyn Store
         }
         StoreKind::Redis => Ok(Arc::new(redis::RedisStore::connect(config).await?)),
     }
+}
+
+/// A counter's stored text as a number.
+pub(crate) fn parse_counter(value: &[u8]) -> Result<i64, StoreError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .ok_or_else(|| StoreError::Invalid("a counter is not a decimal number".into()))
 }
 
 /// A key segment that came from outside (a device id): `%` and `/` are percent-encoded, so

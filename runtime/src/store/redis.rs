@@ -436,6 +436,12 @@ impl Store for RedisStore {
         Ok(items)
     }
 
+    async fn incr(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
+        let inner = &self.inner;
+        let mut conn = inner.connection().await?;
+        inner.run(redis::cmd("INCRBY").arg(inner.key(key)).arg(delta).query_async::<i64>(&mut conn)).await
+    }
+
     fn describe(&self) -> String {
         format!("redis {} (key prefix {:?})", self.inner.address, self.inner.prefix)
     }

@@ -100,6 +100,24 @@ async fn suite(store: &dyn Store) {
     assert_eq!((back.kv, back.history), (export.kv.clone(), export.history.clone()));
     import_device(store, &moved, 10).await.expect("importing twice replaces, not doubles");
     assert_eq!(history(store, "cc:cc").await.expect("history").len(), 2);
+
+    // Counters: atomic, missing = 0, negative deltas, many at once.
+    assert_eq!(store.incr("count/a", 5).await.expect("incr"), 5);
+    assert_eq!(store.incr("count/a", -2).await.expect("incr"), 3);
+    assert_eq!(store.incr("count/b", -1).await.expect("incr"), -1);
+    let adds = futures_util::future::join_all((0..20).map(|_| store.incr("count/c", 1))).await;
+    assert!(adds.iter().all(Result::is_ok));
+    assert_eq!(store.incr("count/c", 0).await.expect("incr"), 20);
+    store.set("count/text", b"not a number", None).await.expect("set");
+    assert!(store.incr("count/text", 1).await.is_err(), "a value that is not a counter is an error");
+
+    // Many values with an expiry are gone once expired (and purged, not kept forever).
+    for i in 0..300 {
+        store.set(&format!("short/{i}"), b"x", Some(std::time::Duration::from_millis(30))).await.expect("set");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    store.set("short/trigger", b"x", Some(std::time::Duration::from_secs(60))).await.expect("set");
+    assert_eq!(store.keys("short/").await.expect("keys"), vec!["short/trigger".to_string()]);
 }
 
 #[tokio::test]
@@ -118,6 +136,17 @@ async fn embedded_store_passes_the_suite_and_keeps_data_across_reopen() {
     assert_eq!(reopened.get("a/long").await.expect("get"), Some(b"stays".to_vec()));
     assert_eq!(history(&reopened, "aa:aa").await.expect("history").len(), 2);
     // A second handle (another process, e.g. `data export`) works while the first is open.
+    // Expired values do not stay in the file: a burst of 256 sets with an expiry purges them.
+    for i in 0..256 {
+        reopened.set(&format!("gone/{i}"), b"x", Some(std::time::Duration::from_millis(1))).await.expect("set");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    for i in 0..256 {
+        reopened.set(&format!("later/{i}"), b"x", Some(std::time::Duration::from_secs(60))).await.expect("set");
+    }
+    let raw = rusqlite::Connection::open(&path).expect("raw");
+    let left: i64 = raw.query_row("SELECT COUNT(*) FROM kv WHERE key LIKE 'gone/%'", [], |r| r.get(0)).expect("count");
+    assert_eq!(left, 0, "expired rows are deleted from the file");
     let second = embedded::EmbeddedStore::open(&path).await.expect("second handle");
     second.set("x", b"from the second", None).await.expect("write");
     assert_eq!(reopened.get("x").await.expect("read"), Some(b"from the second".to_vec()));
