@@ -430,9 +430,8 @@ mod tests {
         assert!(decode_audio(title_tag, AudioFormat::Mp3).is_err());
         // Truncated in the middle of a frame: what came before is kept, no panic.
         let half = &bytes[..bytes.len() / 2];
-        if let Ok(clip) = decode_audio(half, AudioFormat::Mp3) {
-            assert!(clip.duration_ms() < 300);
-        }
+        let clip = decode_audio(half, AudioFormat::Mp3).expect("the frames before the cut decode");
+        assert!((50..250).contains(&clip.duration_ms()), "{} ms", clip.duration_ms());
     }
 
     #[test]
@@ -446,10 +445,7 @@ mod tests {
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
-        if !made {
-            eprintln!("sox cannot write MP3 here; the embedded MP3 test covers decoding");
-            return;
-        }
+        assert!(made, "sox cannot write MP3 here: install sox and libsox-fmt-mp3 (tests/run.sh does)");
         let bytes = std::fs::read(&path).expect("read mp3");
         let clip = decode_audio(&bytes, AudioFormat::Mp3).expect("decodes");
         check_mp3_clip(&clip, 24_000, 900, 1_200);

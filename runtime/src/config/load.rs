@@ -69,6 +69,25 @@ pub enum ConfigError {
         #[source]
         source: serde_yaml_ng::Error,
     },
+    /// A file is larger than [`MAX_CONFIG_BYTES`].
+    #[error("{} has {bytes} bytes; a config file may have at most {MAX_CONFIG_BYTES}", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        bytes: usize,
+    },
+    /// A file nests `[...]`/`{...}` deeper than [`MAX_FLOW_DEPTH`].
+    #[error(
+        "{}: the [ ] / {{ }} collections at line {line} nest deeper than {MAX_FLOW_DEPTH} levels",
+        path.display()
+    )]
+    TooDeep {
+        /// The file.
+        path: PathBuf,
+        /// The line where the limit is passed.
+        line: usize,
+    },
     /// A file's top level is not a mapping.
     #[error("{} must hold a mapping of settings at the top level, not {found}", path.display())]
     NotAMapping {
@@ -164,9 +183,123 @@ pub(crate) fn load_texts(source: &ConfigSource, texts: &Texts) -> Result<Loaded,
     from_mapping(merged)
 }
 
+/// Largest config file, bytes (the documented `config.yaml` has 15 KB). Fixed, not a config key:
+/// it guards the reading of the config itself.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
+/// Deepest nesting of flow collections (`[...]`, `{...}`) in a config file. The YAML parser's
+/// time grows with the square of that depth (100 000 levels: tens of seconds), so deeper files
+/// are refused before it sees them. Block nesting (indentation) is bounded by the
+/// deserializer's own recursion limit. Fixed, like [`MAX_CONFIG_BYTES`].
+pub const MAX_FLOW_DEPTH: usize = 64;
+
+/// Refuses a file that is too large or nests flow collections too deeply, in one linear pass.
+fn check_shape(path: &Path, text: &str) -> Result<(), ConfigError> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge { path: path.to_path_buf(), bytes: text.len() });
+    }
+    match flow_too_deep(text, MAX_FLOW_DEPTH) {
+        Some(line) => Err(ConfigError::TooDeep { path: path.to_path_buf(), line }),
+        None => Ok(()),
+    }
+}
+
+/// Whether `c` is the end of the text or YAML white space.
+fn is_space(c: Option<&u8>) -> bool {
+    matches!(c, None | Some(b' ' | b'\t' | b'\n' | b'\r'))
+}
+
+/// The line at which YAML `text` nests flow collections deeper than `max`, if it does. Counts
+/// only the brackets YAML reads as collections: those where a token starts (after `: `, `- `,
+/// `[`, `{`, `,`, a line start, an anchor or a tag), outside quoted scalars, comments and block
+/// scalars (`|`, `>`).
+fn flow_too_deep(text: &str, max: usize) -> Option<usize> {
+    let b = text.as_bytes();
+    let (mut i, mut depth, mut line) = (0usize, 0usize, 1usize);
+    let mut token_start = true;
+    // Indentation of the current line (a block scalar's text is indented deeper than it).
+    let mut indent = 0usize;
+    let mut at_line_start = true;
+    while i < b.len() {
+        let c = b[i];
+        if at_line_start {
+            indent = b[i..].iter().take_while(|c| **c == b' ').count();
+            at_line_start = false;
+        }
+        match c {
+            b'\n' => {
+                line += 1;
+                token_start = true;
+                at_line_start = true;
+            }
+            b'#' if token_start || i == 0 || is_space(b.get(i - 1)) => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' | b'\'' if token_start => {
+                i += 1;
+                while i < b.len() {
+                    match b[i] {
+                        b'\\' if c == b'"' => i += 1,
+                        b'\'' if c == b'\'' && b.get(i + 1) == Some(&b'\'') => i += 1,
+                        q if q == c => break,
+                        b'\n' => line += 1,
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                token_start = false;
+            }
+            b'[' | b'{' if token_start => {
+                depth += 1;
+                if depth > max {
+                    return Some(line);
+                }
+            }
+            b']' | b'}' if depth > 0 => {
+                depth -= 1;
+                token_start = false;
+            }
+            b',' if depth > 0 => token_start = true,
+            b':' | b'-' | b'?' if is_space(b.get(i + 1)) || (c == b':' && depth > 0) => token_start = true,
+            b'&' | b'*' | b'!' if token_start => {
+                while i < b.len() && !is_space(b.get(i)) {
+                    i += 1;
+                }
+                continue;
+            }
+            b'|' | b'>' if token_start && depth == 0 => {
+                // A block scalar: every following line indented deeper (or blank) is its text.
+                let opener = indent;
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                while i < b.len() {
+                    let rest = &b[i + 1..];
+                    let spaces = rest.iter().take_while(|c| **c == b' ').count();
+                    let blank = matches!(rest.get(spaces), None | Some(b'\n' | b'\r'));
+                    if rest.is_empty() || !(blank || spaces > opener) {
+                        break;
+                    }
+                    line += 1;
+                    i += 1 + rest.iter().position(|c| *c == b'\n').unwrap_or(rest.len());
+                }
+                continue;
+            }
+            b' ' | b'\t' | b'\r' => {}
+            _ => token_start = false,
+        }
+        i += 1;
+    }
+    None
+}
+
 /// Parses one file into its top-level mapping. An empty file is an empty mapping; YAML merge
 /// keys (`<<: *anchor`) are applied, as PyYAML does.
 fn parse_document(path: &Path, text: &str) -> Result<Mapping, ConfigError> {
+    check_shape(path, text)?;
     let yaml_error = |source| ConfigError::Yaml { path: path.to_path_buf(), source };
     let mut value: Value = serde_yaml_ng::from_str(text).map_err(yaml_error)?;
     value.apply_merge().map_err(yaml_error)?;
@@ -915,6 +1048,37 @@ TTS:
             "{:?}",
             custom.params
         );
+    }
+
+    #[test]
+    fn nesting_is_measured_like_yaml_reads_it() {
+        assert_eq!(flow_too_deep(REPO_CONFIG, 2), None, "the documented config nests no flow collections");
+        let nested = |n: usize| format!("a: {}1{}\n", "[".repeat(n), "]".repeat(n));
+        assert_eq!(flow_too_deep(&nested(64), 64), None);
+        assert_eq!(flow_too_deep(&nested(65), 64), Some(1));
+        let maps = format!("x: 1\nb: {{a: {}1{}}}\n", "{b: ".repeat(70), "}".repeat(70));
+        assert_eq!(flow_too_deep(&maps, 64), Some(2));
+        assert_eq!(flow_too_deep(&format!("a: &anchor {}1{}\n", "[".repeat(70), "]".repeat(70)), 64), Some(1));
+        assert_eq!(flow_too_deep(&format!("- {}\n", "[".repeat(70)), 64), Some(1));
+        // Brackets that are text: in quotes, plain scalars, comments and block scalars.
+        let text = format!(
+            "a: \"{b}\"\nb: '{b}'\nc: use {b} here\n# {b}\nd: |\n  {b}\n  \"\n\ne: [1, [2]]\n",
+            b = "[".repeat(100)
+        );
+        assert_eq!(flow_too_deep(&text, 64), None);
+        assert_eq!(flow_too_deep(&format!("{text}f: {}\n", "[".repeat(65)), 64), Some(10));
+    }
+
+    #[test]
+    fn a_config_nested_100000_deep_is_refused_at_once() {
+        // The attack: 200 KB of `[` kept the config watcher busy for ~50 s.
+        let text = format!("prompt: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        let started = std::time::Instant::now();
+        let err = expect_error(load_files(REPO_CONFIG, Some(&text)));
+        assert!(started.elapsed() < std::time::Duration::from_millis(500), "{:?}", started.elapsed());
+        assert!(err.contains("nest deeper than 64 levels"), "{err}");
+        let big = format!("prompt: \"{}\"\n", "x".repeat(MAX_CONFIG_BYTES));
+        assert!(expect_error(load_files(REPO_CONFIG, Some(&big))).contains("at most 1048576"));
     }
 
     #[test]

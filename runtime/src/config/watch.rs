@@ -16,8 +16,11 @@
 //! sees every change (notify's `PollWatcher` compares modification times in whole seconds and
 //! misses a second save within the same second) and costs two small reads a second.
 //!
-//! Loading runs on a dedicated thread, never on the async runtime. A save with unchanged contents
-//! publishes nothing.
+//! Loading runs on its own thread (the loader), never on the async runtime and never on the
+//! watcher's loop, so the watcher keeps taking events while a file is parsed; when several changes
+//! wait, only the newest is loaded. A save with unchanged contents publishes nothing. Files over
+//! [`MAX_CONFIG_BYTES`](super::load::MAX_CONFIG_BYTES), or nesting flow collections deeper than
+//! [`MAX_FLOW_DEPTH`](super::load::MAX_FLOW_DEPTH), are refused before they are parsed.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -151,7 +154,8 @@ fn spawn_with(
     };
     let polling = options.always_poll || native.is_none();
     let last = snapshot(&read_texts(&source));
-    let mut state = State { source, files, tx, native, polling, watched: BTreeSet::new(), last, options };
+    let loader = Loader::spawn(source.clone(), tx)?;
+    let mut state = State { source, files, loader, native, polling, watched: BTreeSet::new(), last, options };
     state.refresh_watches();
     tracing::info!(
         "watching {} and {} for changes ({})",
@@ -200,8 +204,8 @@ struct State {
     source: ConfigSource,
     /// The two files, absolute: what events are compared against.
     files: [PathBuf; 2],
-    /// Where valid configs are published.
-    tx: watch::Sender<Arc<Config>>,
+    /// Loads and publishes changed contents.
+    loader: Loader,
     /// The platform's watcher, while it works.
     native: Option<RecommendedWatcher>,
     /// Whether the files are read every `poll_interval`.
@@ -321,7 +325,7 @@ impl State {
         added
     }
 
-    /// Reads and loads the files; publishes a valid config, logs an invalid one.
+    /// Reads the files; hands changed contents to the loader, logs a read error.
     fn reload(&mut self) {
         let texts = read_texts(&self.source);
         let snapshot = snapshot(&texts);
@@ -330,20 +334,67 @@ impl State {
             return;
         }
         self.last = snapshot;
-        match texts.and_then(|texts| load_texts(&self.source, &texts)) {
-            Ok(loaded) => {
-                if loaded.warnings.is_empty() {
-                    tracing::info!("config reloaded; new connections use it");
-                } else {
-                    tracing::info!(
-                        "config reloaded with {} warning(s); new connections use it: {}",
-                        loaded.warnings.len(),
-                        loaded.warnings.join("; ")
-                    );
-                }
-                self.tx.send_replace(Arc::new(loaded.config));
-            }
+        match texts {
+            Ok(texts) => self.loader.load(texts),
             Err(err) => tracing::warn!("config change rejected, keeping the previous config: {err}"),
+        }
+    }
+}
+
+/// The loader thread: parses what the watcher hands it, newest first, and publishes each valid
+/// config. It ends (dropping the channel's sender) when the watcher's loop does.
+struct Loader {
+    tx: Option<Sender<Texts>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Loader {
+    fn spawn(source: ConfigSource, publish: watch::Sender<Arc<Config>>) -> Result<Self, ConfigError> {
+        let (tx, rx) = mpsc::channel::<Texts>();
+        let thread = std::thread::Builder::new()
+            .name("config-loader".into())
+            .spawn(move || {
+                while let Ok(mut texts) = rx.recv() {
+                    // Changes that came in meanwhile: only the newest counts.
+                    while let Ok(newer) = rx.try_recv() {
+                        texts = newer;
+                    }
+                    match load_texts(&source, &texts) {
+                        Ok(loaded) => {
+                            if loaded.warnings.is_empty() {
+                                tracing::info!("config reloaded; new connections use it");
+                            } else {
+                                tracing::info!(
+                                    "config reloaded with {} warning(s); new connections use it: {}",
+                                    loaded.warnings.len(),
+                                    loaded.warnings.join("; ")
+                                );
+                            }
+                            publish.send_replace(Arc::new(loaded.config));
+                        }
+                        Err(err) => tracing::warn!("config change rejected, keeping the previous config: {err}"),
+                    }
+                }
+            })
+            .map_err(ConfigError::WatchThread)?;
+        Ok(Self { tx: Some(tx), thread: Some(thread) })
+    }
+
+    fn load(&self, texts: Texts) {
+        if let Some(tx) = &self.tx {
+            // The loader only ends after this sender is dropped.
+            let _ = tx.send(texts);
+        }
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::warn!("the config loader thread panicked");
         }
     }
 }
@@ -473,6 +524,21 @@ mod tests {
             &REPO_CONFIG.replace("close_connection_no_voice_time: 120", "close_connection_no_voice_time: 30"),
         );
         assert!(wait_for(&mut rx, |config| config.close_connection_no_voice_time == 30));
+    }
+
+    #[test]
+    fn a_deeply_nested_file_does_not_hold_up_the_next_change() {
+        let (_dir, source, tx, mut rx) = setup(true);
+        let override_path = source.override_path.clone();
+        let _watcher = spawn_with(source, tx, options(true)).expect("the watcher starts");
+        // The attack: 200 KB nested 100 000 deep (the parser took ~50 s over it).
+        let nested = format!("prompt: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        replace_file(&override_path, &nested);
+        std::thread::sleep(Duration::from_millis(100));
+        let started = Instant::now();
+        replace_file(&override_path, "server:\n  port: 9100\n");
+        assert!(wait_for(&mut rx, |config| config.server.port == 9100), "the valid change waited");
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     }
 
     #[test]
