@@ -13,12 +13,9 @@ const REPLY_WAIT: Duration = Duration::from_secs(30);
 const ERROR_RESPONSE: &str = "system_error_response: \"Sorry, something went wrong.\"\n";
 const ERROR_SENTENCES: [&str; 2] = ["Sorry", "something went wrong"];
 
-/// One metric's value from `/metrics` (the first sample whose name and labels start with `name`).
+/// One metric's value from the server's `/metrics`.
 async fn metric(server: &TestServer, name: &str) -> anyhow::Result<f64> {
-    let text = reqwest::get(format!("http://{}/metrics", server.server.http_addr)).await?.text().await?;
-    let line = text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']));
-    let value = line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok());
-    Ok(value.unwrap_or(0.0))
+    xiaozhi_e2e::harness::metric(server.server.http_addr, name).await
 }
 
 /// Waits until no session and no turn is open (the devices are gone), or fails after 10 s.

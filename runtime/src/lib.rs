@@ -11,15 +11,25 @@
 //! - [`config`]: the typed configuration, loaded from `config.yaml` with `data/.config.yaml`
 //!   deep-merged over it, validated with the YAML path of every problem, and watched for changes.
 //! - [`services`]: the config and providers a new session starts with (rebuilt on config change).
-//! - [`server`]: the hyper accept loops (WebSocket port and HTTP port), routing, the WebSocket
-//!   upgrade and graceful shutdown. It never parses frames or audio.
-//! - [`http`]: the plain HTTP routes: OTA check, activation, firmware download, health.
+//! - [`server`]: the hyper accept loops (WebSocket port and HTTP port, header timeout, bounded
+//!   socket buffers), routing, the WebSocket upgrade and graceful shutdown. It never parses frames
+//!   or audio.
+//! - [`http`]: the plain HTTP routes: OTA check, activation (codes, key proofs, the new-device
+//!   rate limit), firmware download, health, and the admin routes (metrics, extensions) behind
+//!   the HTTP port and an admin token.
 //! - [`auth`]: device tokens compatible with the Python server (HMAC-SHA256) and the allow-list.
 //! - [`protocol`]: pure codecs: typed JSON messages both ways, binary frames v1/v2/v3, MCP JSON-RPC.
-//! - [`connection`]: owns one WebSocket: typed reads, the single writer task, close with a timeout.
-//! - [`session`]: the per-device task and its listening state (VAD, pre-roll, utterance buffer).
-//! - [`turn`]: one conversational turn: ASR → intent → LLM stream (tool calls) → sentences → TTS.
-//! - [`speaker`]: the per-session audio output: resampling, Opus encoding and real-time pacing.
+//! - [`connection`]: owns the wire of one device: typed [`connection::Event`]s in, typed
+//!   [`connection::Outbound`] messages out through one byte-bounded queue and one writer task
+//!   (write deadline, close with a timeout); framing, protocol version and session id live only
+//!   there.
+//! - [`session`]: the per-device task: [`session::state`] is its rules as a pure state machine
+//!   (`step(event, now) → actions`), the rest performs the actions (listener: VAD, pre-roll,
+//!   utterance buffer; turns; the registry).
+//! - [`turn`]: one conversational turn: ASR, then (once the session's rules accept the text)
+//!   intent → LLM stream (tool calls) → sentences → TTS.
+//! - [`speaker`]: the per-session audio output: resampling, Opus encoding and real-time pacing;
+//!   the one owner of the device's speaking state (`tts` start / sentence_start / stop).
 //! - [`audio`]: Opus codec wrappers, resampling, audio file decoding, the pacer and Silero VAD.
 //! - [`asr`], [`llm`], [`tts`]: provider traits and their backends; [`remote`]: the provider error
 //!   type and the HTTP plumbing the remote backends share.

@@ -293,6 +293,12 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>, port: Port) {
             },
         };
         let _ = stream.set_nodelay(true);
+        // A bounded kernel send buffer: a peer that stops reading holds little, and its writer
+        // notices soon (the write deadline then closes it).
+        let send_buffer = app.http.config.borrow().limits.socket_send_buffer_bytes;
+        if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer) {
+            tracing::debug!("cannot set the send buffer of {peer}: {e}");
+        }
         let app2 = Arc::clone(&app);
         let shutdown = app.shutdown.clone();
         // A client has `limits.http_header_timeout_ms` to send each request's headers (also the

@@ -65,6 +65,12 @@ impl TestServer {
         Ok(Self { server, dir })
     }
 
+    /// A second handle on this server's embedded store (`store.sqlite3` in its data directory),
+    /// to look at what it keeps.
+    pub async fn store(&self) -> anyhow::Result<xiaozhi_server::store::embedded::EmbeddedStore> {
+        Ok(xiaozhi_server::store::embedded::EmbeddedStore::open(&self.dir.path().join("store.sqlite3")).await?)
+    }
+
     /// The OTA URL devices use.
     pub fn ota_url(&self) -> String {
         format!("http://{}/xiaozhi/ota/", self.server.http_addr)
@@ -85,6 +91,15 @@ impl TestServer {
         };
         SimDevice::connect(cfg).await
     }
+}
+
+/// One metric's value from the server's `GET /metrics` at `http_addr` (the first sample whose
+/// name and labels start with `name`; 0 when there is none).
+pub async fn metric(http_addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("http://{http_addr}/metrics")).await?.text().await?;
+    let line = text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']));
+    let value = line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok());
+    Ok(value.unwrap_or(0.0))
 }
 
 /// Writes `<data_dir>/.config.yaml`: loopback port 0, the repository's extensions (compile cache
@@ -154,6 +169,21 @@ impl ServerProcess {
             ..SimConfig::default()
         };
         SimDevice::connect(cfg).await
+    }
+
+    /// Sends SIGTERM (as `docker stop` does) and waits at most `within` for the process to exit;
+    /// the exit status, or an error if it did not exit in time (it is then killed).
+    pub async fn terminate(mut self, within: std::time::Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("the server process is gone")?;
+        let sent = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
+        anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                anyhow::bail!("the server did not exit within {within:?} of SIGTERM")
+            }
+        }
     }
 
     /// Stops the process gracefully (closes its stdin: sessions end, memory is saved) and

@@ -7,4 +7,5 @@
 
 pub mod harness;
 pub mod mock;
+pub mod raw;
 pub mod speech;

@@ -243,6 +243,7 @@ impl Default for LimitsConfig {
             hello_timeout_ms: 10_000,
             write_timeout_ms: 10_000,
             outbound_queue_bytes: 1024 * 1024,
+            socket_send_buffer_bytes: 64 * 1024,
             device_tools: 128,
             tool_name_chars: 64,
             tool_result_chars: 8000,

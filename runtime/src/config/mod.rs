@@ -301,6 +301,9 @@ pub struct LimitsConfig {
     /// Bytes of messages queued for one device; a device that lets more pile up is closed as not
     /// reading.
     pub outbound_queue_bytes: usize,
+    /// The kernel's send buffer of every accepted connection, bytes (Linux doubles it): a peer
+    /// that stops reading holds at most this much kernel memory, and is noticed at once.
+    pub socket_send_buffer_bytes: usize,
     /// Tools one device may list over MCP; the rest of its list is ignored.
     pub device_tools: usize,
     /// Longest device tool name, in characters; a tool with a longer name is ignored.

@@ -1,8 +1,8 @@
 //! The listening half of a session: uplink Opus → PCM → end-of-utterance detection.
 //!
 //! A [`Listener`] owns the session's Opus decoder, decode scratch, VAD state, pre-roll ring and
-//! utterance buffer. The session creates it on the first `listen start`, so a device that is only
-//! connected costs none of this memory. Nothing here allocates per frame (the utterance buffer
+//! utterance buffer. The session creates it on the first audio frame it hears, so a device that is
+//! only connected costs none of this memory. Nothing here allocates per frame (the utterance buffer
 //! grows only while someone speaks); the only wait is for the VAD windows of a frame, which run
 //! in batches with every other session's on the VAD thread ([`VadBatcher`]).
 //!

@@ -143,6 +143,7 @@ struct Session {
     reports_tx: mpsc::Sender<TurnReport>,
     reports: mpsc::Receiver<TurnReport>,
     bad_frames: u64,
+    bad_messages: u64,
     /// Store writes in flight (history, registry); awaited before the session ends, so a server
     /// shutdown (which waits for sessions) never cuts them off.
     writes: Vec<tokio::task::JoinHandle<()>>,
@@ -167,6 +168,7 @@ impl Session {
             reports_tx,
             reports,
             bad_frames: 0,
+            bad_messages: 0,
             writes: Vec::new(),
         }
     }
@@ -196,7 +198,11 @@ impl Session {
         Some(match incoming {
             Incoming::Message(message) => Event::Message(message),
             Incoming::BadMessage(e) => {
-                tracing::warn!("bad message from device: {e}");
+                // Logged at powers of two: a device sending garbage cannot flood the log.
+                self.bad_messages += 1;
+                if self.bad_messages.is_power_of_two() {
+                    tracing::warn!("bad message from device ({} so far): {e}", self.bad_messages);
+                }
                 Event::BadMessage(e.to_string())
             }
             Incoming::Audio { opus, .. } => {
