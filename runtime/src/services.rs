@@ -19,6 +19,8 @@ use crate::tts::{self, Tts};
 pub struct Services {
     /// The config these were built from.
     pub config: Arc<Config>,
+    /// The session rules of that config (shared by every session that starts with it).
+    pub rules: Arc<crate::session::state::Rules>,
     /// Speech recognition.
     pub asr: Arc<dyn Asr>,
     /// Language model.
@@ -123,7 +125,9 @@ impl Services {
         };
         // A phrase is cached per voice and downlink format: any change of those is another key.
         let voice_key = format!("{:?}|{:?}|{:?}", p.tts, config.xiaozhi.audio_params, config.audio);
+        let rules = Arc::new(crate::session::state::Rules::of(&config));
         Ok(Self {
+            rules,
             config,
             asr,
             llm,

@@ -45,7 +45,7 @@ use crate::tools::ToolBox;
 use crate::turn::{self, TurnContext, TurnOutcome};
 
 use listener::Listener;
-use state::{Action, Event, Heard, Reply, Rules, State, TurnId};
+use state::{Action, Event, Heard, Reply, State, TurnId};
 
 /// Dialogue messages kept per session (older ones are dropped at a user-message boundary).
 pub const HISTORY_LIMIT: usize = 40;
@@ -152,7 +152,7 @@ struct Session {
 impl Session {
     fn new(device: DeviceInfo, services: Arc<Services>, outbox: Outbox) -> Self {
         let (reports_tx, reports) = mpsc::channel(4);
-        let state = State::new(Rules::of(&services.config), Instant::now().into_std());
+        let state = State::new(Arc::clone(&services.rules), Instant::now().into_std());
         Self {
             device,
             services,

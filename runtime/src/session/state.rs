@@ -204,7 +204,7 @@ enum Stage {
 /// The state of one session.
 #[derive(Debug, Clone)]
 pub struct State {
-    rules: Rules,
+    rules: std::sync::Arc<Rules>,
     hello: bool,
     closed: bool,
     mode: ListenMode,
@@ -218,8 +218,9 @@ pub struct State {
 }
 
 impl State {
-    /// A session whose device connected at `now` (and was registered then).
-    pub fn new(rules: Rules, now: Instant) -> Self {
+    /// A session whose device connected at `now` (and was registered then), under `rules`
+    /// (shared: every session of one config has the same).
+    pub fn new(rules: std::sync::Arc<Rules>, now: Instant) -> Self {
         Self {
             rules,
             hello: false,

@@ -457,7 +457,7 @@ fn the_session_follows_the_device_protocol() {
     let at = |secs: f64| t0 + Duration::from_secs_f64(secs);
     let mut failures = Vec::new();
     for rule in table() {
-        let mut state = State::new(rule.rules, t0);
+        let mut state = State::new(std::sync::Arc::new(rule.rules), t0);
         for (secs, event) in rule.given {
             state.step(event, at(secs));
         }
@@ -479,7 +479,7 @@ fn the_session_follows_the_device_protocol() {
 #[test]
 fn deadlines_name_the_next_timer() {
     let t0 = Instant::now();
-    let mut state = State::new(rules(false, true), t0);
+    let mut state = State::new(std::sync::Arc::new(rules(false, true)), t0);
     assert_eq!(state.deadline(), t0 + Duration::from_secs(10), "the hello timeout first");
     state.step(hello(), t0 + Duration::from_secs(1));
     assert_eq!(state.deadline(), t0 + REGISTRY_REFRESH, "then the registry refresh");
