@@ -11,6 +11,7 @@
 //! | `xiaozhi_extension_calls_total` | counter | `extension`, `call` (`tool.call`, …), `outcome`: `ok`, `error`, `trap`, `timeout` |
 //! | `xiaozhi_devices_dropped_total` | counter: connections we gave up on | `reason`: `not_reading` (the queue filled or one write took longer than `limits.write_timeout_ms`), `write_failed` |
 //! | `xiaozhi_limits_hit_total` | counter: inputs cut or refused at a limit | `limit`: the `limits` key (`device_tools`, `tool_result_chars`, …) |
+//! | `xiaozhi_encoder_complexity_steps_total` | counter: a session's Opus encoder stepped its complexity (down when it fell behind real time, up when back on time) | `direction`: `down`, `up` |
 //!
 //! One [`Metrics`] per server (not a process global), so that several servers in one test
 //! process never count each other's sessions.
@@ -66,6 +67,13 @@ pub struct LimitLabels {
     pub limit: &'static str,
 }
 
+/// Which way an encoder's complexity went.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    /// `down` or `up`.
+    pub direction: &'static str,
+}
+
 /// The metrics of one server.
 pub struct Metrics {
     registry: Registry,
@@ -87,6 +95,8 @@ pub struct Metrics {
     pub devices_dropped: Family<DroppedLabels, Counter>,
     /// Inputs cut or refused at a limit, by limit.
     pub limits_hit: Family<LimitLabels, Counter>,
+    /// Encoder complexity steps, by direction.
+    pub encoder_steps: Family<StepLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -122,6 +132,12 @@ impl Metrics {
         registry.register("xiaozhi_devices_dropped", "Connections given up on, by reason", devices_dropped.clone());
         let limits_hit = Family::<LimitLabels, Counter>::default();
         registry.register("xiaozhi_limits_hit", "Inputs cut or refused at a limit, by limit", limits_hit.clone());
+        let encoder_steps = Family::<StepLabels, Counter>::default();
+        registry.register(
+            "xiaozhi_encoder_complexity_steps",
+            "Opus encoder complexity steps (down when behind real time), by direction",
+            encoder_steps.clone(),
+        );
         Arc::new(Self {
             registry,
             sessions,
@@ -133,6 +149,7 @@ impl Metrics {
             extension_calls,
             devices_dropped,
             limits_hit,
+            encoder_steps,
         })
     }
 
@@ -149,6 +166,11 @@ impl Metrics {
     /// Counts an input cut or refused at the `limits` key `limit`.
     pub fn limit_hit(&self, limit: &'static str) {
         self.limits_hit.get_or_create(&LimitLabels { limit }).inc();
+    }
+
+    /// Counts an encoder complexity step (`down`, `up`).
+    pub fn encoder_step(&self, direction: &'static str) {
+        self.encoder_steps.get_or_create(&StepLabels { direction }).inc();
     }
 
     /// The metrics as OpenMetrics text.

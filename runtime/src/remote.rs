@@ -89,6 +89,18 @@ pub(crate) fn http_client(connect: Duration, total: Option<Duration>) -> Result<
     builder.build().map_err(|e| ProviderError::Config(format!("cannot build the HTTP client: {}", error_chain(&e))))
 }
 
+/// The HTTP client of a provider whose answers stream (TTS): `timeout` bounds the connection and
+/// every pause while reading (not the whole answer, which lasts as long as the speech takes).
+pub(crate) fn streaming_client(timeout: Duration) -> Result<Client, ProviderError> {
+    Client::builder()
+        .connect_timeout(timeout)
+        .read_timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .user_agent(concat!("xiaozhi-server/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ProviderError::Config(format!("cannot build the HTTP client: {}", error_chain(&e))))
+}
+
 /// The message of an error followed by its sources (reqwest's own message is terse).
 pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut message = err.to_string();

@@ -2,11 +2,19 @@
 //! the device's speaking state (`tts` start, sentence_start and stop).
 //!
 //! One speaker task per session owns the Opus encoder (reused across turns) and the [`Pacer`].
-//! Turns hand it sentences ([`AudioClip`]s at any rate); it resamples each to the downlink rate,
-//! encodes one frame at a time just before it is due, and queues it to the writer: the first
-//! `prebuffer` frames at once, then one per frame duration on a drift-free clock, so the device's
-//! 40-packet queue never overflows. Every item carries its turn's cancellation token: an abort
-//! stops the output within one frame interval and drops whatever was still queued.
+//! Turns hand it sentences as a [`Source`]: a whole clip, or the chunks of a streamed TTS answer,
+//! played as they arrive (the first frame goes out while the provider is still speaking). PCM at
+//! any rate is resampled to the downlink rate as it comes ([`StreamResampler`]) and encoded one
+//! frame at a time just before it is due; Opus packets that already match the downlink (its rate
+//! and frame duration) pass through without decoding or encoding. Frames go to the writer paced:
+//! the first `prebuffer` at once, then one per frame duration on a drift-free clock, so the
+//! device's 40-packet queue never overflows. Every item carries its turn's cancellation token: an
+//! abort stops the output within one frame interval and drops whatever was still queued.
+//!
+//! Real time wins over quality: when the task wakes more than [`LATE`] after a frame was due (the
+//! machine is overloaded), its encoder's complexity steps down two levels at once, and back up one
+//! level after [`ON_TIME_TO_STEP_UP`] frames on time, never above `audio.opus_complexity`
+//! (counted in `xiaozhi_encoder_complexity_steps_total`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -18,20 +26,41 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::audio::AudioClip;
-use crate::audio::opus::{MAX_PACKET, OpusEncoder};
+use crate::audio::chunks::AudioChunk;
+use crate::audio::opus::{MAX_PACKET, OpusDecoder, OpusEncoder};
 use crate::audio::pacer::Pacer;
-use crate::audio::resample::resample;
+use crate::audio::resample::StreamResampler;
 use crate::config::{AudioConfig, AudioParams};
 use crate::connection::{Outbound, Outbox};
 use crate::protocol::message::TtsState;
 
-/// Queued sentences per session; the turn waits when the speaker is this far behind.
-const SPEAKER_QUEUE: usize = 16;
+/// Queued sentences per session; the turn waits when the speaker is this far behind. Small: a
+/// streamed sentence holds its provider's audio in flight ([`STREAM_CHUNKS`]).
+const SPEAKER_QUEUE: usize = 4;
+
+/// Chunks of a streamed sentence read ahead of playback (its provider's answer keeps coming while
+/// the sentences before it play).
+pub const STREAM_CHUNKS: usize = 32;
+
+/// A frame sent this much after it was due counts as late (the device's buffer is draining).
+const LATE: Duration = Duration::from_millis(20);
+
+/// After this many frames in a row on time, the encoder's complexity goes up one step.
+const ON_TIME_TO_STEP_UP: u32 = 250;
+
+/// What a sentence's audio is.
+pub enum Source {
+    /// A whole clip, at any rate.
+    Clip(AudioClip),
+    /// Chunks as the provider delivers them (the sentence ends when the sender is dropped).
+    Stream(mpsc::Receiver<AudioChunk>),
+    /// Opus frames already encoded for this downlink (a cached phrase).
+    Encoded(Arc<[Bytes]>),
+}
 
 enum Command {
     Begin { turn: CancellationToken },
-    Play { turn: CancellationToken, text: Option<String>, clip: AudioClip, record: Option<oneshot::Sender<Vec<Bytes>>> },
-    PlayEncoded { turn: CancellationToken, text: Option<String>, frames: Arc<[Bytes]> },
+    Play { turn: CancellationToken, text: Option<String>, source: Source, record: Option<oneshot::Sender<Vec<Bytes>>> },
     Finish { turn: CancellationToken, done: oneshot::Sender<()> },
 }
 
@@ -129,18 +158,27 @@ impl Speaker {
     /// Starts the speaker task of a session. It ends when every handle is dropped or the
     /// connection is gone. The Opus encoder is made by the first audio, so a speaker that only
     /// ever says `tts stop` (an abort on an idle device) costs no encoder.
-    pub fn spawn(outbox: Outbox, params: &AudioParams, audio: &AudioConfig) -> Self {
+    pub fn spawn(
+        outbox: Outbox,
+        params: &AudioParams,
+        audio: &AudioConfig,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         let pacer = Pacer::new(Duration::from_millis(params.frame_duration as u64), audio.prebuffer_frames);
         let (tx, rx) = mpsc::channel(SPEAKER_QUEUE);
         let stop = Arc::new(Notify::new());
         let task = Task {
             outbox,
             encoder: None,
+            decoder: None,
             params: params.clone(),
             audio: audio.clone(),
             pacer,
             started: Instant::now(),
             stop: Arc::clone(&stop),
+            complexity: audio.opus_complexity,
+            on_time: 0,
+            metrics,
         };
         tokio::spawn(task.run(rx));
         Self { tx, stop }
@@ -153,25 +191,20 @@ impl Speaker {
 
     /// Queues one sentence: its subtitle (`tts sentence_start`, sent just before its first frame)
     /// and its audio. An empty clip sends only the subtitle.
-    pub async fn play(&self, turn: &CancellationToken, text: Option<String>, clip: AudioClip) {
-        let _ = self.tx.send(Command::Play { turn: turn.clone(), text, clip, record: None }).await;
+    pub async fn play(&self, turn: &CancellationToken, text: Option<String>, source: Source) {
+        let _ = self.tx.send(Command::Play { turn: turn.clone(), text, source, record: None }).await;
     }
 
-    /// Like [`Speaker::play`], and hands back every encoded frame once the clip has been sent
+    /// Like [`Speaker::play`], and hands back every encoded frame once the sentence has been sent
     /// whole (not when the turn is cancelled midway), for the [`PhraseCache`].
     pub async fn play_recorded(
         &self,
         turn: &CancellationToken,
         text: Option<String>,
-        clip: AudioClip,
+        source: Source,
         record: oneshot::Sender<Vec<Bytes>>,
     ) {
-        let _ = self.tx.send(Command::Play { turn: turn.clone(), text, clip, record: Some(record) }).await;
-    }
-
-    /// Queues already encoded frames (a cached phrase), paced like any other audio.
-    pub async fn play_encoded(&self, turn: &CancellationToken, text: Option<String>, frames: Arc<[Bytes]>) {
-        let _ = self.tx.send(Command::PlayEncoded { turn: turn.clone(), text, frames }).await;
+        let _ = self.tx.send(Command::Play { turn: turn.clone(), text, source, record: Some(record) }).await;
     }
 
     /// Waits until the device has played everything queued for `turn` (by the pacing clock),
@@ -198,17 +231,29 @@ struct Task {
     outbox: Outbox,
     /// Made by the first audio.
     encoder: Option<OpusEncoder>,
+    /// Made by the first Opus packet that cannot pass through.
+    decoder: Option<OpusDecoder>,
     params: AudioParams,
     audio: AudioConfig,
     pacer: Pacer,
     started: Instant,
     stop: Arc<Notify>,
+    /// The encoder's complexity now (lowered while the task falls behind its pacing clock).
+    complexity: u8,
+    /// Frames in a row sent on time.
+    on_time: u32,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// PCM waiting to be framed, and what was sent of a sentence.
+struct Framing {
+    pcm: Vec<i16>,
+    resampler: Option<StreamResampler>,
+    recorded: Option<Vec<Bytes>>,
 }
 
 impl Task {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut pcm_frame = Vec::new();
-        let mut packet = vec![0u8; MAX_PACKET];
         loop {
             let cmd = tokio::select! {
                 biased;
@@ -229,64 +274,16 @@ impl Task {
                         self.say(Tts::start());
                     }
                 }
-                Command::Play { turn, text, clip, record } => {
+                Command::Play { turn, text, source, record } => {
                     if turn.is_cancelled() {
                         continue;
                     }
                     self.subtitle(text);
-                    if clip.samples.is_empty() {
-                        continue;
-                    }
-                    let Some(frame_samples) = self.encoder().map(|encoder| encoder.frame_samples()) else { continue };
-                    pcm_frame.resize(frame_samples, 0);
-                    let rate = self.params.sample_rate;
-                    let pcm = if clip.sample_rate == rate {
-                        clip.samples
-                    } else {
-                        resample(&clip.samples, clip.sample_rate, rate)
-                    };
-                    let mut recorded = record.as_ref().map(|_| Vec::with_capacity(pcm.len() / frame_samples + 1));
-                    for chunk in pcm.chunks(frame_samples) {
-                        // The last frame of a sentence is zero-padded, as the Python server does.
-                        pcm_frame[..chunk.len()].copy_from_slice(chunk);
-                        pcm_frame[chunk.len()..].fill(0);
-                        if !self.wait_due(&turn).await {
-                            break;
-                        }
-                        // Encoded just before it is due: the encoder's work is spread over the reply.
-                        let Some(encoder) = self.encoder.as_mut() else { break };
-                        let opus = match encoder.encode(&pcm_frame, &mut packet) {
-                            Ok(len) => Bytes::copy_from_slice(&packet[..len]),
-                            Err(e) => {
-                                tracing::warn!("opus encode failed, frame skipped: {e}");
-                                continue;
-                            }
-                        };
-                        if let Some(frames) = &mut recorded {
-                            frames.push(opus.clone());
-                        }
-                        if !self.send(opus, &turn).await {
-                            break;
-                        }
-                    }
+                    let sent = self.play(&turn, source, record.is_some()).await;
                     if turn.is_cancelled() {
                         self.pacer.reset();
-                    } else if let (Some(record), Some(frames)) = (record, recorded) {
+                    } else if let (Some(record), Some(frames)) = (record, sent) {
                         let _ = record.send(frames);
-                    }
-                }
-                Command::PlayEncoded { turn, text, frames } => {
-                    if turn.is_cancelled() {
-                        continue;
-                    }
-                    self.subtitle(text);
-                    for opus in frames.iter() {
-                        if !self.wait_due(&turn).await || !self.send(opus.clone(), &turn).await {
-                            break;
-                        }
-                    }
-                    if turn.is_cancelled() {
-                        self.pacer.reset();
                     }
                 }
                 Command::Finish { turn, done } => {
@@ -308,12 +305,139 @@ impl Task {
         }
     }
 
+    /// Plays one sentence's audio, paced; returns the frames sent (when `record`) once the
+    /// sentence went out whole.
+    async fn play(&mut self, turn: &CancellationToken, source: Source, record: bool) -> Option<Vec<Bytes>> {
+        let mut framing = Framing { pcm: Vec::new(), resampler: None, recorded: record.then(Vec::new) };
+        match source {
+            Source::Clip(clip) => {
+                if !clip.samples.is_empty() {
+                    self.add_pcm(&mut framing, &clip.samples, clip.sample_rate);
+                }
+            }
+            Source::Encoded(frames) => {
+                for opus in frames.iter() {
+                    if !self.send_paced(opus.clone(), turn, &mut framing).await {
+                        return None;
+                    }
+                }
+            }
+            Source::Stream(mut chunks) => loop {
+                let chunk = tokio::select! {
+                    biased;
+                    _ = turn.cancelled() => return None,
+                    chunk = chunks.recv() => chunk,
+                };
+                match chunk {
+                    None => break,
+                    Some(AudioChunk::Pcm { samples, sample_rate }) => self.add_pcm(&mut framing, &samples, sample_rate),
+                    Some(AudioChunk::Opus { packet, sample_rate, samples_48k }) => {
+                        let fits = sample_rate == self.params.sample_rate
+                            && samples_48k == self.params.frame_duration * 48
+                            && framing.pcm.is_empty()
+                            && framing.resampler.is_none();
+                        if fits {
+                            // Already what the device decodes: re-framed and paced, not re-encoded.
+                            if !self.send_paced(packet, turn, &mut framing).await {
+                                return None;
+                            }
+                            continue;
+                        }
+                        self.decode_opus(&mut framing, &packet);
+                    }
+                }
+                if !self.send_frames(turn, &mut framing, false).await {
+                    return None;
+                }
+            },
+        }
+        if let Some(mut resampler) = framing.resampler.take() {
+            resampler.finish(&mut framing.pcm);
+        }
+        if !self.send_frames(turn, &mut framing, true).await {
+            return None;
+        }
+        framing.recorded
+    }
+
+    /// Adds PCM at `rate` to the frames to send, resampled to the downlink rate as it comes.
+    fn add_pcm(&mut self, framing: &mut Framing, samples: &[i16], rate: u32) {
+        if framing.resampler.as_ref().is_some_and(|r| r.from_rate() != rate) {
+            // Another rate midway (a provider that changes it): flush the old one first.
+            if let Some(mut old) = framing.resampler.take() {
+                old.finish(&mut framing.pcm);
+            }
+        }
+        let target = self.params.sample_rate;
+        framing.resampler.get_or_insert_with(|| StreamResampler::new(rate, target)).push(samples, &mut framing.pcm);
+    }
+
+    /// Decodes an Opus packet that cannot pass through (another rate or frame length).
+    fn decode_opus(&mut self, framing: &mut Framing, packet: &[u8]) {
+        let rate = self.params.sample_rate;
+        if self.decoder.is_none() {
+            match OpusDecoder::new(rate) {
+                Ok(decoder) => self.decoder = Some(decoder),
+                Err(e) => {
+                    tracing::error!("cannot start an Opus decoder at {rate} Hz: {e}");
+                    return;
+                }
+            }
+        }
+        let Some(decoder) = self.decoder.as_mut() else { return };
+        // The longest Opus packet is 120 ms.
+        let mut scratch = vec![0i16; rate as usize * 120 / 1000];
+        match decoder.decode(packet, &mut scratch) {
+            Ok(n) => self.add_pcm(framing, &scratch[..n], rate),
+            Err(e) => tracing::warn!("an Opus packet of the TTS answer does not decode, skipped: {e}"),
+        }
+    }
+
+    /// Encodes and sends every whole frame of PCM (and, at the `end`, the rest zero-padded, as
+    /// the Python server does); false when the turn was cancelled or the connection is gone.
+    async fn send_frames(&mut self, turn: &CancellationToken, framing: &mut Framing, end: bool) -> bool {
+        let frame_samples = (self.params.sample_rate * self.params.frame_duration / 1000) as usize;
+        let mut frame = vec![0i16; frame_samples];
+        let mut packet = vec![0u8; MAX_PACKET];
+        let mut offset = 0;
+        let mut alive = true;
+        while framing.pcm.len() - offset >= frame_samples || (end && framing.pcm.len() > offset) {
+            let take = frame_samples.min(framing.pcm.len() - offset);
+            frame[..take].copy_from_slice(&framing.pcm[offset..offset + take]);
+            frame[take..].fill(0);
+            offset += take;
+            if !self.wait_due(turn).await {
+                alive = false;
+                break;
+            }
+            // Encoded just before it is due: the encoder's work is spread over the reply.
+            let Some(encoder) = self.encoder() else { break };
+            let opus = match encoder.encode(&frame, &mut packet) {
+                Ok(len) => Bytes::copy_from_slice(&packet[..len]),
+                Err(e) => {
+                    tracing::warn!("opus encode failed, frame skipped: {e}");
+                    continue;
+                }
+            };
+            if !self.send(opus, turn, framing).await {
+                alive = false;
+                break;
+            }
+        }
+        framing.pcm.drain(..offset);
+        alive
+    }
+
+    /// Waits for the frame's turn, then sends an encoded frame.
+    async fn send_paced(&mut self, opus: Bytes, turn: &CancellationToken, framing: &mut Framing) -> bool {
+        self.wait_due(turn).await && self.send(opus, turn, framing).await
+    }
+
     /// The encoder, made on first use (`None`, logged, if the downlink settings cannot be encoded).
     fn encoder(&mut self) -> Option<&mut OpusEncoder> {
         if self.encoder.is_none() {
             let (params, audio) = (&self.params, &self.audio);
-            match OpusEncoder::new(params.sample_rate, params.frame_duration, audio.opus_bitrate, audio.opus_complexity)
-            {
+            match OpusEncoder::new(params.sample_rate, params.frame_duration, audio.opus_bitrate, self.complexity) {
                 Ok(encoder) => self.encoder = Some(encoder),
                 Err(e) => {
                     tracing::error!(
@@ -341,19 +465,55 @@ impl Task {
     }
 
     /// Waits until the pacer lets the next frame go; false if the turn was cancelled meanwhile.
+    /// Waking later than [`LATE`] means this task falls behind real time (the machine is
+    /// overloaded): see [`Task::adapt`].
     async fn wait_due(&mut self, turn: &CancellationToken) -> bool {
-        let due = self.pacer.due(Instant::now().into_std());
+        let due = Instant::from_std(self.pacer.due(Instant::now().into_std()));
         tokio::select! {
             biased;
-            _ = turn.cancelled() => false,
-            _ = tokio::time::sleep_until(Instant::from_std(due)) => true,
+            _ = turn.cancelled() => return false,
+            _ = tokio::time::sleep_until(due) => {}
+        }
+        let late = Instant::now().saturating_duration_since(due) > LATE;
+        self.adapt(late);
+        true
+    }
+
+    /// Steps the encoder's complexity down two levels at once when late, up one level after
+    /// [`ON_TIME_TO_STEP_UP`] frames on time (never above `audio.opus_complexity`).
+    fn adapt(&mut self, late: bool) {
+        let configured = self.audio.opus_complexity;
+        let next = if late {
+            self.on_time = 0;
+            self.complexity.saturating_sub(2)
+        } else {
+            self.on_time += 1;
+            if self.on_time < ON_TIME_TO_STEP_UP || self.complexity >= configured {
+                return;
+            }
+            self.on_time = 0;
+            self.complexity + 1
+        };
+        if next == self.complexity {
+            return;
+        }
+        let direction = if next < self.complexity { "down" } else { "up" };
+        self.complexity = next;
+        self.metrics.encoder_step(direction);
+        if let Some(encoder) = &mut self.encoder
+            && let Err(e) = encoder.set_complexity(next)
+        {
+            tracing::warn!("cannot change the encoder's complexity: {e}");
         }
     }
 
     /// Queues one frame to the writer and records it with the pacer; false if the turn was
     /// cancelled or the connection is gone.
-    async fn send(&mut self, opus: Bytes, turn: &CancellationToken) -> bool {
+    async fn send(&mut self, opus: Bytes, turn: &CancellationToken, framing: &mut Framing) -> bool {
         let timestamp = self.started.elapsed().as_millis() as u32;
+        if let Some(frames) = &mut framing.recorded {
+            frames.push(opus.clone());
+        }
         if !self.outbox.send_audio(opus, timestamp, turn).await {
             return false;
         }

@@ -31,11 +31,13 @@ use crate::connection::{Outbound, Outbox};
 use crate::extensions::{ExtensionScope, IntentDecision, Kind, LoadedExtension, ToolDefinition, warn_not_serving};
 use crate::llm::{ChatMessage, LlmDelta, Role, ToolCall, ToolSpec};
 use crate::memory;
+use crate::remote::ProviderError;
 use crate::services::Services;
 use crate::session::state::Reply;
-use crate::speaker::{PhraseCache, Speaker};
+use crate::speaker::{PhraseCache, STREAM_CHUNKS, Source, Speaker};
 use crate::text::{self, SentenceSplitter};
 use crate::tools::{ToolAction, ToolBox};
+use crate::tts::AudioChunk;
 
 /// Most LLM calls in one turn (the first answer plus tool-result rounds), as in the Python server.
 pub const MAX_LLM_ROUNDS: usize = 5;
@@ -381,8 +383,9 @@ fn split_sentences(text: &str, max_chars: usize) -> Vec<String> {
     sentences
 }
 
-/// The TTS side: synthesizes sentences in order and queues them to the speaker, so sentence
-/// N+1 is synthesized while sentence N plays.
+/// The TTS side: starts each sentence's synthesis in order and queues it to the speaker as soon
+/// as its first audio arrives; the rest streams in while it plays, and sentence N+1 is being
+/// synthesized while sentence N plays.
 async fn voice(ctx: &TurnContext, mut sentences: mpsc::Receiver<Sentence>) {
     let config = &ctx.services.config;
     let timeout = Duration::from_secs(config.tts_timeout.max(1));
@@ -396,12 +399,12 @@ async fn voice(ctx: &TurnContext, mut sentences: mpsc::Receiver<Sentence>) {
             }
             Sentence::Reply(text) => text,
         };
-        match synthesize(ctx, &text, timeout).await {
-            Some(clip) => {
+        match start_speaking(ctx, &text, timeout).await {
+            Some(chunks) => {
                 if std::mem::take(&mut first_audio) {
                     ctx.services.metrics.first_audio.observe(ctx.started.elapsed().as_secs_f64());
                 }
-                ctx.speaker.play(&ctx.cancel, Some(text), clip).await;
+                ctx.speaker.play(&ctx.cancel, Some(text), Source::Stream(chunks)).await;
             }
             None if !error_spoken => {
                 // Say once that something went wrong (if the TTS can say anything at all), with
@@ -409,14 +412,65 @@ async fn voice(ctx: &TurnContext, mut sentences: mpsc::Receiver<Sentence>) {
                 // The error phrase usually comes from the phrase cache, so it is heard even while
                 // the TTS is down.
                 error_spoken = true;
-                ctx.speaker.play(&ctx.cancel, Some(text), AudioClip::default()).await;
+                ctx.speaker.play(&ctx.cancel, Some(text), Source::Clip(AudioClip::default())).await;
                 for phrase in split_sentences(&config.system_error_response, config.limits.sentence_chars) {
                     speak_fixed(ctx, phrase, timeout).await;
                 }
             }
-            None => ctx.speaker.play(&ctx.cancel, Some(text), AudioClip::default()).await,
+            None => ctx.speaker.play(&ctx.cancel, Some(text), Source::Clip(AudioClip::default())).await,
         }
     }
+}
+
+/// Starts synthesizing `sentence`: waits (at most `timeout`) for its first audio, then reads the
+/// rest into a bounded channel in the background, each piece within `timeout` of the last. A
+/// stream that breaks off midway keeps what arrived (the speaker plays it and the sentence ends
+/// there). `None` when the TTS fails before any audio.
+async fn start_speaking(ctx: &TurnContext, sentence: &str, timeout: Duration) -> Option<mpsc::Receiver<AudioChunk>> {
+    let metrics = &ctx.services.metrics;
+    let failed = |why: String| {
+        tracing::warn!("TTS failed for {sentence:?}: {why}");
+        metrics.provider_error("tts");
+        None
+    };
+    let started = tokio::time::timeout(timeout, async {
+        let mut stream = ctx.services.tts.speak(sentence).await?;
+        let first = stream.next().await.transpose()?;
+        Ok::<_, ProviderError>((stream, first))
+    })
+    .await;
+    let (mut stream, first) = match started {
+        Err(_) => return failed(format!("no audio within {timeout:?}")),
+        Ok(Err(e)) => return failed(e.to_string()),
+        Ok(Ok((stream, first))) => (stream, first),
+    };
+    let (tx, rx) = mpsc::channel(STREAM_CHUNKS);
+    let Some(first) = first else { return Some(rx) };
+    let _ = tx.try_send(first);
+    let (cancel, metrics, sentence) = (ctx.cancel.clone(), Arc::clone(metrics), sentence.to_owned());
+    tokio::spawn(tracing::Instrument::in_current_span(async move {
+        loop {
+            let next = tokio::select! {
+                _ = cancel.cancelled() => return,
+                next = tokio::time::timeout(timeout, stream.next()) => next,
+            };
+            let why = match next {
+                Ok(None) => return,
+                Ok(Some(Ok(chunk))) => {
+                    if tx.send(chunk).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(Some(Err(e))) => e.to_string(),
+                Err(_) => format!("nothing for {timeout:?}"),
+            };
+            tracing::warn!("the TTS stream of {sentence:?} broke off ({why}); what arrived is spoken");
+            metrics.provider_error("tts");
+            return;
+        }
+    }));
+    Some(rx)
 }
 
 /// Speaks a fixed phrase: from the shared cache when this voice has said it before, otherwise
@@ -425,15 +479,15 @@ async fn speak_fixed(ctx: &TurnContext, text: String, timeout: Duration) {
     let phrases = &ctx.services.phrases;
     let key = PhraseCache::key(&ctx.services.voice_key, &text);
     if let Some(frames) = phrases.get(&key) {
-        ctx.speaker.play_encoded(&ctx.cancel, Some(text), frames).await;
+        ctx.speaker.play(&ctx.cancel, Some(text), Source::Encoded(frames)).await;
         return;
     }
     let Some(clip) = synthesize(ctx, &text, timeout).await else {
-        ctx.speaker.play(&ctx.cancel, Some(text), AudioClip::default()).await;
+        ctx.speaker.play(&ctx.cancel, Some(text), Source::Clip(AudioClip::default())).await;
         return;
     };
     let (record, recorded) = tokio::sync::oneshot::channel();
-    ctx.speaker.play_recorded(&ctx.cancel, Some(text), clip, record).await;
+    ctx.speaker.play_recorded(&ctx.cancel, Some(text), Source::Clip(clip), record).await;
     let phrases = Arc::clone(phrases);
     // Stored when the speaker has encoded the whole phrase; never if the turn is cancelled first.
     tokio::spawn(async move {

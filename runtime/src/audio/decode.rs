@@ -31,6 +31,8 @@ pub enum AudioFormat {
         /// Samples per second.
         sample_rate: u32,
     },
+    /// Ogg Opus (mono).
+    Opus,
 }
 
 impl AudioFormat {
@@ -41,6 +43,7 @@ impl AudioFormat {
             "wav" | "wave" => Some(Self::Wav),
             "mp3" => Some(Self::Mp3),
             "pcm" | "raw" => Some(Self::Pcm { sample_rate: pcm_rate }),
+            "opus" | "ogg" => Some(Self::Opus),
             _ => None,
         }
     }
@@ -106,6 +109,9 @@ pub fn decode_audio(bytes: &[u8], format: AudioFormat) -> Result<AudioClip, Deco
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
+    if bytes.starts_with(b"OggS") || format == AudioFormat::Opus {
+        return decode_ogg_opus(bytes);
+    }
     let sniffed = sniff(bytes);
     match (sniffed, format) {
         (Sniffed::Wav, _) => decode_container(bytes, "wav"),
@@ -115,7 +121,29 @@ pub fn decode_audio(bytes: &[u8], format: AudioFormat) -> Result<AudioClip, Deco
         (_, AudioFormat::Pcm { sample_rate }) => decode_pcm(bytes, sample_rate),
         (Sniffed::Mp3, _) | (Sniffed::Unknown, AudioFormat::Mp3) => decode_container(bytes, "mp3"),
         (Sniffed::Unknown, AudioFormat::Wav) => decode_container(bytes, "wav"),
+        (_, AudioFormat::Opus) => decode_ogg_opus(bytes),
     }
+}
+
+/// Decodes a whole Ogg Opus file at 48 kHz.
+fn decode_ogg_opus(bytes: &[u8]) -> Result<AudioClip, DecodeError> {
+    let mut demuxer = super::chunks::ChunkDecoder::new(AudioFormat::Opus);
+    let mut chunks = demuxer.push(bytes)?;
+    chunks.extend(demuxer.finish()?);
+    let unreadable = |e: super::opus::AudioError| DecodeError::Unreadable { format: "opus", message: e.to_string() };
+    let mut decoder = super::opus::OpusDecoder::new(48_000).map_err(unreadable)?;
+    let mut scratch = vec![0i16; 5760];
+    let mut samples = Vec::new();
+    for chunk in chunks {
+        if let super::chunks::AudioChunk::Opus { packet, .. } = chunk {
+            let n = decoder.decode(&packet, &mut scratch).map_err(unreadable)?;
+            samples.extend_from_slice(&scratch[..n]);
+        }
+    }
+    if samples.is_empty() {
+        return Err(DecodeError::NoSamples { format: "opus" });
+    }
+    Ok(AudioClip { samples, sample_rate: 48_000 })
 }
 
 /// The bytes after the ID3v2 tag that `bytes` starts with (all of them when the header is
@@ -301,7 +329,8 @@ mod tests {
         assert_eq!(AudioFormat::from_name("MP3", 24_000), Some(AudioFormat::Mp3));
         assert_eq!(AudioFormat::from_name("pcm", 24_000), Some(AudioFormat::Pcm { sample_rate: 24_000 }));
         assert_eq!(AudioFormat::from_name("raw", 8_000), Some(AudioFormat::Pcm { sample_rate: 8_000 }));
-        assert_eq!(AudioFormat::from_name("opus", 8_000), None);
+        assert_eq!(AudioFormat::from_name("opus", 8_000), Some(AudioFormat::Opus));
+        assert_eq!(AudioFormat::from_name("flac", 8_000), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! The per-frame path allocates nothing: decoders and encoders write into caller-owned scratch
 //! (`&[u8] -> &mut [i16]`), and the pre-roll is a fixed ring.
 
+pub mod chunks;
 pub mod decode;
 pub mod opus;
 pub mod pacer;

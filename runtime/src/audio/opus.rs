@@ -128,6 +128,12 @@ impl OpusEncoder {
         Ok(Self { encoder, frame_samples })
     }
 
+    /// Changes the encoder's complexity (0..=10; larger values are clamped) for the next frames.
+    pub fn set_complexity(&mut self, complexity: u8) -> Result<(), AudioError> {
+        self.encoder.set_complexity(complexity.min(10))?;
+        Ok(())
+    }
+
     /// Samples in one frame (the exact length [`encode`](Self::encode) expects).
     pub fn frame_samples(&self) -> usize {
         self.frame_samples

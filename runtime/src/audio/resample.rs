@@ -1,5 +1,7 @@
-//! Sample-rate conversion of whole clips (TTS output to the downlink rate, test speech to the
-//! 16 kHz the VAD and ASR expect), with rubato's FFT resampler.
+//! Sample-rate conversion with rubato's FFT resampler: of whole clips ([`resample`]: test speech
+//! to the 16 kHz the VAD and ASR expect, cached phrases), and of audio that arrives in pieces
+//! ([`StreamResampler`]: streamed TTS to the downlink rate, chunk by chunk, with the same output as
+//! a whole-clip conversion).
 
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Resampler};
@@ -29,6 +31,105 @@ pub fn resample(input: &[i16], from: u32, to: u32) -> Vec<i16> {
             // dropping it.
             tracing::warn!(from, to, error = %e, "FFT resampling failed; using linear interpolation");
             resample_linear(input, from, to)
+        }
+    }
+}
+
+/// Resamples audio that arrives in pieces: [`push`](Self::push) gives out every sample it can
+/// (whole FFT chunks of input), [`finish`](Self::finish) flushes the rest. The start-up delay is
+/// trimmed and the total length is `ceil(len × to / from)`, as with [`resample`].
+pub struct StreamResampler {
+    inner: Option<Fft<f32>>,
+    from: u32,
+    to: u32,
+    /// Input not yet resampled (less than one chunk).
+    pending: Vec<f32>,
+    /// Output frames of start-up delay still to drop.
+    delay_left: usize,
+    input_total: u64,
+    output_total: u64,
+    /// Reused output buffer.
+    scratch: Vec<f32>,
+}
+
+impl StreamResampler {
+    /// A resampler from `from` Hz to `to` Hz (the same rate, or a rate of 0: copies).
+    pub fn new(from: u32, to: u32) -> Self {
+        let inner = (from != to && from != 0 && to != 0)
+            .then(|| Fft::<f32>::new(from as usize, to as usize, CHUNK, 1, FixedSync::Input).ok())
+            .flatten();
+        let delay_left = inner.as_ref().map_or(0, Resampler::output_delay);
+        Self { inner, from, to, pending: Vec::new(), delay_left, input_total: 0, output_total: 0, scratch: Vec::new() }
+    }
+
+    /// The input rate.
+    pub fn from_rate(&self) -> u32 {
+        self.from
+    }
+
+    /// Takes `input`; appends to `out` what can be resampled so far.
+    pub fn push(&mut self, input: &[i16], out: &mut Vec<i16>) {
+        self.input_total += input.len() as u64;
+        if self.inner.is_none() {
+            out.extend_from_slice(input);
+            self.output_total += input.len() as u64;
+            return;
+        }
+        self.pending.extend(input.iter().map(|&s| f32::from(s) / 32768.0));
+        while let Some(need) = self.inner.as_ref().map(Resampler::input_frames_next)
+            && self.pending.len() >= need
+        {
+            self.process(need, out);
+        }
+    }
+
+    /// No more input: appends the rest.
+    pub fn finish(&mut self, out: &mut Vec<i16>) {
+        let expected =
+            if self.from == 0 { 0 } else { (self.input_total * u64::from(self.to)).div_ceil(u64::from(self.from)) };
+        if self.inner.is_none() {
+            return;
+        }
+        // Zeros push the tail (and the filter's delay) out.
+        let mut guard = 0;
+        while self.output_total < expected && guard < 64 {
+            let need = self.inner.as_ref().map_or(0, Resampler::input_frames_next);
+            if self.pending.len() < need {
+                self.pending.resize(need, 0.0);
+            }
+            let before = out.len();
+            self.process(need, out);
+            guard += 1;
+            if out.len() == before && self.delay_left == 0 {
+                break;
+            }
+        }
+        let excess = self.output_total.saturating_sub(expected) as usize;
+        out.truncate(out.len().saturating_sub(excess));
+        self.output_total -= excess as u64;
+    }
+
+    /// Resamples the first `need` pending input frames.
+    fn process(&mut self, need: usize, out: &mut Vec<i16>) {
+        let Some(inner) = self.inner.as_mut() else { return };
+        let frames_out = inner.output_frames_next();
+        self.scratch.resize(frames_out, 0.0);
+        let result =
+            InterleavedSlice::new(&self.pending[..need], 1, need).map_err(|e| e.to_string()).and_then(|input| {
+                let mut output =
+                    InterleavedSlice::new_mut(&mut self.scratch[..], 1, frames_out).map_err(|e| e.to_string())?;
+                inner.process_into_buffer(&input, &mut output, None).map_err(|e| e.to_string())
+            });
+        self.pending.drain(..need);
+        match result {
+            Ok((_, produced)) => {
+                let skip = self.delay_left.min(produced);
+                self.delay_left -= skip;
+                let fresh = &self.scratch[skip..produced];
+                out.extend(fresh.iter().copied().map(to_i16));
+                self.output_total += fresh.len() as u64;
+            }
+            Err(e) => tracing::warn!("streamed resampling failed, a chunk is lost: {e}"),
         }
     }
 }
@@ -69,6 +170,35 @@ fn to_i16(x: f32) -> i16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streamed_resampling_matches_the_whole_clip() {
+        let input = sine(22_050, 440.0, 22_050);
+        let whole = resample(&input, 22_050, 24_000);
+        for piece in [37, 441, 5000] {
+            let mut stream = StreamResampler::new(22_050, 24_000);
+            let mut out = Vec::new();
+            let mut first_output_after = None;
+            for (i, chunk) in input.chunks(piece).enumerate() {
+                stream.push(chunk, &mut out);
+                if first_output_after.is_none() && !out.is_empty() {
+                    first_output_after = Some((i + 1) * piece);
+                }
+            }
+            stream.finish(&mut out);
+            // The whole-clip path rounds the length in floating point (one sample more, here).
+            assert!(out.len().abs_diff(whole.len()) <= 1, "pieces of {piece}: {} vs {}", out.len(), whole.len());
+            let diff = out.iter().zip(&whole).map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs()).max().unwrap_or(0);
+            assert!(diff <= 2, "pieces of {piece}: differs by {diff}");
+            // Audio comes out after a few thousand input samples, not at the end.
+            assert!(first_output_after.is_some_and(|n| n < 6000), "pieces of {piece}: {first_output_after:?}");
+        }
+        let mut same = StreamResampler::new(24_000, 24_000);
+        let mut out = Vec::new();
+        same.push(&[1, 2, 3], &mut out);
+        same.finish(&mut out);
+        assert_eq!(out, [1, 2, 3]);
+    }
 
     fn sine(rate: u32, freq: f64, samples: usize) -> Vec<i16> {
         (0..samples)

@@ -332,7 +332,10 @@ impl Session {
     fn speaker(&mut self) -> Speaker {
         let config = &self.services.config;
         self.speaker
-            .get_or_insert_with(|| Speaker::spawn(self.outbox.clone(), &config.xiaozhi.audio_params, &config.audio))
+            .get_or_insert_with(|| {
+                let metrics = Arc::clone(&self.services.metrics);
+                Speaker::spawn(self.outbox.clone(), &config.xiaozhi.audio_params, &config.audio, metrics)
+            })
             .clone()
     }
 

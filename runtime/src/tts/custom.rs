@@ -2,9 +2,10 @@
 //!
 //! Every string in `params` (nested ones too) has `{prompt_text}` replaced by the sentence. With
 //! `method: POST` the params are the JSON body; with any other method (`GET`, the Python server's
-//! default) they go in the query string (strings as they are, other values as JSON text). `headers` are added to the request. The answer is
-//! decoded per `format` (WAV and MP3 content is also recognised by its first bytes); an answer
-//! whose `Content-Type` is JSON is the server's error message.
+//! default) they go in the query string (strings as they are, other values as JSON text).
+//! `headers` are added to the request. The answer is read as a stream and decoded as it arrives,
+//! per `format` (WAV, MP3 and Ogg content is also recognised by its first bytes); an answer whose
+//! `Content-Type` is JSON is the server's error message.
 
 use std::time::Duration;
 
@@ -13,12 +14,11 @@ use reqwest::Client;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
-use super::openai::decode_answer;
-use crate::audio::AudioClip;
+use super::{AudioStream, http_audio, silence};
 use crate::audio::decode::AudioFormat;
 use crate::config::CustomTtsConfig;
 use crate::remote::ProviderError;
-use crate::remote::{check_url, http_client, is_json, request_error, status_error, timeout_from};
+use crate::remote::{check_url, request_error, streaming_client, timeout_from};
 
 /// The placeholder replaced by the sentence.
 const PLACEHOLDER: &str = "{prompt_text}";
@@ -57,7 +57,7 @@ impl CustomTts {
             }
         };
         let format = AudioFormat::from_name(&cfg.format, cfg.sample_rate).ok_or_else(|| {
-            ProviderError::Config(format!("custom TTS format `{}` is not one of wav, mp3, pcm", cfg.format))
+            ProviderError::Config(format!("custom TTS format `{}` is not one of wav, mp3, pcm, opus", cfg.format))
         })?;
         if matches!(format, AudioFormat::Pcm { sample_rate: 0 }) {
             return Err(ProviderError::Config("custom TTS sample_rate must be above 0 for pcm".into()));
@@ -73,7 +73,7 @@ impl CustomTts {
                 .map_err(|_| ProviderError::Config(format!("custom TTS header `{name}` has an invalid value")))?;
             headers.insert(name, value);
         }
-        let client = http_client(timeout, Some(timeout))?;
+        let client = streaming_client(timeout)?;
         Ok(Self { client, url, method, params: cfg.params.into_iter().collect(), headers, format, timeout })
     }
 
@@ -82,7 +82,7 @@ impl CustomTts {
         self.params.iter().map(|(key, value)| (key.clone(), substitute(value, text))).collect()
     }
 
-    async fn request(&self, text: &str) -> Result<AudioClip, ProviderError> {
+    async fn request(&self, text: &str) -> Result<AudioStream, ProviderError> {
         let params = self.params_for(text);
         let request = match self.method {
             Method::Get => {
@@ -96,12 +96,7 @@ impl CustomTts {
             .send()
             .await
             .map_err(|e| request_error(&self.url, "TTS request", self.timeout, &e))?;
-        if !response.status().is_success() {
-            return Err(status_error(&self.url, response, self.timeout).await);
-        }
-        let json_answer = is_json(&response);
-        let bytes = response.bytes().await.map_err(|e| request_error(&self.url, "TTS request", self.timeout, &e))?;
-        decode_answer(&self.url, bytes, json_answer, self.format).await
+        http_audio(&self.url, response, self.format, self.timeout).await
     }
 }
 
@@ -126,15 +121,11 @@ fn query_value(value: Value) -> String {
 
 #[async_trait]
 impl super::Tts for CustomTts {
-    async fn synthesize(&self, text: &str) -> Result<AudioClip, ProviderError> {
+    async fn speak(&self, text: &str) -> Result<AudioStream, ProviderError> {
         let text = text.trim();
         if text.is_empty() {
             // Nothing to say: no request, no audio.
-            let sample_rate = match self.format {
-                AudioFormat::Pcm { sample_rate } => sample_rate,
-                _ => 16_000,
-            };
-            return Ok(AudioClip { samples: Vec::new(), sample_rate });
+            return Ok(silence());
         }
         match tokio::time::timeout(self.timeout, self.request(text)).await {
             Ok(result) => result,
@@ -150,6 +141,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::audio::AudioClip;
     use crate::audio::decode::wav_bytes;
     use crate::remote::test_server::{full, serve};
     use crate::tts::Tts;
@@ -245,7 +237,7 @@ mod tests {
         cfg.headers.insert("Bad Header".into(), "x".into());
         assert!(matches!(CustomTts::new(cfg), Err(ProviderError::Config(_))));
         let mut cfg = config("http://x/tts", "GET");
-        cfg.format = "ogg".into();
+        cfg.format = "aac".into();
         assert!(matches!(CustomTts::new(cfg), Err(ProviderError::Config(_))));
     }
 }

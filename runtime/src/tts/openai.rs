@@ -2,8 +2,10 @@
 //! servers such as Kokoro-FastAPI or openedai-speech).
 //!
 //! One JSON request per sentence (`model`, `input`, `voice`, `speed`, `response_format`); the
-//! answer's audio (WAV, MP3 or raw PCM, sniffed) is decoded into mono PCM. `api_url` may be the
-//! full speech URL, as in the Python server's configuration, or the API root.
+//! answer is read as a chunked stream and its audio decoded as it arrives (WAV, raw PCM and Ogg
+//! Opus piece by piece, MP3 at the end; the content is sniffed). `api_url` may be the full speech
+//! URL, as in the Python server's configuration, or the API root. `timeout` bounds the wait for
+//! the answer and any pause inside it, not the whole sentence.
 
 use std::time::Duration;
 
@@ -11,11 +13,11 @@ use async_trait::async_trait;
 use reqwest::Client;
 use serde_json::json;
 
-use crate::audio::AudioClip;
+use super::{AudioStream, http_audio, silence};
 use crate::audio::decode::AudioFormat;
 use crate::config::OpenAiTtsConfig;
 use crate::remote::ProviderError;
-use crate::remote::{check_url, endpoint, http_client, is_json, json_f32, request_error, status_error, timeout_from};
+use crate::remote::{check_url, endpoint, json_f32, request_error, streaming_client, timeout_from};
 
 /// The speech endpoint's path under the API root.
 const SPEECH_PATH: &str = "/audio/speech";
@@ -32,15 +34,16 @@ pub struct OpenAiTts {
 impl OpenAiTts {
     /// Validates the entry and builds the backend (one HTTP client, reused for every request).
     pub fn new(cfg: OpenAiTtsConfig) -> Result<Self, ProviderError> {
-        let format = AudioFormat::from_name(&cfg.format, cfg.sample_rate)
-            .ok_or_else(|| ProviderError::Config(format!("TTS format `{}` is not one of wav, mp3, pcm", cfg.format)))?;
+        let format = AudioFormat::from_name(&cfg.format, cfg.sample_rate).ok_or_else(|| {
+            ProviderError::Config(format!("TTS format `{}` is not one of wav, mp3, pcm, opus", cfg.format))
+        })?;
         if matches!(format, AudioFormat::Pcm { sample_rate: 0 }) {
             return Err(ProviderError::Config("TTS sample_rate must be above 0 for pcm".into()));
         }
         let timeout = timeout_from(cfg.timeout, "TTS")?;
         let url = endpoint(&cfg.api_url, SPEECH_PATH);
         check_url(&url, "TTS")?;
-        let client = http_client(timeout, Some(timeout))?;
+        let client = streaming_client(timeout)?;
         Ok(Self { client, url, cfg, format, timeout })
     }
 
@@ -49,7 +52,7 @@ impl OpenAiTts {
         &self.url
     }
 
-    async fn request(&self, text: &str) -> Result<AudioClip, ProviderError> {
+    async fn request(&self, text: &str) -> Result<AudioStream, ProviderError> {
         let body = json!({
             "model": self.cfg.model,
             "input": text,
@@ -63,46 +66,17 @@ impl OpenAiTts {
             request = request.bearer_auth(key);
         }
         let response = request.send().await.map_err(|e| request_error(&self.url, "TTS request", self.timeout, &e))?;
-        if !response.status().is_success() {
-            return Err(status_error(&self.url, response, self.timeout).await);
-        }
-        let json_answer = is_json(&response);
-        let bytes = response.bytes().await.map_err(|e| request_error(&self.url, "TTS request", self.timeout, &e))?;
-        decode_answer(&self.url, bytes, json_answer, self.format).await
+        http_audio(&self.url, response, self.format, self.timeout).await
     }
-}
-
-/// Decodes a TTS answer off the async threads. A JSON answer is an error message, not audio.
-pub(crate) async fn decode_answer(
-    url: &str,
-    bytes: bytes::Bytes,
-    json_answer: bool,
-    format: AudioFormat,
-) -> Result<AudioClip, ProviderError> {
-    let protocol = |message: String| ProviderError::Protocol { url: url.to_string(), message };
-    if json_answer {
-        return Err(protocol(format!("answered JSON instead of audio: {}", crate::remote::body_start(&bytes))));
-    }
-    if bytes.is_empty() {
-        return Err(protocol("answered no audio".into()));
-    }
-    let decoded = tokio::task::spawn_blocking(move || crate::audio::decode::decode_audio(&bytes, format))
-        .await
-        .map_err(|e| protocol(format!("audio decoding stopped: {e}")))?;
-    let clip = decoded.map_err(|e| protocol(e.to_string()))?;
-    if clip.samples.is_empty() {
-        return Err(protocol("answered no audio".into()));
-    }
-    Ok(clip)
 }
 
 #[async_trait]
 impl super::Tts for OpenAiTts {
-    async fn synthesize(&self, text: &str) -> Result<AudioClip, ProviderError> {
+    async fn speak(&self, text: &str) -> Result<AudioStream, ProviderError> {
         let text = text.trim();
         if text.is_empty() {
             // Nothing to say: no request, no audio.
-            return Ok(AudioClip { samples: Vec::new(), sample_rate: self.cfg.sample_rate });
+            return Ok(silence());
         }
         match tokio::time::timeout(self.timeout, self.request(text)).await {
             Ok(result) => result,
@@ -114,6 +88,7 @@ impl super::Tts for OpenAiTts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audio::AudioClip;
     use crate::audio::decode::wav_bytes;
     use crate::remote::test_server::{Step, full, serve};
     use crate::tts::Tts;
@@ -197,7 +172,8 @@ mod tests {
 
     #[test]
     fn config_errors() {
-        assert!(matches!(OpenAiTts::new(config("http://x/v1", "opus")), Err(ProviderError::Config(_))));
+        assert!(matches!(OpenAiTts::new(config("http://x/v1", "flac")), Err(ProviderError::Config(_))));
+        assert!(OpenAiTts::new(config("http://x/v1", "opus")).is_ok(), "Ogg Opus streams");
         let mut cfg = config("http://x/v1", "pcm");
         cfg.sample_rate = 0;
         assert!(matches!(OpenAiTts::new(cfg), Err(ProviderError::Config(_))));

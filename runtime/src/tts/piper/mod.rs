@@ -20,6 +20,7 @@ use ort::value::TensorRef;
 use serde::Deserialize;
 
 use self::phonemes::{Espeak, PhonemeIdMap};
+use super::{AudioChunk, AudioStream, silence};
 use crate::audio::AudioClip;
 use crate::config::PiperConfig;
 use crate::onnx;
@@ -328,8 +329,57 @@ fn float_to_i16(audio: &[f32], out: &mut Vec<i16>) {
     out.extend(audio.iter().map(|&s| (s * scale).clamp(-MAX_WAV_VALUE, MAX_WAV_VALUE) as i16));
 }
 
+/// The clauses of `text`, spoken one by one: cut after a comma-like or sentence mark (`，、,;；:：。.!！?？`
+/// and a newline), merging pieces with fewer than [`MIN_CLAUSE_CHARS`] letters into the next so
+/// that each inference has enough context.
+fn clauses(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for c in text.chars() {
+        current.push(c);
+        if matches!(c, '，' | '、' | ',' | ';' | '；' | ':' | '：' | '。' | '.' | '!' | '！' | '?' | '？' | '\n')
+            && current.chars().filter(|c| c.is_alphanumeric()).count() >= MIN_CLAUSE_CHARS
+        {
+            out.push(std::mem::take(&mut current));
+        }
+    }
+    if current.chars().any(char::is_alphanumeric) {
+        out.push(current);
+    } else if let Some(last) = out.last_mut() {
+        last.push_str(&current);
+    }
+    out
+}
+
+/// A clause shorter than this (letters and digits) is merged into the next.
+const MIN_CLAUSE_CHARS: usize = 4;
+
 #[async_trait]
 impl super::Tts for PiperTts {
+    /// Synthesizes clause by clause on the blocking pool: each clause's audio is a chunk as soon as
+    /// it is inferred, so the first words play while the rest is computed. Dropping the stream
+    /// stops after the clause in progress.
+    async fn speak(&self, text: &str) -> Result<AudioStream, ProviderError> {
+        if text.trim().is_empty() {
+            return Ok(silence());
+        }
+        let voice = Arc::clone(&self.voice);
+        let clauses = clauses(text);
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            for clause in clauses {
+                let result = voice
+                    .synthesize(&clause)
+                    .map(|clip| AudioChunk::Pcm { samples: clip.samples, sample_rate: clip.sample_rate });
+                let failed = result.is_err();
+                if tx.blocking_send(result).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })))
+    }
+
     /// Runs [`PiperTts::synthesize_blocking`] on the blocking pool. Dropping the future lets the
     /// running sentence finish in the background and discards it.
     async fn synthesize(&self, text: &str) -> Result<AudioClip, ProviderError> {
@@ -437,6 +487,22 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn speaking_streams_clause_by_clause() {
+        assert_eq!(clauses("Hello there, how are you today? Fine."), ["Hello there,", " how are you today?", " Fine."]);
+        assert_eq!(clauses("好的，我们走吧。"), ["好的，我们走吧。"], "a two-letter clause joins the next");
+        assert_eq!(clauses("Yes, it is."), ["Yes, it is."]);
+        let tts = load(&config());
+        let mut stream =
+            crate::tts::Tts::speak(&tts, "The first clause is here, and the second one follows it.").await.unwrap();
+        let mut chunks = Vec::new();
+        while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+            chunks.push(chunk.unwrap());
+        }
+        assert_eq!(chunks.len(), 2, "one chunk per clause");
+        assert!(chunks.iter().all(|c| c.duration_ms() > 300));
+    }
+
+    #[tokio::test]
     async fn the_trait_synthesizes_off_the_runtime_and_skips_blank_text() {
         let tts: Arc<dyn Tts> = Arc::new(load(&config()));
         let clip = tts.synthesize("Good morning.").await.unwrap();
