@@ -1,7 +1,8 @@
-//! One conversational turn: [`recognise`] (ASR), then — once the session's rules have shown the
-//! text (`stt`) and decided it is not an exit command — [`run`]: memory and intent (extensions,
-//! when configured) → LLM stream (with tool-call rounds) → sentences → TTS → the session's
-//! [`Speaker`], which says `tts start` and, when the device has played it all, `tts stop`.
+//! One conversational reply, once the session has recognised the utterance (its recognition ran
+//! while the user spoke) and its rules have shown the text (`stt`) and decided it is not an exit
+//! command: [`run`]: memory and intent (extensions, when configured) → LLM stream (with tool-call
+//! rounds) → sentences → TTS, streamed → the session's [`Speaker`], which says `tts start` and,
+//! when the device has played it all, `tts stop`.
 //!
 //! With an intent extension selected (`Intent` type other than `function_call`/`nointent`), the
 //! extension decides first, given the session's tools: a tool call is run and its action applied
@@ -78,18 +79,6 @@ pub struct TurnOutcome {
     pub close: bool,
     /// A new system prompt for the session's next turns (`change_role`).
     pub prompt: Option<String>,
-}
-
-/// Recognises an utterance (16 kHz PCM); `None` when ASR failed (logged and counted).
-pub async fn recognise(services: &Services, pcm: &[i16]) -> Option<String> {
-    match services.asr.transcribe(pcm).await {
-        Ok(text) => Some(text),
-        Err(e) => {
-            tracing::warn!("ASR failed: {e}");
-            services.metrics.provider_error("asr");
-            None
-        }
-    }
 }
 
 /// Runs one reply to its end or until its token is cancelled.

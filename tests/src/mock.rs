@@ -8,8 +8,18 @@
 //! - `POST /chat/completions` with `"stream": true`: an SSE stream of `chat.completion.chunk`s
 //!   ending with `data: [DONE]`, either the scripted reply split into small chunks or, when the
 //!   tool rule matches, a tool call streamed in fragments the way OpenAI does.
-//! - `POST /audio/speech`: JSON `{model, input, voice, speed, response_format: "wav"}`; answers
-//!   real speech synthesized by `espeak-ng` (22050 Hz 16-bit mono WAV, `Content-Type: audio/wav`).
+//! - `POST /audio/speech`: JSON `{model, input, voice, speed, response_format}`; answers real speech
+//!   synthesized by `espeak-ng`: `wav` (22050 Hz 16-bit mono), `pcm` (24 kHz 16-bit little-endian
+//!   mono, as OpenAI's) or `opus` (Ogg Opus, 24 kHz, 60 ms packets, as OpenAI's). Streamed in
+//!   100 ms pieces when [`MockScript::tts_stream`] is on (a streamed WAV has the unknown sizes of
+//!   real streaming servers), else whole.
+//! - `POST /custom-tts`: the target of a `custom` TTS entry: JSON `{"text", "format"}` (any
+//!   `Authorization`), answered like `/audio/speech`.
+//!
+//! Timing follows [`MockScript`]: ASR finalisation delay, LLM time to first token and the gap
+//! between tokens, TTS time to first byte and real-time factor. Every latency figure of the
+//! benchmarks comes from these delays (published figures of cloud providers), not from instant
+//! answers.
 //!
 //! Every request must carry `Authorization: Bearer …` (HTTP 401 otherwise) and is recorded (see
 //! [`Recorded`]). What the mock answers comes from a [`MockScript`] that tests may swap while the
@@ -75,6 +85,16 @@ pub struct MockScript {
     pub llm_garbage: bool,
     /// Cut the chat stream's connection after this many SSE events (mid-answer).
     pub llm_cut_after: Option<usize>,
+    /// How long the transcription endpoint takes to answer (finalisation).
+    pub asr_delay: Duration,
+    /// How long the speech endpoints take to their first byte.
+    pub tts_first_byte: Duration,
+    /// The speech endpoints' real-time factor: producing 1 s of audio takes this many seconds.
+    pub tts_rtf: f64,
+    /// Whether speech streams in 100 ms pieces (else the whole answer at the end).
+    pub tts_stream: bool,
+    /// Cut the speech stream after this many ms of audio (a stream that dies mid-sentence).
+    pub tts_cut_after_ms: Option<u64>,
 }
 
 impl Default for MockScript {
@@ -91,6 +111,11 @@ impl Default for MockScript {
             tts_fail: false,
             llm_garbage: false,
             llm_cut_after: None,
+            asr_delay: Duration::ZERO,
+            tts_first_byte: Duration::ZERO,
+            tts_rtf: 0.0,
+            tts_stream: false,
+            tts_cut_after_ms: None,
         }
     }
 }
@@ -130,6 +155,36 @@ impl MockScript {
     pub fn latency(mut self, first_token_delay: Duration, chunk_delay: Duration) -> Self {
         self.first_token_delay = first_token_delay;
         self.chunk_delay = chunk_delay;
+        self
+    }
+
+    /// The LLM's pace: first token after `first`, then `tokens_per_second` (one text piece of 3–6
+    /// characters counts as a token).
+    pub fn tokens(mut self, first: Duration, tokens_per_second: f64) -> Self {
+        self.first_token_delay = first;
+        self.chunk_delay =
+            if tokens_per_second > 0.0 { Duration::from_secs_f64(1.0 / tokens_per_second) } else { Duration::ZERO };
+        self
+    }
+
+    /// The ASR's finalisation delay.
+    pub fn asr_delay(mut self, delay: Duration) -> Self {
+        self.asr_delay = delay;
+        self
+    }
+
+    /// The TTS's time to first byte, real-time factor and whether it streams.
+    pub fn tts_timing(mut self, first_byte: Duration, rtf: f64, stream: bool) -> Self {
+        self.tts_first_byte = first_byte;
+        self.tts_rtf = rtf;
+        self.tts_stream = stream;
+        self
+    }
+
+    /// Cuts every speech stream after `ms` of audio (implies streaming).
+    pub fn tts_cut_after_ms(mut self, ms: u64) -> Self {
+        self.tts_cut_after_ms = Some(ms);
+        self.tts_stream = true;
         self
     }
 
@@ -181,7 +236,10 @@ pub struct Recorded {
 struct Shared {
     script: Mutex<MockScript>,
     requests: Mutex<Vec<Recorded>>,
-    tts_cache: Mutex<HashMap<String, Bytes>>,
+    /// Synthesized speech by voice and text: (22050 Hz samples).
+    tts_cache: Mutex<HashMap<String, Arc<Vec<i16>>>>,
+    /// Encoded answers by format, voice and text.
+    answer_cache: Mutex<HashMap<String, Bytes>>,
     next_id: AtomicU64,
 }
 
@@ -223,6 +281,7 @@ impl MockOpenAi {
             script: Mutex::new(script),
             requests: Mutex::new(Vec::new()),
             tts_cache: Mutex::new(HashMap::new()),
+            answer_cache: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
@@ -233,8 +292,8 @@ impl MockOpenAi {
     /// for them answer at once: an instant mock for latency figures.
     pub async fn warm_tts(&self, sentences: &[&str]) -> anyhow::Result<()> {
         for sentence in sentences {
-            let wav = espeak(sentence, 175).await?;
-            lock(&self.shared.tts_cache).insert(format!("175|{sentence}"), wav);
+            let (samples, _) = read_wav(&espeak(sentence, 175).await?)?;
+            lock(&self.shared.tts_cache).insert(format!("175|{sentence}"), Arc::new(samples));
         }
         Ok(())
     }
@@ -278,12 +337,30 @@ impl MockOpenAi {
     /// The provider part of a server `config.yaml` that points ASR, LLM and TTS at this mock
     /// (ASR through the full transcription URL, as migrating users write it).
     pub fn config_override_yaml(&self) -> String {
+        self.config_override_yaml_with_tts("wav")
+    }
+
+    /// Like [`MockOpenAi::config_override_yaml`], with the TTS answering in `format` (`wav`,
+    /// `pcm`, `opus`), or, for `custom`, a `custom` TTS entry on `/custom-tts` answering WAV.
+    pub fn config_override_yaml_with_tts(&self, format: &str) -> String {
         let base = self.base_url();
+        let tts = if format == "custom" {
+            format!(
+                "  MockTTS:\n    type: custom\n    method: POST\n    url: \"{base}/custom-tts\"\n    \
+                 params:\n      text: \"{{prompt_text}}\"\n      format: wav\n    headers:\n      \
+                 Authorization: Bearer test\n    format: wav\n"
+            )
+        } else {
+            format!(
+                "  MockTTS:\n    type: openai\n    api_url: \"{base}/audio/speech\"\n    model: mock-tts\n    \
+                 voice: en\n    format: {format}\n    sample_rate: 24000\n    api_key: test\n"
+            )
+        };
         format!(
             "selected_module:\n  VAD: SileroVAD\n  ASR: MockASR\n  LLM: MockLLM\n  TTS: MockTTS\n  Intent: function_call\n  Memory: nomem\n\
              ASR:\n  MockASR:\n    type: openai\n    base_url: \"{base}/audio/transcriptions\"\n    model_name: mock-asr\n    api_key: test\n\
              LLM:\n  MockLLM:\n    type: openai\n    base_url: \"{base}\"\n    model_name: mock-llm\n    api_key: test\n\
-             TTS:\n  MockTTS:\n    type: openai\n    api_url: \"{base}/audio/speech\"\n    model: mock-tts\n    voice: en\n    format: wav\n    api_key: test\n"
+             TTS:\n{tts}"
         )
     }
 }
@@ -373,7 +450,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 (false, _, _) => error(StatusCode::UNAUTHORIZED, "missing bearer token"),
                 (true, true, _) => error(StatusCode::INTERNAL_SERVER_ERROR, "mock: scripted ASR failure"),
                 (true, false, Err(message)) => error(StatusCode::BAD_REQUEST, &message),
-                (true, false, Ok(upload)) => transcribe(&script, upload),
+                (true, false, Ok(upload)) => {
+                    if !script.asr_delay.is_zero() {
+                        tokio::time::sleep(script.asr_delay).await;
+                    }
+                    transcribe(&script, upload)
+                }
             }
         }
         (true, "/v1/audio/speech") => {
@@ -382,7 +464,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             match (authorized, script.tts_fail) {
                 (false, _) => error(StatusCode::UNAUTHORIZED, "missing bearer token"),
                 (true, true) => error(StatusCode::INTERNAL_SERVER_ERROR, "mock: scripted TTS failure"),
-                (true, false) => speech(&shared, &json).await,
+                (true, false) => speech(&shared, &script, &json).await,
+            }
+        }
+        (true, "/v1/custom-tts") => {
+            let json = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
+            record(&shared, &path, json.clone(), at);
+            let text = json.get("text").cloned().unwrap_or(Value::Null);
+            let format = json.get("format").cloned().unwrap_or_else(|| json!("wav"));
+            let request = json!({"model": "custom", "input": text, "response_format": format});
+            if script.tts_fail {
+                error(StatusCode::INTERNAL_SERVER_ERROR, "mock: scripted TTS failure")
+            } else {
+                speech(&shared, &script, &request).await
             }
         }
         _ => {
@@ -680,7 +774,10 @@ fn transcribe(script: &MockScript, upload: Upload) -> Response<Body> {
 // ---------------------------------------------------------------------------------------------
 // Speech
 
-async fn speech(shared: &Shared, request: &Value) -> Response<Body> {
+/// The rate of `pcm` and `opus` answers (OpenAI's).
+const SPEECH_RATE: u32 = 24_000;
+
+async fn speech(shared: &Shared, script: &MockScript, request: &Value) -> Response<Body> {
     let input = request.get("input").and_then(Value::as_str).unwrap_or("");
     if input.trim().is_empty() || input.chars().count() > 4096 {
         return error(StatusCode::BAD_REQUEST, "'input' must be a non-empty string of at most 4096 characters");
@@ -688,27 +785,134 @@ async fn speech(shared: &Shared, request: &Value) -> Response<Body> {
     if request.get("model").and_then(Value::as_str).is_none_or(str::is_empty) {
         return error(StatusCode::BAD_REQUEST, "'model' is required");
     }
-    // OpenAI's default format is mp3, which this mock cannot produce: ask for wav explicitly.
-    let format = request.get("response_format").and_then(Value::as_str).unwrap_or("mp3");
-    if format != "wav" {
-        return error(StatusCode::BAD_REQUEST, &format!("this mock only produces wav, not {format:?}"));
+    // OpenAI's default format is mp3, which this mock cannot produce: ask for another explicitly.
+    let format = request.get("response_format").and_then(Value::as_str).unwrap_or("mp3").to_owned();
+    if !matches!(format.as_str(), "wav" | "pcm" | "opus") {
+        return error(StatusCode::BAD_REQUEST, &format!("this mock produces wav, pcm or opus, not {format:?}"));
     }
     let speed = request.get("speed").map_or(Some(1.0), Value::as_f64).unwrap_or(f64::NAN);
     if !(0.25..=4.0).contains(&speed) {
         return error(StatusCode::BAD_REQUEST, "'speed' must be a number from 0.25 to 4.0");
     }
     let words_per_minute = (175.0 * speed).round().clamp(80.0, 450.0) as u32;
-    let key = format!("{words_per_minute}|{input}");
-    if let Some(wav) = lock(&shared.tts_cache).get(&key).cloned() {
-        return respond(StatusCode::OK, "audio/wav", wav);
-    }
-    match espeak(input, words_per_minute).await {
-        Ok(wav) => {
-            lock(&shared.tts_cache).insert(key, wav.clone());
-            respond(StatusCode::OK, "audio/wav", wav)
+    let voice_key = format!("{words_per_minute}|{input}");
+    let cached = lock(&shared.tts_cache).get(&voice_key).cloned();
+    let samples = match cached {
+        Some(samples) => samples,
+        None => match espeak(input, words_per_minute).await.and_then(|wav| read_wav(&wav)) {
+            Ok((samples, _)) => {
+                let samples = Arc::new(samples);
+                lock(&shared.tts_cache).insert(voice_key.clone(), Arc::clone(&samples));
+                samples
+            }
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("synthesis failed: {e:#}")),
+        },
+    };
+    let answer_key = format!("{format}|{}|{voice_key}", script.tts_stream);
+    let cached = lock(&shared.answer_cache).get(&answer_key).cloned();
+    let body = match cached {
+        Some(body) => body,
+        None => {
+            let body = match encode_answer(&format, &samples, script.tts_stream) {
+                Ok(body) => body,
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding failed: {e:#}")),
+            };
+            lock(&shared.answer_cache).insert(answer_key, body.clone());
+            body
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("synthesis failed: {e:#}")),
+    };
+    let content_type = match format.as_str() {
+        "wav" => "audio/wav",
+        "pcm" => "audio/pcm",
+        _ => "audio/ogg",
+    };
+    let audio_ms = samples.len() as u64 * 1000 / 22_050;
+    paced_audio(script, content_type, body, audio_ms)
+}
+
+/// The answer's bytes: WAV at espeak's 22050 Hz (with unknown sizes when streamed), or PCM /
+/// Ogg Opus at 24 kHz.
+fn encode_answer(format: &str, samples: &[i16], streamed: bool) -> anyhow::Result<Bytes> {
+    if format == "wav" {
+        let mut wav = crate::speech::wav_bytes(samples, 22_050)?;
+        if streamed {
+            wav[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+            wav[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+        }
+        return Ok(Bytes::from(wav));
     }
+    let pcm = xiaozhi_server::audio::resample::resample(samples, 22_050, SPEECH_RATE);
+    if format == "pcm" {
+        return Ok(Bytes::from(pcm.iter().flat_map(|s| s.to_le_bytes()).collect::<Vec<u8>>()));
+    }
+    ogg_opus(&pcm)
+}
+
+/// Mono PCM at 24 kHz as an Ogg Opus file of 60 ms packets (RFC 7845), as OpenAI answers `opus`.
+pub fn ogg_opus(pcm: &[i16]) -> anyhow::Result<Bytes> {
+    use ogg::writing::{PacketWriteEndInfo, PacketWriter};
+    let mut encoder = xiaozhi_server::audio::opus::OpusEncoder::new(SPEECH_RATE, 60, 32_000, 5)?;
+    let frame = encoder.frame_samples();
+    let mut writer = PacketWriter::new(Vec::new());
+    let serial = 0x5851_4F5A;
+    let mut head = b"OpusHead".to_vec();
+    head.extend_from_slice(&[1, 1]);
+    head.extend_from_slice(&312u16.to_le_bytes());
+    head.extend_from_slice(&SPEECH_RATE.to_le_bytes());
+    head.extend_from_slice(&[0, 0, 0]);
+    writer.write_packet(head, serial, PacketWriteEndInfo::EndPage, 0)?;
+    let mut tags = b"OpusTags".to_vec();
+    tags.extend_from_slice(&4u32.to_le_bytes());
+    tags.extend_from_slice(b"mock");
+    tags.extend_from_slice(&0u32.to_le_bytes());
+    writer.write_packet(tags, serial, PacketWriteEndInfo::EndPage, 0)?;
+    let mut out = vec![0u8; xiaozhi_server::audio::opus::MAX_PACKET];
+    let chunks: Vec<&[i16]> = pcm.chunks(frame).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let mut padded = chunk.to_vec();
+        padded.resize(frame, 0);
+        let n = encoder.encode(&padded, &mut out)?;
+        let end = if i + 1 == chunks.len() { PacketWriteEndInfo::EndStream } else { PacketWriteEndInfo::NormalPacket };
+        // Granule positions count 48 kHz samples.
+        writer.write_packet(out[..n].to_vec(), serial, end, (i as u64 + 1) * 2880)?;
+    }
+    Ok(Bytes::from(writer.into_inner()))
+}
+
+/// An audio answer with the script's timing: the first byte after `tts_first_byte`; streamed,
+/// the rest in pieces of 100 ms of audio at the real-time factor (cut after
+/// `tts_cut_after_ms`); whole, all of it once the whole clip is "produced".
+fn paced_audio(script: &MockScript, content_type: &'static str, body: Bytes, audio_ms: u64) -> Response<Body> {
+    let (first, rtf) = (script.tts_first_byte, script.tts_rtf.max(0.0));
+    let produce = |ms: u64| Duration::from_secs_f64(ms as f64 / 1000.0 * rtf);
+    let mut pieces: Vec<(Duration, Option<Bytes>)> = Vec::new();
+    if script.tts_stream {
+        let steps = audio_ms.div_ceil(100).max(1) as usize;
+        let size = body.len().div_ceil(steps).max(1);
+        let cut_at = script.tts_cut_after_ms.map(|ms| (ms.div_ceil(100) as usize).max(1));
+        for (i, piece) in body.chunks(size).enumerate() {
+            if cut_at.is_some_and(|cut| i >= cut) {
+                pieces.push((Duration::ZERO, None));
+                break;
+            }
+            let delay = if i == 0 { first } else { produce(100) };
+            pieces.push((delay, Some(body.slice_ref(piece))));
+        }
+    } else {
+        pieces.push((first + produce(audio_ms), Some(body)));
+    }
+    let stream = futures_util::stream::iter(pieces).then(|(delay, piece)| async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        match piece {
+            Some(piece) => Ok(Frame::data(piece)),
+            None => Err(std::io::Error::other("mock: the speech stream is cut mid-sentence")),
+        }
+    });
+    let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }
 
 /// Runs `espeak-ng` and returns the WAV file it wrote.

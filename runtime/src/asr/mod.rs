@@ -1,8 +1,17 @@
-//! Speech recognition: the [`Asr`] trait and its backends.
+//! Speech recognition: the [`Asr`] trait, the streaming [`Recognition`] interface, and the
+//! backends.
 //!
-//! Contract: [`Asr::transcribe`] takes one whole utterance of 16 kHz mono 16-bit PCM (the
-//! pre-roll included) and returns its text, trimmed; an utterance with no words gives an empty
-//! string, not an error. It must be cancel-safe: the turn drops the future on abort.
+//! One path for every backend: a recognition opens when the VAD hears speech start
+//! ([`start`]), 16 kHz mono PCM is pushed as it arrives (the pre-roll first), and
+//! [`Recognition::finish`] at the end of speech gives the final text; dropping it aborts.
+//! Streaming backends ([`Asr::open`]) recognise while the user speaks, so the text is ready
+//! moments after the last word; whole-utterance backends (OpenAI-compatible upload, Whisper,
+//! SenseVoice) sit behind the [`Buffered`] adapter, which keeps the audio and transcribes it at
+//! `finish`.
+//!
+//! Contract of [`Asr::transcribe`]: one whole utterance (pre-roll included) in, its text out,
+//! trimmed; an utterance with no words gives an empty string, not an error. Everything must be
+//! cancel-safe: the turn drops the future on abort.
 
 pub mod openai;
 pub mod sensevoice;
@@ -23,6 +32,52 @@ pub const ASR_SAMPLE_RATE: u32 = 16_000;
 pub trait Asr: Send + Sync {
     /// Transcribes one utterance of 16 kHz mono PCM.
     async fn transcribe(&self, pcm: &[i16]) -> Result<String, ProviderError>;
+
+    /// Opens a streaming recognition, for backends that recognise while the user speaks;
+    /// `None` (the default) for backends that recognise whole utterances ([`Buffered`]).
+    async fn open(&self) -> Option<Result<Box<dyn Recognition>, ProviderError>> {
+        None
+    }
+}
+
+/// One utterance being recognised.
+#[async_trait]
+pub trait Recognition: Send {
+    /// Adds the next 16 kHz mono PCM of the utterance.
+    async fn push(&mut self, pcm: &[i16]) -> Result<(), ProviderError>;
+    /// The end of speech: the final text (trimmed; empty when there were no words).
+    async fn finish(self: Box<Self>) -> Result<String, ProviderError>;
+}
+
+/// Opens a recognition on `asr`: its own streaming one, else a [`Buffered`] one.
+pub async fn start(asr: &Arc<dyn Asr>) -> Result<Box<dyn Recognition>, ProviderError> {
+    match asr.open().await {
+        Some(streaming) => streaming,
+        None => Ok(Box::new(Buffered { asr: Arc::clone(asr), pcm: Vec::new() })),
+    }
+}
+
+/// The adapter of whole-utterance backends: keeps the audio (at most 30 s of it, the longest
+/// utterance) and transcribes it at `finish`.
+pub struct Buffered {
+    asr: Arc<dyn Asr>,
+    pcm: Vec<i16>,
+}
+
+/// Most samples a [`Buffered`] recognition keeps (30 s at 16 kHz).
+const MAX_BUFFERED_SAMPLES: usize = 30 * ASR_SAMPLE_RATE as usize;
+
+#[async_trait]
+impl Recognition for Buffered {
+    async fn push(&mut self, pcm: &[i16]) -> Result<(), ProviderError> {
+        let room = MAX_BUFFERED_SAMPLES.saturating_sub(self.pcm.len());
+        self.pcm.extend_from_slice(&pcm[..pcm.len().min(room)]);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<String, ProviderError> {
+        Ok(self.asr.transcribe(&self.pcm).await?.trim().to_owned())
+    }
 }
 
 /// Builds the ASR backend that a validated config entry names. Local models are loaded here:

@@ -56,6 +56,16 @@ impl Listener {
         self.no_voice_samples = 0;
     }
 
+    /// Whether the VAD is inside an utterance now.
+    pub fn in_speech(&self) -> bool {
+        self.vad.in_speech()
+    }
+
+    /// The utterance heard so far (pre-roll included): what a streaming recognition is fed.
+    pub fn utterance(&self) -> &[i16] {
+        &self.utterance
+    }
+
     /// Takes everything buffered (manual mode: the button was released).
     pub fn take_utterance(&mut self) -> Vec<i16> {
         std::mem::take(&mut self.utterance)

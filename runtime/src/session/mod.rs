@@ -42,7 +42,7 @@ use crate::protocol::message::ClientHello;
 use crate::services::Services;
 use crate::speaker::Speaker;
 use crate::tools::ToolBox;
-use crate::turn::{self, TurnContext, TurnOutcome};
+use crate::turn::{TurnContext, TurnOutcome};
 
 use listener::Listener;
 use state::{Action, Event, Heard, Reply, State, TurnId};
@@ -106,6 +106,67 @@ enum End {
     Close(&'static str),
 }
 
+/// What the recognition task is fed, in order.
+enum Feed {
+    /// The next audio of the utterance.
+    Audio(Vec<i16>),
+    /// The utterance is over: the text goes to `turn`, unless `cancel` fires first.
+    Finish { turn: TurnId, cancel: CancellationToken },
+}
+
+/// Feed items a recognition may have waiting (60 ms packets: a minute of audio); beyond, audio is
+/// dropped (logged) rather than the session waiting.
+const RECOGNITION_FEED: usize = 1024;
+
+/// The recognition of the utterance being heard: a task fed in order (see [`recognition`]).
+struct Recognizer {
+    feed: mpsc::Sender<Feed>,
+    /// Samples of the listener's utterance already fed.
+    pushed: usize,
+}
+
+/// One utterance's recognition task: opens a [`Recognition`](crate::asr::Recognition) (a
+/// streaming one, or the buffered adapter of whole-utterance backends), pushes the audio as it
+/// comes and, at [`Feed::Finish`], reports the final text. Dropping the feed aborts it.
+async fn recognition(services: Arc<Services>, mut feed: mpsc::Receiver<Feed>, reports: mpsc::Sender<TurnReport>) {
+    let mut open = match crate::asr::start(&services.asr).await {
+        Ok(open) => Some(open),
+        Err(e) => {
+            tracing::warn!("ASR failed to start: {e}");
+            None
+        }
+    };
+    while let Some(item) = feed.recv().await {
+        match item {
+            Feed::Audio(pcm) => {
+                if let Some(recognition) = &mut open
+                    && let Err(e) = recognition.push(&pcm).await
+                {
+                    tracing::warn!("ASR failed while listening: {e}");
+                    open = None;
+                }
+            }
+            Feed::Finish { turn, cancel } => {
+                let text = match open.take() {
+                    Some(recognition) => tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        text = recognition.finish() => text.map_err(|e| e.to_string()),
+                    },
+                    None => Err("no recognition".to_owned()),
+                };
+                let text = text
+                    .inspect_err(|e| {
+                        tracing::warn!("ASR failed: {e}");
+                        services.metrics.provider_error("asr");
+                    })
+                    .ok();
+                let _ = reports.send(TurnReport::Transcript { turn, text }).await;
+                return;
+            }
+        }
+    }
+}
+
 /// What a turn's tasks report.
 enum TurnReport {
     /// ASR finished (`None`: it failed).
@@ -133,6 +194,8 @@ struct Session {
     packet: Option<Bytes>,
     /// Created by the first audio frame: idle devices cost no decoder, VAD or pre-roll memory.
     listener: Option<Listener>,
+    /// The recognition of the utterance being heard (from the VAD's speech start).
+    recognizer: Option<Recognizer>,
     /// Created on the first reply (or abort).
     speaker: Option<Speaker>,
     mcp: Option<Arc<McpClient>>,
@@ -160,6 +223,7 @@ impl Session {
             state,
             packet: None,
             listener: None,
+            recognizer: None,
             speaker: None,
             mcp: None,
             history: Vec::new(),
@@ -234,6 +298,11 @@ impl Session {
                         if let Some(heard) = self.hear(manual).await {
                             events.push_back(Event::Heard(heard));
                         }
+                        self.feed_recognition();
+                    }
+                    Action::StartRecognition => {
+                        self.start_recognition();
+                        self.feed_recognition();
                     }
                     Action::EndUtterance => {
                         let pcm = self.listener.as_mut().map(Listener::take_utterance).unwrap_or_default();
@@ -245,6 +314,8 @@ impl Session {
                         if let Some(listener) = &mut self.listener {
                             listener.reset();
                         }
+                        // Dropping the feed aborts a recognition in progress.
+                        self.recognizer = None;
                     }
                     Action::CancelTurn => self.cancel_turn(),
                     Action::StopSpeaking => self.speaker().stop(),
@@ -355,17 +426,43 @@ impl Session {
         handles
     }
 
-    /// A turn starts: ASR on the utterance, in its own task.
+    /// Opens the recognition of the utterance the VAD just heard start, in its own task.
+    fn start_recognition(&mut self) {
+        let (feed, rx) = mpsc::channel(RECOGNITION_FEED);
+        let (services, reports) = (Arc::clone(&self.services), self.reports_tx.clone());
+        tokio::spawn(tracing::Instrument::in_current_span(recognition(services, rx, reports)));
+        self.recognizer = Some(Recognizer { feed, pushed: 0 });
+    }
+
+    /// Feeds the recognition what the listener has heard of the utterance since the last time.
+    fn feed_recognition(&mut self) {
+        let (Some(recognizer), Some(listener)) = (&mut self.recognizer, &self.listener) else { return };
+        if !listener.in_speech() {
+            return;
+        }
+        let heard = listener.utterance();
+        if let Some(fresh) = heard.get(recognizer.pushed..).filter(|fresh| !fresh.is_empty()) {
+            if recognizer.feed.try_send(Feed::Audio(fresh.to_vec())).is_err() {
+                tracing::warn!("the recognition is not keeping up; audio dropped");
+            }
+            recognizer.pushed = heard.len();
+        }
+    }
+
+    /// The utterance is over: its recognition (opened at speech start, or now, for push-to-talk)
+    /// gets the rest of the audio and finishes; the text comes back as a transcript of `id`.
     fn recognise(&mut self, id: TurnId, pcm: Vec<i16>) {
         let (cancel, _) = self.active(id);
-        let (services, reports) = (Arc::clone(&self.services), self.reports_tx.clone());
-        tokio::spawn(tracing::Instrument::in_current_span(async move {
-            let text = tokio::select! {
-                _ = cancel.cancelled() => return,
-                text = turn::recognise(&services, &pcm) => text,
-            };
-            let _ = reports.send(TurnReport::Transcript { turn: id, text }).await;
-        }));
+        if self.recognizer.is_none() {
+            self.start_recognition();
+        }
+        let Some(recognizer) = self.recognizer.take() else { return };
+        let rest = pcm.get(recognizer.pushed.min(pcm.len())..).unwrap_or_default();
+        let fed = (rest.is_empty() || recognizer.feed.try_send(Feed::Audio(rest.to_vec())).is_ok())
+            && recognizer.feed.try_send(Feed::Finish { turn: id, cancel }).is_ok();
+        if !fed {
+            tracing::warn!("the recognition is not keeping up; the utterance is lost");
+        }
     }
 
     /// The LLM and TTS answer, in the turn's own task.
@@ -387,7 +484,7 @@ impl Session {
         };
         let reports = self.reports_tx.clone();
         tokio::spawn(tracing::Instrument::in_current_span(async move {
-            let outcome = turn::run(ctx).await;
+            let outcome = crate::turn::run(ctx).await;
             let _ = reports.send(TurnReport::Done { turn: id, outcome }).await;
         }));
     }

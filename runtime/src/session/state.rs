@@ -145,6 +145,9 @@ pub enum Action {
     },
     /// Push-to-talk released: hand what the listener buffered back as [`Heard::Utterance`] (if any).
     EndUtterance,
+    /// The VAD heard speech start: open a recognition and feed it the utterance as it is heard
+    /// (pre-roll first), so ASR works while the user speaks.
+    StartRecognition,
     /// Forget any partial utterance and VAD state.
     ResetListener,
     /// Cancel the running turn (providers, tools, queued audio).
@@ -398,12 +401,14 @@ impl State {
                 let turn = self.new_turn(Stage::Recognising);
                 out.push(Action::Recognise { turn, pcm });
             }
-            Heard::SpeechStart if self.turn.is_some() => {
-                // Barge-in: the user speaks over the reply.
-                self.cancel_turn(out);
-                out.push(Action::StopSpeaking);
+            Heard::SpeechStart => {
+                if self.turn.is_some() {
+                    // Barge-in: the user speaks over the reply.
+                    self.cancel_turn(out);
+                    out.push(Action::StopSpeaking);
+                }
+                out.push(Action::StartRecognition);
             }
-            Heard::SpeechStart => {}
             Heard::Nothing { no_voice_ms } => {
                 let silent = Duration::from_millis(no_voice_ms) >= self.rules.no_voice;
                 if self.turn.is_none() && silent && !self.goodbye_started {

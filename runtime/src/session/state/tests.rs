@@ -331,7 +331,15 @@ fn table() -> Vec<Rule> {
             replying(ListenMode::Realtime),
             3.0,
             Event::Heard(Heard::SpeechStart),
-            vec![Action::CancelTurn, Action::StopSpeaking],
+            vec![Action::CancelTurn, Action::StopSpeaking, Action::StartRecognition],
+            Phase::Listening,
+        ),
+        rule(
+            "speech start opens the recognition, which listens while the user speaks",
+            listening(ListenMode::Auto),
+            1.5,
+            Event::Heard(Heard::SpeechStart),
+            vec![Action::StartRecognition],
             Phase::Listening,
         ),
         rule(
