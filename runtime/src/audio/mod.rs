@@ -6,6 +6,7 @@
 
 pub mod chunks;
 pub mod decode;
+pub mod endpoint;
 pub mod opus;
 pub mod pacer;
 pub mod resample;
