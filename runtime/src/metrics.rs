@@ -11,6 +11,7 @@
 //! | `xiaozhi_extension_calls_total` | counter | `extension`, `call` (`tool.call`, …), `outcome`: `ok`, `error`, `trap`, `timeout` |
 //! | `xiaozhi_devices_dropped_total` | counter: connections we gave up on | `reason`: `not_reading` (the queue filled or one write took longer than `limits.write_timeout_ms`), `write_failed` |
 //! | `xiaozhi_limits_hit_total` | counter: inputs cut or refused at a limit | `limit`: the `limits` key (`device_tools`, `tool_result_chars`, …) |
+//! | `xiaozhi_downlink_frames_total` | counter: downlink Opus frames by how they were made | `path`: `encoded` (PCM encoded here), `passed_through` (a TTS's Opus packet sent as it was) |
 //! | `xiaozhi_encoder_complexity_steps_total` | counter: a session's Opus encoder stepped its complexity (down when it fell behind real time, up when back on time) | `direction`: `down`, `up` |
 //!
 //! One [`Metrics`] per server (not a process global), so that several servers in one test
@@ -67,6 +68,13 @@ pub struct LimitLabels {
     pub limit: &'static str,
 }
 
+/// How a downlink frame was made.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FrameLabels {
+    /// `encoded` or `passed_through`.
+    pub path: &'static str,
+}
+
 /// Which way an encoder's complexity went.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StepLabels {
@@ -97,6 +105,8 @@ pub struct Metrics {
     pub limits_hit: Family<LimitLabels, Counter>,
     /// Encoder complexity steps, by direction.
     pub encoder_steps: Family<StepLabels, Counter>,
+    /// Downlink frames by how they were made.
+    pub downlink_frames: Family<FrameLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -132,6 +142,12 @@ impl Metrics {
         registry.register("xiaozhi_devices_dropped", "Connections given up on, by reason", devices_dropped.clone());
         let limits_hit = Family::<LimitLabels, Counter>::default();
         registry.register("xiaozhi_limits_hit", "Inputs cut or refused at a limit, by limit", limits_hit.clone());
+        let downlink_frames = Family::<FrameLabels, Counter>::default();
+        registry.register(
+            "xiaozhi_downlink_frames",
+            "Downlink Opus frames by how they were made",
+            downlink_frames.clone(),
+        );
         let encoder_steps = Family::<StepLabels, Counter>::default();
         registry.register(
             "xiaozhi_encoder_complexity_steps",
@@ -150,6 +166,7 @@ impl Metrics {
             devices_dropped,
             limits_hit,
             encoder_steps,
+            downlink_frames,
         })
     }
 
@@ -166,6 +183,11 @@ impl Metrics {
     /// Counts an input cut or refused at the `limits` key `limit`.
     pub fn limit_hit(&self, limit: &'static str) {
         self.limits_hit.get_or_create(&LimitLabels { limit }).inc();
+    }
+
+    /// Counts a downlink frame (`encoded`, `passed_through`).
+    pub fn downlink_frame(&self, path: &'static str) {
+        self.downlink_frames.get_or_create(&FrameLabels { path }).inc();
     }
 
     /// Counts an encoder complexity step (`down`, `up`).

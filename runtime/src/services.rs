@@ -11,7 +11,7 @@ use crate::config::{Config, SileroVadConfig, VadSpec};
 use crate::extensions::Registry;
 use crate::llm::{self, Llm};
 use crate::metrics::Metrics;
-use crate::speaker::PhraseCache;
+use crate::speaker::{EncoderLoad, PhraseCache};
 use crate::store::Store;
 use crate::tts::{self, Tts};
 
@@ -33,6 +33,8 @@ pub struct Services {
     pub extensions: Option<Arc<Registry>>,
     /// Encoded fixed phrases, shared by all sessions and kept across config changes.
     pub phrases: Arc<PhraseCache>,
+    /// The server's encoding load, shared by every session's speaker.
+    pub encoder_load: Arc<EncoderLoad>,
     /// Describes the voice and downlink format: the phrase cache key prefix.
     pub voice_key: String,
     /// Silero settings of the selected VAD entry.
@@ -69,6 +71,7 @@ pub struct ModelCache {
     asr: Option<(String, Arc<dyn Asr>)>,
     tts: Option<(String, Arc<dyn Tts>)>,
     phrases: Arc<PhraseCache>,
+    encoder_load: Arc<EncoderLoad>,
     /// The extension registry: created once at start-up, carried over every rebuild.
     pub extensions: Option<Arc<Registry>>,
     store: Arc<dyn Store>,
@@ -80,7 +83,17 @@ impl ModelCache {
     /// An empty cache for a server whose state lives in `store`, registered as `instance`,
     /// counting into `metrics`.
     pub fn new(store: Arc<dyn Store>, instance: Arc<str>, metrics: Arc<Metrics>) -> Self {
-        Self { vad: None, asr: None, tts: None, phrases: Arc::default(), extensions: None, store, instance, metrics }
+        Self {
+            vad: None,
+            asr: None,
+            tts: None,
+            phrases: Arc::default(),
+            encoder_load: Arc::default(),
+            extensions: None,
+            store,
+            instance,
+            metrics,
+        }
     }
 }
 
@@ -136,6 +149,7 @@ impl Services {
             vad_config,
             extensions: cache.extensions.clone(),
             phrases: Arc::clone(&cache.phrases),
+            encoder_load: Arc::clone(&cache.encoder_load),
             voice_key,
             store: Arc::clone(&cache.store),
             instance: Arc::clone(&cache.instance),

@@ -48,6 +48,81 @@ const LATE: Duration = Duration::from_millis(20);
 /// After this many frames in a row on time, the encoder's complexity goes up one step.
 const ON_TIME_TO_STEP_UP: u32 = 250;
 
+/// How long a late frame anywhere keeps every session's encoder at complexity 0.
+const LOAD_HOLD: Duration = Duration::from_secs(10);
+
+/// One session's encoder complexity under load, as a pure rule: a late frame drops it to 0 at
+/// once (real time wins over quality); [`ON_TIME_TO_STEP_UP`] frames in a row on time raise it one
+/// step, never above the server-wide ceiling ([`EncoderLoad`]) nor the configured complexity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Complexity {
+    /// The complexity now.
+    pub current: u8,
+    on_time: u32,
+}
+
+impl Complexity {
+    /// Starting at `configured`.
+    pub fn new(configured: u8) -> Self {
+        Self { current: configured, on_time: 0 }
+    }
+
+    /// One frame, sent `late` or not, under `ceiling`; the new complexity when it changed.
+    pub fn frame(&mut self, late: bool, ceiling: u8) -> Option<u8> {
+        let next = if late {
+            self.on_time = 0;
+            0
+        } else {
+            self.on_time += 1;
+            if self.on_time >= ON_TIME_TO_STEP_UP && self.current < ceiling {
+                self.on_time = 0;
+                self.current + 1
+            } else {
+                self.current.min(ceiling)
+            }
+        };
+        (next != self.current).then(|| {
+            self.current = next;
+            next
+        })
+    }
+}
+
+/// The server's encoding load, shared by every session's speaker: when one session falls behind
+/// real time, the machine is short of CPU, so every session encodes at complexity 0 for
+/// [`LOAD_HOLD`] (sessions starting a reply then do not each pay a late frame to learn it).
+#[derive(Debug, Default)]
+pub struct EncoderLoad {
+    /// When a frame was last late (ms on this process's monotonic clock); 0: never.
+    lowered_at: std::sync::atomic::AtomicU64,
+    origin: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl EncoderLoad {
+    /// A load with no late frame yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn ms(&self, now: std::time::Instant) -> u64 {
+        let origin = *self.origin.get_or_init(|| now);
+        (now.saturating_duration_since(origin).as_millis() as u64).saturating_add(1)
+    }
+
+    /// A frame was late at `now`.
+    pub fn lower(&self, now: std::time::Instant) {
+        self.lowered_at.store(self.ms(now), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The highest complexity any session may use at `now`: 0 within [`LOAD_HOLD`] of a late
+    /// frame, else `configured`.
+    pub fn ceiling(&self, now: std::time::Instant, configured: u8) -> u8 {
+        let lowered = self.lowered_at.load(std::sync::atomic::Ordering::Relaxed);
+        let held = lowered != 0 && self.ms(now).saturating_sub(lowered) < LOAD_HOLD.as_millis() as u64;
+        if held { 0 } else { configured }
+    }
+}
+
 /// What a sentence's audio is.
 pub enum Source {
     /// A whole clip, at any rate.
@@ -163,6 +238,7 @@ impl Speaker {
         params: &AudioParams,
         audio: &AudioConfig,
         metrics: Arc<crate::metrics::Metrics>,
+        load: Arc<EncoderLoad>,
     ) -> Self {
         let pacer = Pacer::new(Duration::from_millis(params.frame_duration as u64), audio.prebuffer_frames);
         let (tx, rx) = mpsc::channel(SPEAKER_QUEUE);
@@ -176,8 +252,8 @@ impl Speaker {
             pacer,
             started: Instant::now(),
             stop: Arc::clone(&stop),
-            complexity: audio.opus_complexity,
-            on_time: 0,
+            complexity: Complexity::new(audio.opus_complexity),
+            load,
             metrics,
         };
         tokio::spawn(task.run(rx));
@@ -238,10 +314,10 @@ struct Task {
     pacer: Pacer,
     started: Instant,
     stop: Arc<Notify>,
-    /// The encoder's complexity now (lowered while the task falls behind its pacing clock).
-    complexity: u8,
-    /// Frames in a row sent on time.
-    on_time: u32,
+    /// The encoder's complexity (lowered while the task falls behind its pacing clock).
+    complexity: Complexity,
+    /// The server's load: a late session lowers every session's complexity for a while.
+    load: Arc<EncoderLoad>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -338,6 +414,7 @@ impl Task {
                             && framing.resampler.is_none();
                         if fits {
                             // Already what the device decodes: re-framed and paced, not re-encoded.
+                            self.metrics.downlink_frame("passed_through");
                             if !self.send_paced(packet, turn, &mut framing).await {
                                 return None;
                             }
@@ -413,7 +490,10 @@ impl Task {
             // Encoded just before it is due: the encoder's work is spread over the reply.
             let Some(encoder) = self.encoder() else { break };
             let opus = match encoder.encode(&frame, &mut packet) {
-                Ok(len) => Bytes::copy_from_slice(&packet[..len]),
+                Ok(len) => {
+                    self.metrics.downlink_frame("encoded");
+                    Bytes::copy_from_slice(&packet[..len])
+                }
                 Err(e) => {
                     tracing::warn!("opus encode failed, frame skipped: {e}");
                     continue;
@@ -437,7 +517,9 @@ impl Task {
     fn encoder(&mut self) -> Option<&mut OpusEncoder> {
         if self.encoder.is_none() {
             let (params, audio) = (&self.params, &self.audio);
-            match OpusEncoder::new(params.sample_rate, params.frame_duration, audio.opus_bitrate, self.complexity) {
+            let complexity =
+                self.complexity.current.min(self.load.ceiling(Instant::now().into_std(), audio.opus_complexity));
+            match OpusEncoder::new(params.sample_rate, params.frame_duration, audio.opus_bitrate, complexity) {
                 Ok(encoder) => self.encoder = Some(encoder),
                 Err(e) => {
                     tracing::error!(
@@ -479,27 +561,16 @@ impl Task {
         true
     }
 
-    /// Steps the encoder's complexity down two levels at once when late, up one level after
-    /// [`ON_TIME_TO_STEP_UP`] frames on time (never above `audio.opus_complexity`).
+    /// Applies the complexity rules to one frame sent on time or `late`.
     fn adapt(&mut self, late: bool) {
-        let configured = self.audio.opus_complexity;
-        let next = if late {
-            self.on_time = 0;
-            self.complexity.saturating_sub(2)
-        } else {
-            self.on_time += 1;
-            if self.on_time < ON_TIME_TO_STEP_UP || self.complexity >= configured {
-                return;
-            }
-            self.on_time = 0;
-            self.complexity + 1
-        };
-        if next == self.complexity {
-            return;
+        let now = Instant::now().into_std();
+        if late {
+            self.load.lower(now);
         }
-        let direction = if next < self.complexity { "down" } else { "up" };
-        self.complexity = next;
-        self.metrics.encoder_step(direction);
+        let ceiling = self.load.ceiling(now, self.audio.opus_complexity);
+        let before = self.complexity.current;
+        let Some(next) = self.complexity.frame(late, ceiling) else { return };
+        self.metrics.encoder_step(if next < before { "down" } else { "up" });
         if let Some(encoder) = &mut self.encoder
             && let Err(e) = encoder.set_complexity(next)
         {
@@ -525,6 +596,32 @@ impl Task {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn complexity_drops_at_once_when_late_and_climbs_slowly() {
+        let mut c = Complexity::new(5);
+        assert_eq!(c.frame(false, 5), None);
+        assert_eq!(c.frame(true, 5), Some(0), "a late frame: 0 at once");
+        for _ in 0..ON_TIME_TO_STEP_UP - 1 {
+            assert_eq!(c.frame(false, 5), None);
+        }
+        assert_eq!(c.frame(false, 5), Some(1), "then one step per {ON_TIME_TO_STEP_UP} frames on time");
+        assert_eq!(c.frame(false, 0), Some(0), "never above the server-wide ceiling");
+        for _ in 0..ON_TIME_TO_STEP_UP * 10 {
+            c.frame(false, 5);
+        }
+        assert_eq!(c.current, 5, "nor above the configured complexity");
+    }
+
+    #[test]
+    fn one_late_session_lowers_every_session_for_a_while() {
+        let load = EncoderLoad::new();
+        let t0 = std::time::Instant::now();
+        assert_eq!(load.ceiling(t0, 5), 5);
+        load.lower(t0 + Duration::from_secs(1));
+        assert_eq!(load.ceiling(t0 + Duration::from_secs(2), 5), 0);
+        assert_eq!(load.ceiling(t0 + Duration::from_secs(1) + LOAD_HOLD, 5), 5);
+    }
 
     #[test]
     fn phrase_cache_is_bounded_and_keyed_by_voice() {

@@ -892,7 +892,8 @@ fn paced_audio(script: &MockScript, content_type: &'static str, body: Bytes, aud
         let cut_at = script.tts_cut_after_ms.map(|ms| (ms.div_ceil(100) as usize).max(1));
         for (i, piece) in body.chunks(size).enumerate() {
             if cut_at.is_some_and(|cut| i >= cut) {
-                pieces.push((Duration::ZERO, None));
+                // A moment later, so that what was sent has left (as in a real broken connection).
+                pieces.push((Duration::from_millis(50), None));
                 break;
             }
             let delay = if i == 0 { first } else { produce(100) };

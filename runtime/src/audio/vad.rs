@@ -54,7 +54,6 @@ pub const STATE: usize = 2 * LAYER;
 /// Most windows the [`VadBatcher`] runs in one inference.
 pub const MAX_BATCH: usize = 256;
 
-
 /// The model's `sr` input: a scalar, always 16 kHz.
 static SR: [i64; 1] = [SAMPLE_RATE as i64];
 
@@ -1074,4 +1073,3 @@ mod tests {
         assert!(tails[9] <= 100, "{tails:?}");
     }
 }
-

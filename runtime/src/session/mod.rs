@@ -405,7 +405,8 @@ impl Session {
         self.speaker
             .get_or_insert_with(|| {
                 let metrics = Arc::clone(&self.services.metrics);
-                Speaker::spawn(self.outbox.clone(), &config.xiaozhi.audio_params, &config.audio, metrics)
+                let load = Arc::clone(&self.services.encoder_load);
+                Speaker::spawn(self.outbox.clone(), &config.xiaozhi.audio_params, &config.audio, metrics, load)
             })
             .clone()
     }

@@ -72,7 +72,8 @@ pub struct BenchArgs {
 /// One finished turn.
 #[derive(Debug, Clone, Default)]
 struct TurnStats {
-    latency: Option<Duration>,
+    /// Server-added latency, ms (negative: before the reference).
+    latency: Option<f64>,
     frames: usize,
     late: usize,
 }
@@ -209,7 +210,7 @@ async fn bench(args: &BenchArgs, pcm: Vec<i16>, voiced_end: Duration) -> anyhow:
     let usage_after = args.pid.and_then(process_usage);
     let frames: u64 = stats.iter().map(|s| s.frames as u64).sum();
     let late: u64 = stats.iter().map(|s| s.late as u64).sum();
-    let latencies = stats.iter().filter_map(|s| s.latency).map(|d| d.as_secs_f64() * 1000.0).collect();
+    let latencies = stats.iter().filter_map(|s| s.latency).collect();
     let (cpu, rss) = match (usage_before, usage_after) {
         (Some((t0, r0)), Some((t1, r1))) => {
             (Some((t1.saturating_sub(t0)) as f64 / seconds.max(1e-9)), Some((r0 as f64 / 1024.0, r1 as f64 / 1024.0)))
@@ -297,7 +298,14 @@ async fn one_turn(
             **at > due + LATE_BY
         })
         .count();
-    Ok(TurnStats { latency: Some(first.saturating_duration_since(voice_done)), frames: arrivals.len(), late })
+    // Signed: a VAD that decides before the end of the bench's own reference (its last sample
+    // above 300) plus the silence window gives a negative figure, not a clipped zero.
+    let latency = if first >= voice_done {
+        first.duration_since(voice_done).as_secs_f64() * 1000.0
+    } else {
+        -(voice_done.duration_since(first).as_secs_f64() * 1000.0)
+    };
+    Ok(TurnStats { latency: Some(latency), frames: arrivals.len(), late })
 }
 
 fn is_tts_stop(v: &Value) -> bool {

@@ -79,7 +79,14 @@ async fn main() -> anyhow::Result<()> {
             "😊 Done, the volume is now 30.",
         ),
     };
+    // The reply's sentences (as the server cuts them) and the error phrase are synthesized now,
+    // so that the speech endpoint answers with the scripted timing, not espeak-ng's.
+    let mut splitter = xiaozhi_server::text::SentenceSplitter::new();
+    let mut sentences = splitter.push(&script.reply);
+    sentences.extend(splitter.finish());
     let mock = MockOpenAi::start_at((ip, port).into(), script).await?;
+    let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    mock.warm_tts(&sentences).await?;
     println!("# Providers: the mock OpenAI-compatible server on {}", mock.base_url());
     print!("{}", mock.config_override_yaml_with_tts(&tts_format));
     eprintln!("mock providers listening on {} (Ctrl-C stops)", mock.base_url());
