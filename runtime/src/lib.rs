@@ -26,13 +26,17 @@
 //! - [`session`]: the per-device task: [`session::state`] is its rules as a pure state machine
 //!   (`step(event, now) → actions`), the rest performs the actions (listener: VAD, pre-roll,
 //!   utterance buffer; turns; the registry).
-//! - [`turn`]: one conversational turn: ASR, then (once the session's rules accept the text)
-//!   intent → LLM stream (tool calls) → sentences → TTS.
-//! - [`speaker`]: the per-session audio output: resampling, Opus encoding and real-time pacing;
-//!   the one owner of the device's speaking state (`tts` start / sentence_start / stop).
-//! - [`audio`]: Opus codec wrappers, resampling, audio file decoding, the pacer and Silero VAD.
-//! - [`asr`], [`llm`], [`tts`]: provider traits and their backends; [`remote`]: the provider error
-//!   type and the HTTP plumbing the remote backends share.
+//! - [`turn`]: one conversational reply, once the session's recognition (fed while the user
+//!   spoke) gave the text and its rules accepted it: intent → LLM stream (tool calls) → sentences
+//!   → TTS, each sentence streamed to the speaker from its first audio.
+//! - [`speaker`]: the per-session audio output: streamed resampling, Opus encoding (or Opus passed
+//!   through), real-time pacing and the encoder's complexity under load; the one owner of the
+//!   device's speaking state (`tts` start / sentence_start / stop).
+//! - [`audio`]: Opus codec wrappers, resampling (whole and streamed), decoding of audio files and
+//!   of streamed answers (`chunks`), the pacer, Silero VAD and its pure end-of-speech rules
+//!   (`endpoint`).
+//! - [`asr`], [`llm`], [`tts`]: provider traits (streaming recognition, streamed speech) and their
+//!   backends; [`remote`]: the provider error type and the HTTP plumbing the remote backends share.
 //! - [`text`]: sentence segmentation, emoji → emotion, markdown and `<think>` cleaning.
 //! - [`mcp`]: the MCP client that talks to the device's tools over the session.
 //! - [`tools`]: the one registry of tools offered to the LLM.
