@@ -43,13 +43,13 @@ const SPEAKER_QUEUE: usize = 4;
 pub const STREAM_CHUNKS: usize = 32;
 
 /// A frame sent this much after it was due counts as late (the device's buffer is draining).
-const LATE: Duration = Duration::from_millis(20);
+pub const LATE: Duration = Duration::from_millis(20);
 
 /// After this many frames in a row on time, the encoder's complexity goes up one step.
-const ON_TIME_TO_STEP_UP: u32 = 250;
+pub const ON_TIME_TO_STEP_UP: u32 = 250;
 
 /// How long a late frame anywhere keeps every session's encoder at complexity 0.
-const LOAD_HOLD: Duration = Duration::from_secs(10);
+pub const LOAD_HOLD: Duration = Duration::from_secs(10);
 
 /// One session's encoder complexity under load, as a pure rule: a late frame drops it to 0 at
 /// once (real time wins over quality); [`ON_TIME_TO_STEP_UP`] frames in a row on time raise it one
