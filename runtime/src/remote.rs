@@ -1,6 +1,6 @@
-//! What every remote (HTTP) provider backend shares: the error type of provider calls and the
-//! small HTTP helpers (endpoint joining, clients with timeouts, error mapping) used by the
-//! OpenAI-compatible ASR, LLM and TTS backends and the custom TTS.
+//! What every remote provider backend shares: the error type of provider calls, the small HTTP
+//! helpers (endpoint joining, clients with timeouts, error mapping) and the WebSocket connection
+//! of the vendors that speak WebSocket ([`ws_connect`]).
 
 use std::time::Duration;
 
@@ -124,6 +124,59 @@ pub(crate) fn request_error(url: &str, what: &str, timeout: Duration, err: &reqw
     } else {
         ProviderError::Transport { url: url.to_string(), message: error_chain(err) }
     }
+}
+
+/// A provider's WebSocket connection (`ws://` or `wss://`, TLS by rustls with the webpki roots).
+pub(crate) type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Largest message accepted from a provider's WebSocket, bytes (a whole synthesized sentence in
+/// one frame stays far below it).
+pub(crate) const MAX_WS_MESSAGE_BYTES: usize = 8 << 20;
+
+/// Opens a provider's WebSocket at `url` with `headers`, within `timeout` (TCP, TLS and the
+/// handshake together). A refused handshake becomes [`ProviderError::Status`] with the start of
+/// the vendor's answer (where vendors put their authentication errors); `what` names the call in
+/// timeouts ("Edge TTS connection"). Secrets in `headers` never appear in errors.
+pub(crate) async fn ws_connect(
+    url: &str,
+    headers: &[(&str, String)],
+    timeout: Duration,
+    what: &str,
+) -> Result<WsStream, ProviderError> {
+    use tokio_tungstenite::tungstenite;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| ProviderError::Config(format!("{what}: the URL `{url}` is not a WebSocket URL: {e}")))?;
+    for (name, value) in headers {
+        let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| ProviderError::Config(format!("{what}: header name `{name}` is invalid")))?;
+        let value = reqwest::header::HeaderValue::from_str(value)
+            .map_err(|_| ProviderError::Config(format!("{what}: the value of header `{name}` is invalid")))?;
+        request.headers_mut().insert(name, value);
+    }
+    let config = tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_WS_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_WS_MESSAGE_BYTES));
+    let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    match tokio::time::timeout(timeout, connect).await {
+        Err(_) => Err(ProviderError::Timeout { what: what.to_owned(), seconds: timeout.as_secs().max(1) }),
+        Ok(Ok((stream, _))) => Ok(stream),
+        Ok(Err(tungstenite::Error::Http(response))) => Err(ProviderError::Status {
+            url: url_without_query(url),
+            status: response.status().as_u16(),
+            body: response.body().as_deref().map(body_start).unwrap_or_default(),
+        }),
+        Ok(Err(e)) => Err(ProviderError::Transport { url: url_without_query(url), message: error_chain(&e) }),
+    }
+}
+
+/// `url` without its query string, for messages: signed vendor URLs carry their signature and
+/// keys there.
+pub(crate) fn url_without_query(url: &str) -> String {
+    url.split_once('?').map_or(url, |(head, _)| head).to_owned()
 }
 
 /// The first characters of a response body, for error messages.

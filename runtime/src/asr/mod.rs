@@ -13,9 +13,16 @@
 //! trimmed; an utterance with no words gives an empty string, not an error. Everything must be
 //! cancel-safe: the turn drops the future on abort.
 
+pub mod aliyun_stream;
+pub mod aliyunbl_stream;
+pub mod doubao_stream;
+pub mod fun_server;
 pub mod openai;
+pub mod qwen3_asr_flash;
 pub mod sensevoice;
+pub mod tencent;
 pub mod whisper;
+pub mod xunfei_stream;
 
 use std::sync::Arc;
 
@@ -87,5 +94,12 @@ pub fn build(spec: &AsrSpec) -> Result<Arc<dyn Asr>, ProviderError> {
         AsrSpec::OpenAi(cfg) => Ok(Arc::new(openai::OpenAiAsr::new(cfg.clone())?)),
         AsrSpec::Whisper(cfg) => Ok(Arc::new(whisper::WhisperAsr::load(cfg)?)),
         AsrSpec::SenseVoice(cfg) => Ok(Arc::new(sensevoice::SenseVoiceAsr::load(cfg)?)),
+        AsrSpec::FunServer(cfg) => fun_server::build(cfg),
+        AsrSpec::DoubaoStream(cfg) => doubao_stream::build(cfg),
+        AsrSpec::AliyunStream(cfg) => aliyun_stream::build(cfg),
+        AsrSpec::AliyunBlStream(cfg) => aliyunbl_stream::build(cfg),
+        AsrSpec::Qwen3AsrFlash(cfg) => qwen3_asr_flash::build(cfg),
+        AsrSpec::XunfeiStream(cfg) => xunfei_stream::build(cfg),
+        AsrSpec::Tencent(cfg) => tencent::build(cfg),
     }
 }

@@ -353,7 +353,13 @@ impl Default for WhisperConfig {
 
 impl Default for SenseVoiceConfig {
     fn default() -> Self {
-        Self { model_dir: "models/sensevoice".into(), language: "auto".into(), use_itn: true, threads: 1 }
+        Self {
+            model_dir: "models/sensevoice".into(),
+            language: "auto".into(),
+            use_itn: true,
+            threads: 1,
+            output_dir: None,
+        }
     }
 }
 

@@ -443,11 +443,40 @@ fn kind_name(value: &Value) -> &'static str {
 /// Supported `type`s of the selected VAD entry.
 const VAD_TYPES: &[&str] = &["silero"];
 /// Supported `type`s of the selected ASR entry.
-const ASR_TYPES: &[&str] = &["openai", "whisper_onnx", "sensevoice_onnx"];
+const ASR_TYPES: &[&str] = &[
+    "openai",
+    "whisper_onnx",
+    "sensevoice_onnx",
+    "fun_local",
+    "sherpa_onnx_local",
+    "fun_server",
+    "doubao_stream",
+    "aliyun_stream",
+    "aliyunbl_stream",
+    "qwen3_asr_flash",
+    "xunfei_stream",
+    "tencent",
+];
 /// Supported `type`s of the selected LLM entry (`ollama` and `xinference` speak the OpenAI API).
-const LLM_TYPES: &[&str] = &["openai", "ollama", "xinference"];
+const LLM_TYPES: &[&str] = &["openai", "ollama", "xinference", "dify", "coze", "fastgpt", "AliBL", "gemini"];
 /// Supported `type`s of the selected TTS entry.
-const TTS_TYPES: &[&str] = &["openai", "custom", "piper"];
+const TTS_TYPES: &[&str] = &[
+    "openai",
+    "custom",
+    "piper",
+    "edge",
+    "doubao",
+    "huoshan_double_stream",
+    "aliyun_stream",
+    "alibl_stream",
+    "siliconflow",
+    "minimax_httpstream",
+    "gpt_sovits_v2",
+    "gpt_sovits_v3",
+    "fishspeech",
+    "xunfei_stream",
+    "tencent",
+];
 
 /// Resolves `selected_module` against the provider dictionaries into typed [`Providers`].
 fn resolve_providers(config: &Config, warnings: &mut Vec<String>) -> Result<Providers, ConfigError> {
@@ -469,39 +498,37 @@ fn resolve_providers(config: &Config, warnings: &mut Vec<String>) -> Result<Prov
         match entry.kind.as_str() {
             "whisper_onnx" => AsrSpec::Whisper(entry.typed(warnings)?),
             "sensevoice_onnx" => AsrSpec::SenseVoice(entry.typed(warnings)?),
+            "fun_local" | "sherpa_onnx_local" => sensevoice_alias(entry, warnings)?,
+            "fun_server" => AsrSpec::FunServer(entry.typed(warnings)?),
+            "doubao_stream" => AsrSpec::DoubaoStream(entry.typed(warnings)?),
+            "aliyun_stream" => AsrSpec::AliyunStream(entry.typed(warnings)?),
+            "aliyunbl_stream" => AsrSpec::AliyunBlStream(entry.typed(warnings)?),
+            "qwen3_asr_flash" => AsrSpec::Qwen3AsrFlash(entry.typed(warnings)?),
+            "xunfei_stream" => AsrSpec::XunfeiStream(entry.typed(warnings)?),
+            "tencent" => AsrSpec::Tencent(entry.typed(warnings)?),
             _ => AsrSpec::OpenAi(entry.typed(warnings)?),
         }
     };
 
-    let llm = {
-        let mut entry = SelectedEntry::find("LLM", &selected.llm, &config.llm, LLM_TYPES)?;
-        // The Python server's OpenAI provider reads `url` when `base_url` is absent.
-        if let Some(url) = entry.settings.shift_remove("url")
-            && !entry.settings.contains_key("base_url")
-        {
-            entry.settings.insert("base_url".into(), url);
-        }
-        let base_url_given = entry.settings.contains_key("base_url");
-        let kind = entry.kind.clone();
-        let mut settings: OpenAiLlmConfig = entry.typed(warnings)?;
-        let local_root = match kind.as_str() {
-            "ollama" => Some("http://localhost:11434"),
-            "xinference" => Some("http://localhost:9997"),
-            _ => None,
-        };
-        if let Some(default_root) = local_root {
-            // Like the Python providers: default host, and `/v1` appended unless already there.
-            let root = if base_url_given { settings.base_url.trim().trim_end_matches('/') } else { default_root };
-            settings.base_url = if root.ends_with("/v1") { root.to_owned() } else { format!("{root}/v1") };
-        }
-        LlmSpec::OpenAi(settings)
-    };
+    let llm = openai_compatible_or(SelectedEntry::find("LLM", &selected.llm, &config.llm, LLM_TYPES)?, warnings)?;
 
     let tts = {
         let entry = SelectedEntry::find("TTS", &selected.tts, &config.tts, TTS_TYPES)?;
         match entry.kind.as_str() {
             "custom" => TtsSpec::Custom(entry.typed(warnings)?),
             "piper" => TtsSpec::Piper(entry.typed(warnings)?),
+            "edge" => TtsSpec::Edge(entry.typed(warnings)?),
+            "doubao" => TtsSpec::Doubao(entry.typed(warnings)?),
+            "huoshan_double_stream" => TtsSpec::HuoshanDoubleStream(entry.typed(warnings)?),
+            "aliyun_stream" => TtsSpec::AliyunStream(entry.typed(warnings)?),
+            "alibl_stream" => TtsSpec::AliBlStream(entry.typed(warnings)?),
+            "siliconflow" => TtsSpec::SiliconFlow(entry.typed(warnings)?),
+            "minimax_httpstream" => TtsSpec::MinimaxHttpStream(entry.typed(warnings)?),
+            "gpt_sovits_v2" => TtsSpec::GptSovitsV2(entry.typed(warnings)?),
+            "gpt_sovits_v3" => TtsSpec::GptSovitsV3(entry.typed(warnings)?),
+            "fishspeech" => TtsSpec::FishSpeech(entry.typed(warnings)?),
+            "xunfei_stream" => TtsSpec::XunfeiStream(entry.typed(warnings)?),
+            "tencent" => TtsSpec::Tencent(entry.typed(warnings)?),
             _ => TtsSpec::OpenAi(entry.typed(warnings)?),
         }
     };
@@ -530,6 +557,58 @@ fn resolve_providers(config: &Config, warnings: &mut Vec<String>) -> Result<Prov
     };
 
     Ok(Providers { vad, asr, llm, tts, intent, memory })
+}
+
+/// The Python server's local SenseVoice types: `fun_local` (FunASR's SenseVoiceSmall) and
+/// `sherpa_onnx_local` (sherpa-onnx's SenseVoice export) run the same model as `sensevoice_onnx`.
+/// sherpa-onnx's Paraformer models (`model_type: paraformer`) are another model, not supported.
+fn sensevoice_alias(mut entry: SelectedEntry, warnings: &mut Vec<String>) -> Result<AsrSpec, ConfigError> {
+    if let Some(model_type) = entry.settings.shift_remove("model_type") {
+        let model_type = model_type.as_str().unwrap_or_default().trim().to_ascii_lowercase();
+        if !model_type.is_empty() && model_type != "sense_voice" && model_type != "sensevoice" {
+            return Err(ConfigError::Invalid {
+                path: format!("{}.model_type", entry.path),
+                message: format!(
+                    "\"{model_type}\" is not supported here: only SenseVoice models run in process (use \
+                     model_type: sense_voice with a SenseVoice export, or whisper_onnx)"
+                ),
+            });
+        }
+    }
+    Ok(AsrSpec::SenseVoice(entry.typed(warnings)?))
+}
+
+/// The LLM spec of the selected entry: its own type's settings, or the OpenAI-compatible ones
+/// (`openai`, `ollama`, `xinference`).
+fn openai_compatible_or(mut entry: SelectedEntry, warnings: &mut Vec<String>) -> Result<LlmSpec, ConfigError> {
+    match entry.kind.as_str() {
+        "dify" => return Ok(LlmSpec::Dify(entry.typed(warnings)?)),
+        "coze" => return Ok(LlmSpec::Coze(entry.typed(warnings)?)),
+        "fastgpt" => return Ok(LlmSpec::FastGpt(entry.typed(warnings)?)),
+        "AliBL" => return Ok(LlmSpec::AliBl(entry.typed(warnings)?)),
+        "gemini" => return Ok(LlmSpec::Gemini(entry.typed(warnings)?)),
+        _ => {}
+    }
+    // The Python server's OpenAI provider reads `url` when `base_url` is absent.
+    if let Some(url) = entry.settings.shift_remove("url")
+        && !entry.settings.contains_key("base_url")
+    {
+        entry.settings.insert("base_url".into(), url);
+    }
+    let base_url_given = entry.settings.contains_key("base_url");
+    let kind = entry.kind.clone();
+    let mut settings: OpenAiLlmConfig = entry.typed(warnings)?;
+    let local_root = match kind.as_str() {
+        "ollama" => Some("http://localhost:11434"),
+        "xinference" => Some("http://localhost:9997"),
+        _ => None,
+    };
+    if let Some(default_root) = local_root {
+        // Like the Python providers: default host, and `/v1` appended unless already there.
+        let root = if base_url_given { settings.base_url.trim().trim_end_matches('/') } else { default_root };
+        settings.base_url = if root.ends_with("/v1") { root.to_owned() } else { format!("{root}/v1") };
+    }
+    Ok(LlmSpec::OpenAi(settings))
 }
 
 /// The selected entry of one provider dictionary, with a supported `type`.
@@ -792,27 +871,8 @@ impl Config {
         let selected = &self.selected_module;
         let providers = &self.providers;
         let VadSpec::Silero(vad) = &providers.vad;
-        let asr = match &providers.asr {
-            AsrSpec::OpenAi(asr) => {
-                format!("ASR    {} (openai): model {}, at {}", selected.asr, asr.model_name, asr.base_url)
-            }
-            AsrSpec::Whisper(w) => {
-                format!("ASR    {} (whisper_onnx): {}, language {:?}", selected.asr, w.model_dir, w.language)
-            }
-            AsrSpec::SenseVoice(s) => {
-                format!("ASR    {} (sensevoice_onnx): {}, language {}", selected.asr, s.model_dir, s.language)
-            }
-        };
-        let LlmSpec::OpenAi(llm) = &providers.llm;
-        let tts = match &providers.tts {
-            TtsSpec::Piper(p) => format!("TTS    {} (piper): {}", selected.tts, p.model),
-            TtsSpec::OpenAi(tts) => format!(
-                "TTS    {} (openai): model {}, voice {}, format {}, at {}",
-                selected.tts, tts.model, tts.voice, tts.format, tts.api_url
-            ),
-            TtsSpec::Custom(tts) => {
-                format!("TTS    {} (custom): {} {}, format {}", selected.tts, tts.method, tts.url, tts.format)
-            }
+        let line = |kind: &str, name: &str, (type_name, about): (&str, String)| {
+            format!("{kind:<6} {name} ({type_name}): {about}")
         };
         let intent = match &providers.intent {
             IntentMode::NoIntent => "nointent (no tools)".to_owned(),
@@ -828,9 +888,9 @@ impl Config {
                 "VAD    {} (silero): threshold {}, threshold_low {}, min_silence_duration_ms {}",
                 selected.vad, vad.threshold, vad.threshold_low, vad.min_silence_duration_ms
             ),
-            asr,
-            format!("LLM    {} (openai-compatible): model {}, at {}", selected.llm, llm.model_name, llm.base_url),
-            tts,
+            line("ASR", &selected.asr, providers.asr.describe()),
+            line("LLM", &selected.llm, providers.llm.describe()),
+            line("TTS", &selected.tts, providers.tts.describe()),
             format!("Intent {} → {intent}", selected.intent),
             format!("Memory {} → {memory}", selected.memory),
         ]

@@ -412,6 +412,20 @@ pub enum AsrSpec {
     Whisper(WhisperConfig),
     /// `type: sensevoice_onnx` — SenseVoice in process (sherpa-onnx export).
     SenseVoice(SenseVoiceConfig),
+    /// `type: fun_server` — the FunASR runtime server (WebSocket).
+    FunServer(crate::asr::fun_server::Config),
+    /// `type: doubao_stream` — Volcengine (Doubao) big-model streaming recognition.
+    DoubaoStream(crate::asr::doubao_stream::Config),
+    /// `type: aliyun_stream` — Aliyun NLS real-time speech recognition (WebSocket).
+    AliyunStream(crate::asr::aliyun_stream::Config),
+    /// `type: aliyunbl_stream` — Aliyun Bailian (DashScope) Paraformer real-time recognition.
+    AliyunBlStream(crate::asr::aliyunbl_stream::Config),
+    /// `type: qwen3_asr_flash` — Qwen3-ASR-Flash on DashScope.
+    Qwen3AsrFlash(crate::asr::qwen3_asr_flash::Config),
+    /// `type: xunfei_stream` — iFlytek (Xunfei) streaming dictation.
+    XunfeiStream(crate::asr::xunfei_stream::Config),
+    /// `type: tencent` — Tencent Cloud sentence recognition.
+    Tencent(crate::asr::tencent::Config),
 }
 
 impl Default for AsrSpec {
@@ -420,16 +434,60 @@ impl Default for AsrSpec {
     }
 }
 
+impl AsrSpec {
+    /// The `type` this spec runs and one line about its settings (no secrets), for
+    /// `check-config`.
+    pub fn describe(&self) -> (&'static str, String) {
+        match self {
+            Self::OpenAi(c) => ("openai", format!("model {}, at {}", c.model_name, c.base_url)),
+            Self::Whisper(c) => ("whisper_onnx", format!("{}, language {:?}", c.model_dir, c.language)),
+            Self::SenseVoice(c) => ("sensevoice_onnx", format!("{}, language {}", c.model_dir, c.language)),
+            Self::FunServer(cfg) => ("fun_server", cfg.summary()),
+            Self::DoubaoStream(cfg) => ("doubao_stream", cfg.summary()),
+            Self::AliyunStream(cfg) => ("aliyun_stream", cfg.summary()),
+            Self::AliyunBlStream(cfg) => ("aliyunbl_stream", cfg.summary()),
+            Self::Qwen3AsrFlash(cfg) => ("qwen3_asr_flash", cfg.summary()),
+            Self::XunfeiStream(cfg) => ("xunfei_stream", cfg.summary()),
+            Self::Tencent(cfg) => ("tencent", cfg.summary()),
+        }
+    }
+}
+
 /// An LLM entry, by `type`.
 #[derive(Debug, Clone)]
 pub enum LlmSpec {
     /// `type: openai` (also `ollama`, `xinference`) — OpenAI-compatible chat completions.
     OpenAi(OpenAiLlmConfig),
+    /// `type: dify` — a Dify app.
+    Dify(crate::llm::dify::Config),
+    /// `type: coze` — a Coze bot.
+    Coze(crate::llm::coze::Config),
+    /// `type: fastgpt` — a FastGPT app.
+    FastGpt(crate::llm::fastgpt::Config),
+    /// `type: AliBL` — an Aliyun Bailian (DashScope) app.
+    AliBl(crate::llm::alibl::Config),
+    /// `type: gemini` — Google Gemini (native API).
+    Gemini(crate::llm::gemini::Config),
 }
 
 impl Default for LlmSpec {
     fn default() -> Self {
         Self::OpenAi(OpenAiLlmConfig::default())
+    }
+}
+
+impl LlmSpec {
+    /// The `type` this spec runs and one line about its settings (no secrets), for
+    /// `check-config`.
+    pub fn describe(&self) -> (&'static str, String) {
+        match self {
+            Self::OpenAi(c) => ("openai", format!("model {}, at {}", c.model_name, c.base_url)),
+            Self::Dify(cfg) => ("dify", cfg.summary()),
+            Self::Coze(cfg) => ("coze", cfg.summary()),
+            Self::FastGpt(cfg) => ("fastgpt", cfg.summary()),
+            Self::AliBl(cfg) => ("AliBL", cfg.summary()),
+            Self::Gemini(cfg) => ("gemini", cfg.summary()),
+        }
     }
 }
 
@@ -442,11 +500,61 @@ pub enum TtsSpec {
     Custom(CustomTtsConfig),
     /// `type: piper` — a Piper (VITS) voice in process, phonemes from espeak-ng.
     Piper(PiperConfig),
+    /// `type: edge` — Microsoft Edge read-aloud voices.
+    Edge(crate::tts::edge::Config),
+    /// `type: doubao` — Volcengine (Doubao) speech synthesis over HTTP.
+    Doubao(crate::tts::doubao::Config),
+    /// `type: huoshan_double_stream` — Volcengine bidirectional streaming synthesis.
+    HuoshanDoubleStream(crate::tts::huoshan_double_stream::Config),
+    /// `type: aliyun_stream` — Aliyun NLS CosyVoice streaming synthesis.
+    AliyunStream(crate::tts::aliyun_stream::Config),
+    /// `type: alibl_stream` — Aliyun Bailian (DashScope) CosyVoice streaming synthesis.
+    AliBlStream(crate::tts::alibl_stream::Config),
+    /// `type: siliconflow` — SiliconFlow speech (CosyVoice2).
+    SiliconFlow(crate::tts::siliconflow::Config),
+    /// `type: minimax_httpstream` — MiniMax T2A streamed over HTTP.
+    MinimaxHttpStream(crate::tts::minimax_httpstream::Config),
+    /// `type: gpt_sovits_v2` — a GPT-SoVITS api_v2 server.
+    GptSovitsV2(crate::tts::gpt_sovits_v2::Config),
+    /// `type: gpt_sovits_v3` — a GPT-SoVITS v3 api server.
+    GptSovitsV3(crate::tts::gpt_sovits_v3::Config),
+    /// `type: fishspeech` — a Fish Speech server.
+    FishSpeech(crate::tts::fishspeech::Config),
+    /// `type: xunfei_stream` — iFlytek (Xunfei) streaming synthesis.
+    XunfeiStream(crate::tts::xunfei_stream::Config),
+    /// `type: tencent` — Tencent Cloud speech synthesis.
+    Tencent(crate::tts::tencent::Config),
 }
 
 impl Default for TtsSpec {
     fn default() -> Self {
         Self::Piper(PiperConfig::default())
+    }
+}
+
+impl TtsSpec {
+    /// The `type` this spec runs and one line about its settings (no secrets), for
+    /// `check-config`.
+    pub fn describe(&self) -> (&'static str, String) {
+        match self {
+            Self::OpenAi(c) => {
+                ("openai", format!("model {}, voice {}, format {}, at {}", c.model, c.voice, c.format, c.api_url))
+            }
+            Self::Custom(c) => ("custom", format!("{} {}, format {}", c.method, c.url, c.format)),
+            Self::Piper(c) => ("piper", c.model.clone()),
+            Self::Edge(cfg) => ("edge", cfg.summary()),
+            Self::Doubao(cfg) => ("doubao", cfg.summary()),
+            Self::HuoshanDoubleStream(cfg) => ("huoshan_double_stream", cfg.summary()),
+            Self::AliyunStream(cfg) => ("aliyun_stream", cfg.summary()),
+            Self::AliBlStream(cfg) => ("alibl_stream", cfg.summary()),
+            Self::SiliconFlow(cfg) => ("siliconflow", cfg.summary()),
+            Self::MinimaxHttpStream(cfg) => ("minimax_httpstream", cfg.summary()),
+            Self::GptSovitsV2(cfg) => ("gpt_sovits_v2", cfg.summary()),
+            Self::GptSovitsV3(cfg) => ("gpt_sovits_v3", cfg.summary()),
+            Self::FishSpeech(cfg) => ("fishspeech", cfg.summary()),
+            Self::XunfeiStream(cfg) => ("xunfei_stream", cfg.summary()),
+            Self::Tencent(cfg) => ("tencent", cfg.summary()),
+        }
     }
 }
 
@@ -669,6 +777,8 @@ pub struct SenseVoiceConfig {
     pub use_itn: bool,
     /// ONNX Runtime intra-op threads for this model.
     pub threads: u16,
+    /// Python server compatibility; not used (no audio is written).
+    pub output_dir: Option<String>,
 }
 
 /// `TTS.<name>` with `type: piper`.

@@ -5,6 +5,11 @@
 //! then, if the model asked for tools, one [`LlmDelta::ToolCalls`] with the calls merged by index
 //! (parallel calls included). Dropping the stream cancels the request.
 
+pub mod alibl;
+pub mod coze;
+pub mod dify;
+pub mod fastgpt;
+pub mod gemini;
 pub mod openai;
 
 use std::pin::Pin;
@@ -122,5 +127,10 @@ pub trait Llm: Send + Sync {
 pub fn build(spec: &LlmSpec) -> Result<Arc<dyn Llm>, ProviderError> {
     match spec {
         LlmSpec::OpenAi(cfg) => Ok(Arc::new(openai::OpenAiLlm::new(cfg.clone())?)),
+        LlmSpec::Dify(cfg) => dify::build(cfg),
+        LlmSpec::Coze(cfg) => coze::build(cfg),
+        LlmSpec::FastGpt(cfg) => fastgpt::build(cfg),
+        LlmSpec::AliBl(cfg) => alibl::build(cfg),
+        LlmSpec::Gemini(cfg) => gemini::build(cfg),
     }
 }

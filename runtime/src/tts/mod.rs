@@ -13,9 +13,21 @@
 //! Piper, synthesised clause by clause. [`Tts::synthesize`] collects a whole sentence (the cache
 //! of fixed phrases uses it).
 
+pub mod alibl_stream;
+pub mod aliyun_stream;
 pub mod custom;
+pub mod doubao;
+pub mod edge;
+pub mod fishspeech;
+pub mod gpt_sovits_v2;
+pub mod gpt_sovits_v3;
+pub mod huoshan_double_stream;
+pub mod minimax_httpstream;
 pub mod openai;
 pub mod piper;
+pub mod siliconflow;
+pub mod tencent;
+pub mod xunfei_stream;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,6 +51,24 @@ pub trait Tts: Send + Sync {
     /// Starts speaking one sentence; its audio arrives as a stream of chunks. Blank text gives
     /// an empty stream without any request.
     async fn speak(&self, text: &str) -> Result<AudioStream, ProviderError>;
+
+    /// Whether this provider synthesizes while the text of a sentence is still being written
+    /// (bidirectional streaming providers): the turn then hands it each sentence through
+    /// [`Tts::speak_text`] from the sentence's first words on, instead of the whole sentence.
+    fn streams_text(&self) -> bool {
+        false
+    }
+
+    /// Starts speaking one sentence whose text arrives in pieces (in order; the sentence is
+    /// complete when the sender is dropped). Providers that do not stream text wait for the whole
+    /// sentence and [`Tts::speak`] it.
+    async fn speak_text(&self, mut text: TextStream) -> Result<AudioStream, ProviderError> {
+        let mut whole = String::new();
+        while let Some(piece) = text.recv().await {
+            whole.push_str(&piece);
+        }
+        self.speak(&whole).await
+    }
 
     /// Synthesizes one whole sentence ([`Tts::speak`] collected; Opus packets decoded at 48 kHz).
     async fn synthesize(&self, text: &str) -> Result<AudioClip, ProviderError> {
@@ -83,6 +113,15 @@ pub async fn collect(mut stream: AudioStream) -> Result<AudioClip, ProviderError
         }
     }
     Ok(clip)
+}
+
+/// The text of one sentence as it is written, piece by piece (see [`Tts::speak_text`]).
+pub type TextStream = tokio::sync::mpsc::Receiver<String>;
+
+/// An [`AudioStream`] fed through a channel, for providers whose audio is read by a task of
+/// their own (a WebSocket reader): the stream ends when the sender is dropped.
+pub fn channel_stream(rx: tokio::sync::mpsc::Receiver<Result<AudioChunk, ProviderError>>) -> AudioStream {
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
 }
 
 /// A stream with no audio (blank text).
@@ -160,5 +199,17 @@ pub fn build(spec: &TtsSpec) -> Result<Arc<dyn Tts>, ProviderError> {
         TtsSpec::OpenAi(cfg) => Ok(Arc::new(openai::OpenAiTts::new(cfg.clone())?)),
         TtsSpec::Custom(cfg) => Ok(Arc::new(custom::CustomTts::new(cfg.clone())?)),
         TtsSpec::Piper(cfg) => Ok(Arc::new(piper::PiperTts::load(cfg)?)),
+        TtsSpec::Edge(cfg) => edge::build(cfg),
+        TtsSpec::Doubao(cfg) => doubao::build(cfg),
+        TtsSpec::HuoshanDoubleStream(cfg) => huoshan_double_stream::build(cfg),
+        TtsSpec::AliyunStream(cfg) => aliyun_stream::build(cfg),
+        TtsSpec::AliBlStream(cfg) => alibl_stream::build(cfg),
+        TtsSpec::SiliconFlow(cfg) => siliconflow::build(cfg),
+        TtsSpec::MinimaxHttpStream(cfg) => minimax_httpstream::build(cfg),
+        TtsSpec::GptSovitsV2(cfg) => gpt_sovits_v2::build(cfg),
+        TtsSpec::GptSovitsV3(cfg) => gpt_sovits_v3::build(cfg),
+        TtsSpec::FishSpeech(cfg) => fishspeech::build(cfg),
+        TtsSpec::XunfeiStream(cfg) => xunfei_stream::build(cfg),
+        TtsSpec::Tencent(cfg) => tencent::build(cfg),
     }
 }

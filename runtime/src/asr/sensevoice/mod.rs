@@ -415,7 +415,13 @@ mod tests {
     }
 
     fn config(dir: &Path, language: &str, use_itn: bool) -> SenseVoiceConfig {
-        SenseVoiceConfig { model_dir: dir.display().to_string(), language: language.into(), use_itn, threads: 1 }
+        SenseVoiceConfig {
+            model_dir: dir.display().to_string(),
+            language: language.into(),
+            use_itn,
+            threads: 1,
+            output_dir: None,
+        }
     }
 
     fn load(dir: &Path, language: &str, use_itn: bool) -> SenseVoiceAsr {

@@ -1,0 +1,25 @@
+//! `type: qwen3_asr_flash`: Qwen3-ASR-Flash on DashScope. (Scaffold: being written.)
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::remote::ProviderError;
+
+/// `ASR.<name>` with `type: qwen3_asr_flash`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {}
+
+impl Config {
+    /// One line for `check-config`, without secrets.
+    pub fn summary(&self) -> String {
+        String::new()
+    }
+}
+
+/// Builds the backend of a validated entry.
+pub fn build(cfg: &Config) -> Result<Arc<dyn super::Asr>, ProviderError> {
+    let _ = cfg;
+    Err(ProviderError::Config("type qwen3_asr_flash is not built yet".into()))
+}

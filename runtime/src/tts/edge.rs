@@ -1,0 +1,25 @@
+//! `type: edge`: Microsoft Edge read-aloud voices. (Scaffold: being written.)
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::remote::ProviderError;
+
+/// `TTS.<name>` with `type: edge`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {}
+
+impl Config {
+    /// One line for `check-config`, without secrets.
+    pub fn summary(&self) -> String {
+        String::new()
+    }
+}
+
+/// Builds the backend of a validated entry.
+pub fn build(cfg: &Config) -> Result<Arc<dyn super::Tts>, ProviderError> {
+    let _ = cfg;
+    Err(ProviderError::Config("type edge is not built yet".into()))
+}

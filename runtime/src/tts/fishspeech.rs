@@ -1,0 +1,25 @@
+//! `type: fishspeech`: a Fish Speech server. (Scaffold: being written.)
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::remote::ProviderError;
+
+/// `TTS.<name>` with `type: fishspeech`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {}
+
+impl Config {
+    /// One line for `check-config`, without secrets.
+    pub fn summary(&self) -> String {
+        String::new()
+    }
+}
+
+/// Builds the backend of a validated entry.
+pub fn build(cfg: &Config) -> Result<Arc<dyn super::Tts>, ProviderError> {
+    let _ = cfg;
+    Err(ProviderError::Config("type fishspeech is not built yet".into()))
+}

@@ -1,0 +1,1 @@
+//! End-to-end tests of the tencent providers against their vendor mocks. (Scaffold: being written.)

@@ -1,0 +1,1 @@
+//! The aliyun_nls mock. (Scaffold: being written.)

@@ -1,0 +1,1 @@
+//! The coze mock. (Scaffold: being written.)

@@ -1,0 +1,1 @@
+//! The dashscope mock. (Scaffold: being written.)

@@ -1,0 +1,1 @@
+//! The dify mock. (Scaffold: being written.)

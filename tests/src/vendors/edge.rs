@@ -1,0 +1,1 @@
+//! The edge mock. (Scaffold: being written.)

@@ -1,0 +1,1 @@
+//! The fastgpt mock. (Scaffold: being written.)

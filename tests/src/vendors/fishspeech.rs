@@ -1,0 +1,1 @@
+//! The fishspeech mock. (Scaffold: being written.)

@@ -1,0 +1,1 @@
+//! The funasr mock. (Scaffold: being written.)

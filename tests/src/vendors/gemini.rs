@@ -1,0 +1,1 @@
+//! The gemini mock. (Scaffold: being written.)

@@ -1,0 +1,1 @@
+//! The gpt_sovits mock. (Scaffold: being written.)

@@ -1,0 +1,1 @@
+//! The minimax mock. (Scaffold: being written.)

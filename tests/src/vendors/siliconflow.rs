@@ -1,0 +1,1 @@
+//! The siliconflow mock. (Scaffold: being written.)

@@ -1,0 +1,1 @@
+//! The tencent mock. (Scaffold: being written.)

@@ -1,0 +1,1 @@
+//! The volcengine mock. (Scaffold: being written.)

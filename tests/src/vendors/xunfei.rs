@@ -1,0 +1,1 @@
+//! The xunfei mock. (Scaffold: being written.)
