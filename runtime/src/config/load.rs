@@ -1242,7 +1242,7 @@ TTS:
         assert_eq!(asr.api_key, "sk-xxx");
         assert_eq!(asr.output_dir.as_deref(), Some("tmp/"));
 
-        let LlmSpec::OpenAi(llm) = &config.providers.llm;
+        let LlmSpec::OpenAi(llm) = &config.providers.llm else { panic!("openai LLM") };
         assert_eq!(llm.base_url, "https://api.deepseek.com/v1");
         assert_eq!(llm.model_name, "deepseek-chat");
 
@@ -1332,18 +1332,18 @@ TTS:
              base_url: http://gpu:11434/\n",
         )
         .expect("loads");
-        let LlmSpec::OpenAi(llm) = &loaded.config.providers.llm;
+        let LlmSpec::OpenAi(llm) = &loaded.config.providers.llm else { panic!("openai LLM") };
         assert_eq!(llm.base_url, "http://gpu:11434/v1");
 
         let loaded = load_over_repo("selected_module: {LLM: X}\nLLM:\n  X:\n    type: xinference\n").expect("loads");
-        let LlmSpec::OpenAi(llm) = &loaded.config.providers.llm;
+        let LlmSpec::OpenAi(llm) = &loaded.config.providers.llm else { panic!("openai LLM") };
         assert_eq!(llm.base_url, "http://localhost:9997/v1");
 
         let loaded = load_over_repo(
             "selected_module: {LLM: GLM}\nLLM:\n  GLM:\n    type: openai\n    url: https://open.bigmodel.cn/api/paas/v4/\n",
         )
         .expect("loads");
-        let LlmSpec::OpenAi(llm) = &loaded.config.providers.llm;
+        let LlmSpec::OpenAi(llm) = &loaded.config.providers.llm else { panic!("openai LLM") };
         assert_eq!(llm.base_url, "https://open.bigmodel.cn/api/paas/v4/", "`url` is read like base_url");
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     }
@@ -1397,7 +1397,7 @@ TTS:
         // Apart from the redacted secrets it is a loadable config with the same settings.
         let reloaded = load_files(&text, None).expect("the effective YAML loads");
         assert_eq!(reloaded.config.server.websocket, loaded.config.server.websocket);
-        let LlmSpec::OpenAi(llm) = &reloaded.config.providers.llm;
+        let LlmSpec::OpenAi(llm) = &reloaded.config.providers.llm else { panic!("openai LLM") };
         assert_eq!(llm.base_url, "https://api.deepseek.com/v1");
         assert!(reloaded.warnings.is_empty(), "{:?}", reloaded.warnings);
     }
@@ -1408,7 +1408,7 @@ TTS:
             "common: &common\n  type: openai\n  api_key: k\nLLM:\n  OpenAILLM:\n    <<: *common\n    model_name: m\n",
         )
         .expect("loads");
-        let LlmSpec::OpenAi(llm) = &loaded.config.providers.llm;
+        let LlmSpec::OpenAi(llm) = &loaded.config.providers.llm else { panic!("openai LLM") };
         assert_eq!((llm.api_key.as_str(), llm.model_name.as_str()), ("k", "m"));
         assert_eq!(loaded.warnings, vec!["unknown key common (ignored)".to_owned()]);
     }

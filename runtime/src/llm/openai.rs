@@ -22,13 +22,11 @@ use serde_json::{Value, json};
 
 use super::{ChatMessage, LlmDelta, LlmStream, Role, ToolCall, ToolSpec};
 use crate::config::OpenAiLlmConfig;
+use crate::remote::sse::SseLines;
 use crate::remote::{
     ProviderError, body_start, check_url, endpoint, http_client, is_json, json_f32, request_error, status_error,
     timeout_from,
 };
-
-/// Longest SSE line (or unfinished event) accepted before the answer is declared malformed.
-const MAX_SSE_LINE: usize = 1 << 20;
 
 /// Largest non-streamed JSON answer accepted.
 const MAX_JSON_BODY: usize = 8 << 20;
@@ -265,89 +263,6 @@ async fn read_json_body(st: &mut StreamState) {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// SSE parsing.
-// ---------------------------------------------------------------------------------------------
-
-/// Splits an SSE byte stream into the payloads of its `data:` fields. Lines may end in `\n` or
-/// `\r\n` and may be split anywhere across chunks; comments (`:`) and other fields are skipped.
-/// A payload is handed out as soon as it is `[DONE]` or complete JSON (some providers leave out
-/// the blank line between events); otherwise `data:` lines are joined until a blank line.
-#[derive(Debug, Default)]
-struct SseLines {
-    buf: Vec<u8>,
-    pending: String,
-}
-
-impl SseLines {
-    /// Feeds bytes; complete payloads are appended to `out`. Errs when a line grows absurdly long.
-    fn push(&mut self, chunk: &[u8], out: &mut Vec<String>) -> Result<(), String> {
-        self.buf.extend_from_slice(chunk);
-        let buf = std::mem::take(&mut self.buf);
-        let mut start = 0;
-        while let Some(pos) = buf.get(start..).and_then(|rest| rest.iter().position(|&b| b == b'\n')) {
-            let end = start + pos;
-            self.line(buf.get(start..end).unwrap_or_default(), out);
-            start = end + 1;
-        }
-        self.buf = buf.get(start..).unwrap_or_default().to_vec();
-        if self.buf.len() > MAX_SSE_LINE || self.pending.len() > MAX_SSE_LINE {
-            return Err(format!("an SSE line is longer than {MAX_SSE_LINE} bytes"));
-        }
-        Ok(())
-    }
-
-    /// The body ended: a last line without its newline, and an event without its blank line,
-    /// still count.
-    fn finish(&mut self, out: &mut Vec<String>) {
-        let rest = std::mem::take(&mut self.buf);
-        if !rest.is_empty() {
-            self.line(&rest, out);
-        }
-        if !self.pending.is_empty() {
-            out.push(std::mem::take(&mut self.pending));
-        }
-    }
-
-    fn line(&mut self, line: &[u8], out: &mut Vec<String>) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            if !self.pending.is_empty() {
-                out.push(std::mem::take(&mut self.pending));
-            }
-            return;
-        }
-        if line.starts_with(b":") {
-            return;
-        }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
-            Some(colon) => (line.get(..colon).unwrap_or_default(), line.get(colon + 1..).unwrap_or_default()),
-            None => (line, &[][..]),
-        };
-        if field != b"data" {
-            return;
-        }
-        let value = value.strip_prefix(b" ").unwrap_or(value);
-        let value = String::from_utf8_lossy(value);
-        if self.pending.is_empty() {
-            if is_complete_payload(&value) {
-                out.push(value.into_owned());
-                return;
-            }
-        } else {
-            self.pending.push('\n');
-        }
-        self.pending.push_str(&value);
-        if is_complete_payload(&self.pending) {
-            out.push(std::mem::take(&mut self.pending));
-        }
-    }
-}
-
-fn is_complete_payload(payload: &str) -> bool {
-    payload.trim() == "[DONE]" || serde_json::from_str::<serde::de::IgnoredAny>(payload).is_ok()
-}
-
 /// One streamed chunk (or a whole non-streamed completion).
 #[derive(Debug, Deserialize)]
 struct Chunk {
@@ -435,8 +350,8 @@ impl StreamDecoder {
         }
         let mut payloads = Vec::new();
         let overflow = self.lines.push(chunk, &mut payloads);
-        for payload in payloads {
-            self.payload(&payload, out);
+        for event in payloads {
+            self.payload(&event.data, out);
         }
         if let Err(message) = overflow
             && !self.done
@@ -453,8 +368,8 @@ impl StreamDecoder {
         }
         let mut payloads = Vec::new();
         self.lines.finish(&mut payloads);
-        for payload in payloads {
-            self.payload(&payload, out);
+        for event in payloads {
+            self.payload(&event.data, out);
         }
         if self.done {
             return;
