@@ -190,11 +190,30 @@ fn health(source: &ConfigSource, addr: Option<std::net::SocketAddr>, timeout: u6
     Ok(())
 }
 
+/// Prints the migration report of the merged files, then the effective configuration, or every
+/// problem that refuses it.
 fn check_config(source: &ConfigSource) -> anyhow::Result<()> {
-    let loaded = config::load(source)?;
-    for warning in &loaded.warnings {
-        eprintln!("warning: {warning}");
+    let document = config::load::merged_document(source)?;
+    let dirs: Vec<std::path::PathBuf> = document
+        .get("extensions")
+        .and_then(|e| e.get("dirs"))
+        .and_then(|d| serde_yaml_ng::from_value(d.clone()).ok())
+        .unwrap_or_else(|| config::ExtensionsConfig::default().dirs);
+    println!("{}", config::migrate::report(&document, &config::migrate::installed_extensions(&dirs)));
+    match config::load(source) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            print!("{}", loaded.config.effective_yaml());
+            Ok(())
+        }
+        Err(e) => {
+            let problems = e.problems();
+            for problem in &problems {
+                eprintln!("error: {problem}");
+            }
+            anyhow::bail!("the configuration is refused: {} problem(s), listed above", problems.len())
+        }
     }
-    print!("{}", loaded.config.effective_yaml());
-    Ok(())
 }

@@ -202,7 +202,9 @@ async fn start_extensions(
     };
     let services =
         HostServices { llm, store, metrics: Some(metrics), kv: crate::extensions::host::KvLimits::of(&config.limits) };
-    let host = match ExtensionHost::new(&config.extensions, services) {
+    // `plugins.<id>` (the Python server's plugin settings) feed the grants.
+    let extensions = crate::config::ExtensionsConfig { grants: config.extension_grants(), ..config.extensions.clone() };
+    let host = match ExtensionHost::new(&extensions, services) {
         Ok(host) => Arc::new(host),
         Err(e) => {
             tracing::error!("the extension host cannot start, running without extensions: {e:#}");

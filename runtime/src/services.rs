@@ -37,6 +37,8 @@ pub struct Services {
     pub encoder_load: Arc<EncoderLoad>,
     /// Describes the voice and downlink format: the phrase cache key prefix.
     pub voice_key: String,
+    /// `Intent.<selected>.functions`: the extension tools offered (`None`: all).
+    pub functions: Option<Arc<[String]>>,
     /// Silero settings of the selected VAD entry.
     pub vad_config: SileroVadConfig,
     /// Where state lives (opened once at start-up; `store:` changes need a restart).
@@ -139,6 +141,7 @@ impl Services {
         // A phrase is cached per voice and downlink format: any change of those is another key.
         let voice_key = format!("{:?}|{:?}|{:?}", p.tts, config.xiaozhi.audio_params, config.audio);
         let rules = Arc::new(crate::session::state::Rules::of(&config));
+        let functions = p.functions.as_deref().map(Arc::from);
         Ok(Self {
             rules,
             config,
@@ -151,6 +154,7 @@ impl Services {
             phrases: Arc::clone(&cache.phrases),
             encoder_load: Arc::clone(&cache.encoder_load),
             voice_key,
+            functions,
             store: Arc::clone(&cache.store),
             instance: Arc::clone(&cache.instance),
             metrics: Arc::clone(&cache.metrics),

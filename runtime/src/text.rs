@@ -166,6 +166,14 @@ impl SentenceSplitter {
         }
     }
 
+    /// The cleaned text of the segment being written, up to where a boundary may still be found
+    /// (a mark that needs the next character to decide is left out, so what is handed out never
+    /// belongs to the next segment); empty when there is none. For a TTS that takes a sentence's
+    /// text as it is written.
+    pub fn pending(&self) -> String {
+        clean_for_speech(self.buf.get(..self.scan_from).unwrap_or_default())
+    }
+
     /// Flushes what is left at the end of the reply (cleaned; `None` when nothing speakable is
     /// left) and makes the splitter ready for the next reply.
     pub fn finish(&mut self) -> Option<String> {
@@ -1076,5 +1084,22 @@ mod tests {
         assert!(!matches_any("。", &[String::new()]));
         assert!(!matches_any("退出", &[]));
         assert!(matches_any("Hey, Xiaozhi!", &["hey xiaozhi".to_string()]));
+    }
+    #[test]
+    fn pending_is_the_sentence_being_written_and_never_the_next() {
+        let mut splitter = SentenceSplitter::new();
+        let first = splitter.push("Hello there, my friend");
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert_eq!(splitter.pending(), "my friend");
+        let mut splitter = SentenceSplitter::new();
+        assert_eq!(splitter.push("Once upon a time there"), Vec::<String>::new());
+        assert_eq!(splitter.pending(), "Once upon a time there");
+        // A full stop that may be a decimal point waits for the next character: not handed out.
+        assert_eq!(splitter.push(" was 3."), Vec::<String>::new());
+        assert_eq!(splitter.pending(), "Once upon a time there was 3");
+        assert_eq!(splitter.push("5 cats. And"), vec!["Once upon a time there was 3.5 cats".to_owned()]);
+        assert_eq!(splitter.pending(), "And");
+        assert_eq!(splitter.finish().as_deref(), Some("And"));
+        assert_eq!(splitter.pending(), "");
     }
 }

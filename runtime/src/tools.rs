@@ -49,17 +49,45 @@ pub enum ToolAction {
     },
 }
 
+/// Extension tools offered whatever `Intent.<x>.functions` lists, as the Python server always
+/// loads `handle_exit_intent` and `get_lunar` (our `get_time` answers the lunar date).
+pub const ALWAYS_OFFERED: [&str; 2] = ["handle_exit_intent", "get_time"];
+
+/// The Python plugin names that are other tools' names here: `get_lunar` is answered by
+/// `get_time`.
+fn is_python_alias(function: &str, tool: &str) -> bool {
+    function == "get_lunar" && tool == "get_time"
+}
+
 /// The tools of one turn.
 #[derive(Clone, Default)]
 pub struct ToolBox {
     mcp: Option<Arc<McpClient>>,
     extensions: Option<ExtensionScope>,
+    /// `Intent.<x>.functions`: extension ids or tool names offered; `None` offers every tool.
+    functions: Option<Arc<[String]>>,
 }
 
 impl ToolBox {
-    /// Tools of a session: its device's MCP tools (if any) and the server's extension tools.
-    pub fn new(mcp: Option<Arc<McpClient>>, extensions: Option<ExtensionScope>) -> Self {
-        Self { mcp, extensions }
+    /// Tools of a session: its device's MCP tools (if any) and the server's extension tools
+    /// (those `functions` names by extension id or tool name, and [`ALWAYS_OFFERED`]; all of them
+    /// when `functions` is `None`).
+    pub fn new(
+        mcp: Option<Arc<McpClient>>,
+        extensions: Option<ExtensionScope>,
+        functions: Option<Arc<[String]>>,
+    ) -> Self {
+        Self { mcp, extensions, functions }
+    }
+
+    /// Whether the extension `id`'s tool `name` is offered.
+    fn offered(&self, id: &str, name: &str) -> bool {
+        match &self.functions {
+            None => true,
+            Some(list) => {
+                ALWAYS_OFFERED.contains(&name) || list.iter().any(|f| f == id || f == name || is_python_alias(f, name))
+            }
+        }
     }
 
     /// The tool definitions offered to the LLM. Waits briefly for the device's tool list when
@@ -86,6 +114,9 @@ impl ToolBox {
         if let Some(ext) = &self.extensions {
             for loaded in ext.snapshot.of_kind(Kind::Tool) {
                 for tool in &loaded.tools {
+                    if !self.offered(loaded.id(), &tool.name) {
+                        continue;
+                    }
                     if !names.reserve(&tool.name) {
                         tracing::warn!(extension = %loaded.id(), "tool {} is offered twice; the first extension keeps it", tool.name);
                         continue;

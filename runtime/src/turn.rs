@@ -15,6 +15,8 @@
 //! in is bounded: a tool's result is cut at `limits.tool_result_chars`, and no sentence is longer
 //! than `limits.sentence_chars`. Cancelling the turn's token (abort,
 //! barge-in, disconnect) drops every provider future at once, which cancels their HTTP requests;
+//! (A TTS that takes text as it is written, [`crate::tts::Tts::streams_text`], is handed each
+//! sentence from its first words on and synthesizes while the LLM still writes it.)
 //! the speaker stops within one frame. Provider failures never end the session: the device hears
 //! `system_error_response` and the next turn works as usual.
 
@@ -96,7 +98,8 @@ async fn run_inner(ctx: &TurnContext, out: &mut TurnOutcome) {
     let config = &ctx.services.config;
     ctx.speaker.begin(&ctx.cancel).await;
     let (tx, rx) = mpsc::channel::<Sentence>(32);
-    let sentences = Sentences { tx, max_chars: config.limits.sentence_chars };
+    let sentences =
+        Sentences { tx, max_chars: config.limits.sentence_chars, streams_text: ctx.services.tts.streams_text() };
     let request = match &ctx.reply {
         Reply::Error => {
             let speak = async move { sentences.say(&config.system_error_response, true).await };
@@ -226,6 +229,7 @@ async fn think(
             }
         };
         let mut splitter = sentences.splitter();
+        let mut writing = None;
         let mut answer = String::new();
         let mut calls = Vec::new();
         while let Some(item) = stream.next().await {
@@ -237,9 +241,7 @@ async fn think(
                         emotion_sent = true;
                     }
                     answer.push_str(&delta);
-                    for sentence in splitter.push(&delta) {
-                        sentences.reply(sentence).await;
-                    }
+                    sentences.written(&mut splitter, &delta, &mut writing).await;
                 }
                 Ok(LlmDelta::ToolCalls(c)) => calls = c,
                 Err(e) => {
@@ -252,9 +254,7 @@ async fn think(
                 }
             }
         }
-        if let Some(rest) = splitter.finish() {
-            sentences.reply(rest).await;
-        }
+        sentences.flush(&mut splitter, &mut writing).await;
         if calls.is_empty() {
             if !answer.trim().is_empty() {
                 out.messages.push(ChatMessage::new(Role::Assistant, answer));
@@ -336,12 +336,68 @@ enum Sentence {
     Reply(String),
     /// A fixed phrase (the error response): served from the shared phrase cache after its first use.
     Fixed(String),
+    /// Model output still being written, for a TTS that takes text as it comes: its new text
+    /// arrives on `pieces` (closed when the sentence is complete); `text` is the text so far.
+    Writing {
+        /// The sentence's text, piece by piece.
+        pieces: mpsc::Receiver<String>,
+        /// The text sent so far (the whole sentence once `pieces` is closed): the subtitle.
+        text: Arc<std::sync::Mutex<String>>,
+    },
+}
+
+/// Pieces of one sentence queued for a text-streaming TTS before it reads them.
+const WRITING_PIECES: usize = 64;
+
+/// The sentence being written to a text-streaming TTS (see [`Sentences::written`]).
+struct Writing {
+    tx: mpsc::Sender<String>,
+    text: Arc<std::sync::Mutex<String>>,
+}
+
+impl Writing {
+    /// Sends what `now` (the sentence's cleaned text so far) adds to what was sent. Cleaning may
+    /// rewrite the end of the text as more arrives (a markdown mark completed): only the part
+    /// past what both share is new.
+    async fn grow(&self, now: &str) {
+        let piece = {
+            let mut sent = self.text.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if now.len() <= sent.len() || !now.starts_with(sent.as_str()) {
+                return;
+            }
+            let piece = now.get(sent.len()..).unwrap_or_default().to_owned();
+            sent.push_str(&piece);
+            piece
+        };
+        let _ = self.tx.send(piece).await;
+    }
+
+    /// The sentence is complete as `whole`: its last piece goes out and the pieces end.
+    async fn complete(self, whole: &str) {
+        let piece = {
+            let mut sent = self.text.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let shared = common_prefix(&sent, whole);
+            let piece = whole.get(shared..).unwrap_or_default().to_owned();
+            *sent = whole.to_owned();
+            piece
+        };
+        if !piece.is_empty() {
+            let _ = self.tx.send(piece).await;
+        }
+    }
+}
+
+/// The length in bytes of the longest common prefix of `a` and `b` (on a char boundary).
+fn common_prefix(a: &str, b: &str) -> usize {
+    a.char_indices().zip(b.chars()).take_while(|((_, x), y)| x == y).last().map_or(0, |((i, c), _)| i + c.len_utf8())
 }
 
 /// The thinking side's way to the [`voice`] side: sentences of at most `max_chars` characters.
 struct Sentences {
     tx: mpsc::Sender<Sentence>,
     max_chars: usize,
+    /// Whether the TTS takes a sentence's text as it is written.
+    streams_text: bool,
 }
 
 impl Sentences {
@@ -353,6 +409,48 @@ impl Sentences {
     /// Queues one sentence of model output.
     async fn reply(&self, sentence: String) {
         let _ = self.tx.send(Sentence::Reply(sentence)).await;
+    }
+
+    /// Feeds one LLM delta through `splitter`: complete sentences are queued; with a TTS that
+    /// takes text as it is written, the sentence being written is queued from its first words on
+    /// and grows piece by piece (`writing` is that sentence).
+    async fn written(&self, splitter: &mut SentenceSplitter, delta: &str, writing: &mut Option<Writing>) {
+        for sentence in splitter.push(delta) {
+            match writing.take() {
+                Some(open) => open.complete(&sentence).await,
+                None => self.reply(sentence).await,
+            }
+        }
+        if !self.streams_text {
+            return;
+        }
+        let pending = splitter.pending();
+        if pending.is_empty() {
+            return;
+        }
+        if writing.is_none() {
+            let (tx, pieces) = mpsc::channel(WRITING_PIECES);
+            let text = Arc::new(std::sync::Mutex::new(String::new()));
+            let _ = self.tx.send(Sentence::Writing { pieces, text: Arc::clone(&text) }).await;
+            *writing = Some(Writing { tx, text });
+        }
+        if let Some(open) = writing {
+            open.grow(&pending).await;
+        }
+    }
+
+    /// The end of one stream of model output: the rest of the text is the last sentence.
+    async fn flush(&self, splitter: &mut SentenceSplitter, writing: &mut Option<Writing>) {
+        let rest = splitter.finish();
+        match (writing.take(), rest) {
+            (Some(open), Some(rest)) => open.complete(&rest).await,
+            (Some(open), None) => {
+                let so_far = open.text.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+                open.complete(&so_far).await;
+            }
+            (None, Some(rest)) => self.reply(rest).await,
+            (None, None) => {}
+        }
     }
 
     /// Queues a whole text (the error response, a tool's spoken answer) as sentences.
@@ -381,14 +479,24 @@ async fn voice(ctx: &TurnContext, mut sentences: mpsc::Receiver<Sentence>) {
     let mut error_spoken = false;
     let mut first_audio = true;
     while let Some(sentence) = sentences.recv().await {
-        let text = match sentence {
+        let (text, started) = match sentence {
             Sentence::Fixed(text) => {
                 speak_fixed(ctx, text, timeout).await;
                 continue;
             }
-            Sentence::Reply(text) => text,
+            Sentence::Reply(text) => {
+                let started = start_speaking(ctx, &text, ctx.services.tts.speak(&text), timeout).await;
+                (text, started)
+            }
+            Sentence::Writing { pieces, text } => {
+                let started =
+                    start_speaking(ctx, "(being written)", ctx.services.tts.speak_text(pieces), timeout).await;
+                // The subtitle: the whole sentence when it is complete, else what is written so far.
+                let text = text.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+                (text, started)
+            }
         };
-        match start_speaking(ctx, &text, timeout).await {
+        match started {
             Some(chunks) => {
                 if std::mem::take(&mut first_audio) {
                     ctx.services.metrics.first_audio.observe(ctx.started.elapsed().as_secs_f64());
@@ -415,7 +523,12 @@ async fn voice(ctx: &TurnContext, mut sentences: mpsc::Receiver<Sentence>) {
 /// rest into a bounded channel in the background, each piece within `timeout` of the last. A
 /// stream that breaks off midway keeps what arrived (the speaker plays it and the sentence ends
 /// there). `None` when the TTS fails before any audio.
-async fn start_speaking(ctx: &TurnContext, sentence: &str, timeout: Duration) -> Option<mpsc::Receiver<AudioChunk>> {
+async fn start_speaking(
+    ctx: &TurnContext,
+    sentence: &str,
+    open: impl std::future::Future<Output = Result<crate::tts::AudioStream, ProviderError>>,
+    timeout: Duration,
+) -> Option<mpsc::Receiver<AudioChunk>> {
     let metrics = &ctx.services.metrics;
     let failed = |why: String| {
         tracing::warn!("TTS failed for {sentence:?}: {why}");
@@ -423,7 +536,7 @@ async fn start_speaking(ctx: &TurnContext, sentence: &str, timeout: Duration) ->
         None
     };
     let started = tokio::time::timeout(timeout, async {
-        let mut stream = ctx.services.tts.speak(sentence).await?;
+        let mut stream = open.await?;
         let first = stream.next().await.transpose()?;
         Ok::<_, ProviderError>((stream, first))
     })
@@ -512,4 +625,65 @@ fn system_prompt(config: &Config, session_prompt: Option<&str>) -> String {
     };
     let prompt = session_prompt.unwrap_or(&config.prompt);
     format!("{}\n\nCurrent local time: {}", prompt.trim(), now.format("%Y-%m-%d %H:%M, %A"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the voice side received: whole sentences as they are, sentences being written as
+    /// their pieces (collected once complete).
+    async fn received(mut rx: mpsc::Receiver<Sentence>) -> Vec<Result<String, Vec<String>>> {
+        let mut out = Vec::new();
+        while let Some(item) = rx.recv().await {
+            match item {
+                Sentence::Reply(text) | Sentence::Fixed(text) => out.push(Ok(text)),
+                Sentence::Writing { mut pieces, .. } => {
+                    let mut all = Vec::new();
+                    while let Some(piece) = pieces.recv().await {
+                        all.push(piece);
+                    }
+                    out.push(Err(all));
+                }
+            }
+        }
+        out
+    }
+
+    async fn feed(streams_text: bool, deltas: &[&str]) -> Vec<Result<String, Vec<String>>> {
+        let (tx, rx) = mpsc::channel(32);
+        let collector = tokio::spawn(received(rx));
+        let sentences = Sentences { tx, max_chars: 300, streams_text };
+        let mut splitter = sentences.splitter();
+        let mut writing = None;
+        for delta in deltas {
+            sentences.written(&mut splitter, delta, &mut writing).await;
+        }
+        sentences.flush(&mut splitter, &mut writing).await;
+        drop(sentences);
+        collector.await.expect("collector")
+    }
+
+    #[tokio::test]
+    async fn a_text_streaming_tts_gets_each_sentence_from_its_first_words() {
+        let deltas = ["Once upon", " a time", " there was 3.", "5 cats. And", " a dog", "."];
+        let streamed = feed(true, &deltas).await;
+        assert_eq!(
+            streamed,
+            vec![
+                Err(vec!["Once upon".into(), " a time".into(), " there was 3".into(), ".5 cats".into()]),
+                Err(vec!["And".into(), " a dog".into()]),
+            ]
+        );
+        // Joined, the pieces are exactly the sentences a whole-sentence TTS gets.
+        let whole = feed(false, &deltas).await;
+        assert_eq!(whole, vec![Ok("Once upon a time there was 3.5 cats".into()), Ok("And a dog".into())]);
+    }
+
+    #[test]
+    fn common_prefix_is_on_char_boundaries() {
+        assert_eq!(common_prefix("你好吗", "你好呀"), "你好".len());
+        assert_eq!(common_prefix("", "abc"), 0);
+        assert_eq!(common_prefix("abc", "abc"), 3);
+    }
 }

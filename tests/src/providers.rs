@@ -47,7 +47,10 @@ impl Entry {
 pub fn providers_yaml(mock: &MockOpenAi, entries: &[Entry]) -> String {
     let base = mock.base_url();
     let mut sections = vec![
-        ("ASR", format!("type: openai\nbase_url: \"{base}/audio/transcriptions\"\nmodel_name: mock-asr\napi_key: test")),
+        (
+            "ASR",
+            format!("type: openai\nbase_url: \"{base}/audio/transcriptions\"\nmodel_name: mock-asr\napi_key: test"),
+        ),
         ("LLM", format!("type: openai\nbase_url: \"{base}\"\nmodel_name: mock-llm\napi_key: test")),
         (
             "TTS",

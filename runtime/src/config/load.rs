@@ -108,7 +108,7 @@ pub enum ConfigError {
     #[error("selected_module.{kind} names \"{name}\", but there is no {kind}.{name} (entries: {entries})")]
     MissingProvider {
         /// `VAD`, `ASR`, `LLM` or `TTS`.
-        kind: &'static str,
+        kind: String,
         /// The selected name.
         name: String,
         /// The names that do exist, comma-separated (`none` when there are none).
@@ -124,12 +124,30 @@ pub enum ConfigError {
         /// The supported types, comma-separated.
         supported: String,
     },
+    /// More than one problem: all of them, in the order found.
+    #[error("{} problems:{}", .0.len(), .0.iter().map(|e| format!("\n  - {e}")).collect::<String>())]
+    Several(Vec<ConfigError>),
     /// The file watcher could not be set up.
     #[error("cannot watch the config files: {0}")]
     Watch(#[from] notify::Error),
     /// The watcher thread could not be started.
     #[error("cannot start the config watcher thread: {0}")]
     WatchThread(#[source] io::Error),
+}
+
+impl ConfigError {
+    /// One problem as itself, several as [`ConfigError::Several`].
+    fn several(mut problems: Vec<ConfigError>) -> Self {
+        if problems.len() == 1 { problems.remove(0) } else { ConfigError::Several(problems) }
+    }
+
+    /// Every single problem this error stands for.
+    pub fn problems(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Several(all) => all.iter().collect(),
+            one => vec![one],
+        }
+    }
 }
 
 /// Loads the configuration: reads the base file, deep-merges the override file over it when it
@@ -145,6 +163,19 @@ pub fn load_str(base: &str, override_text: Option<&str>) -> Result<Loaded, Confi
     let source = ConfigSource { base: PathBuf::from("config.yaml"), override_path: PathBuf::from("data/.config.yaml") };
     let texts = Texts { base: base.to_owned(), override_text: override_text.map(str::to_owned) };
     load_texts(&source, &texts)
+}
+
+/// The merged document of both files as the loader sees it before typing it: nulls removed and
+/// the Python server's placeholders cleared (for the migration report).
+pub fn merged_document(source: &ConfigSource) -> Result<Mapping, ConfigError> {
+    let texts = read_texts(source)?;
+    let mut merged = parse_document(&source.base, &texts.base)?;
+    if let Some(text) = &texts.override_text {
+        deep_merge(&mut merged, parse_document(&source.override_path, text)?);
+    }
+    remove_nulls(&mut merged, &|key| !PROVIDER_KEYS.contains(&key));
+    super::migrate::clear_placeholders(&mut merged, &mut Vec::new());
+    Ok(merged)
 }
 
 /// The raw contents of both files, as read at one moment.
@@ -337,6 +368,7 @@ fn from_mapping(mut document: Mapping) -> Result<Loaded, ConfigError> {
     let mut warnings = Vec::new();
     // `key:` with nothing after it is null; the Python server treats it as "use the default".
     remove_nulls(&mut document, &|key| !PROVIDER_KEYS.contains(&key));
+    super::migrate::clear_placeholders(&mut document, &mut warnings);
     if let Some(url) = document.get("manager-api").and_then(|api| api.get("url")).and_then(Value::as_str)
         && !url.trim().is_empty()
     {
@@ -345,10 +377,67 @@ fn from_mapping(mut document: Mapping) -> Result<Loaded, ConfigError> {
              using the local files"
         ));
     }
-    let mut config: Config = deserialize_at(Value::Mapping(document), "", &mut warnings)?;
-    config.providers = resolve_providers(&config, &mut warnings)?;
-    validate(&config)?;
-    Ok(Loaded { config, warnings })
+    let mut problems = Vec::new();
+    let mut config: Config = match deserialize_at(Value::Mapping(document.clone()), "", &mut warnings) {
+        Ok(config) => config,
+        Err(_) => {
+            // Find every setting that is wrong on its own, then go on with the others, so that one
+            // run names all the problems.
+            let rest = without_invalid(document, "", 2, &mut problems);
+            match deserialize_at(Value::Mapping(rest), "", &mut warnings) {
+                Ok(config) => config,
+                Err(e) => {
+                    problems.push(e);
+                    return Err(ConfigError::several(problems));
+                }
+            }
+        }
+    };
+    config.providers = resolve_providers(&config, &mut warnings, &mut problems);
+    validate(&config, &mut problems);
+    if problems.is_empty() { Ok(Loaded { config, warnings }) } else { Err(ConfigError::several(problems)) }
+}
+
+/// `mapping` (at `prefix`) without the settings that do not deserialize into [`Config`] on their
+/// own, each of which is added to `problems`; a mapping that fails is searched `depth` levels deep
+/// for the settings at fault, and only those are left out.
+fn without_invalid(mapping: Mapping, prefix: &str, depth: usize, problems: &mut Vec<ConfigError>) -> Mapping {
+    let mut kept = Mapping::new();
+    for (key, value) in mapping {
+        let Some(name) = key.as_str().map(str::to_owned) else { continue };
+        let path = join_path(prefix, &name);
+        if deserializes_alone(&path, &value) {
+            kept.insert(key, value);
+            continue;
+        }
+        match value {
+            Value::Mapping(inner) if depth > 1 => {
+                let inner = without_invalid(inner, &path, depth - 1, problems);
+                kept.insert(key, Value::Mapping(inner));
+            }
+            other => {
+                if let Err(e) = deserialize_at::<Config>(nest(&path, other), "", &mut Vec::new()) {
+                    problems.push(e);
+                }
+            }
+        }
+    }
+    kept
+}
+
+/// Whether `value` at the dotted `path` deserializes into [`Config`] with every other setting at
+/// its default.
+fn deserializes_alone(path: &str, value: &Value) -> bool {
+    deserialize_at::<Config>(nest(path, value.clone()), "", &mut Vec::new()).is_ok()
+}
+
+/// `{a: {b: value}}` for the path `a.b`.
+fn nest(path: &str, value: Value) -> Value {
+    path.rsplit('.').fold(value, |inner, key| {
+        let mut mapping = Mapping::new();
+        mapping.insert(Value::String(key.to_owned()), inner);
+        Value::Mapping(mapping)
+    })
 }
 
 /// Removes null values from `mapping`, and recursively from nested mappings under keys for which
@@ -394,6 +483,11 @@ fn deserialize_at<T: DeserializeOwned>(
             Err(ConfigError::Invalid { path, message: err.inner().to_string() })
         }
     }
+}
+
+/// The whole [`Config`] from `value`, with unknown keys as warnings.
+pub(crate) fn deserialize_config(value: Value, warnings: &mut Vec<String>) -> Result<Config, ConfigError> {
+    deserialize_at(value, "", warnings)
 }
 
 /// Writes a `serde_ignored` path as `a.b[2].c`, leaving out `Option`/newtype steps.
@@ -479,59 +573,25 @@ const TTS_TYPES: &[&str] = &[
 ];
 
 /// Resolves `selected_module` against the provider dictionaries into typed [`Providers`].
-fn resolve_providers(config: &Config, warnings: &mut Vec<String>) -> Result<Providers, ConfigError> {
+fn resolve_providers(config: &Config, warnings: &mut Vec<String>, problems: &mut Vec<ConfigError>) -> Providers {
     let selected = &config.selected_module;
-
-    let vad = {
-        let entry = SelectedEntry::find("VAD", &selected.vad, &config.vad, VAD_TYPES)?;
-        let low_given = entry.settings.contains_key("threshold_low");
-        let mut settings: SileroVadConfig = entry.typed(warnings)?;
-        if !low_given && settings.threshold_low > settings.threshold {
-            // Only `threshold` was lowered: keep the default hysteresis from inverting.
-            settings.threshold_low = settings.threshold;
-        }
-        VadSpec::Silero(settings)
-    };
-
-    let asr = {
-        let entry = SelectedEntry::find("ASR", &selected.asr, &config.asr, ASR_TYPES)?;
-        match entry.kind.as_str() {
-            "whisper_onnx" => AsrSpec::Whisper(entry.typed(warnings)?),
-            "sensevoice_onnx" => AsrSpec::SenseVoice(entry.typed(warnings)?),
-            "fun_local" | "sherpa_onnx_local" => sensevoice_alias(entry, warnings)?,
-            "fun_server" => AsrSpec::FunServer(entry.typed(warnings)?),
-            "doubao_stream" => AsrSpec::DoubaoStream(entry.typed(warnings)?),
-            "aliyun_stream" => AsrSpec::AliyunStream(entry.typed(warnings)?),
-            "aliyunbl_stream" => AsrSpec::AliyunBlStream(entry.typed(warnings)?),
-            "qwen3_asr_flash" => AsrSpec::Qwen3AsrFlash(entry.typed(warnings)?),
-            "xunfei_stream" => AsrSpec::XunfeiStream(entry.typed(warnings)?),
-            "tencent" => AsrSpec::Tencent(entry.typed(warnings)?),
-            _ => AsrSpec::OpenAi(entry.typed(warnings)?),
-        }
-    };
-
-    let llm = openai_compatible_or(SelectedEntry::find("LLM", &selected.llm, &config.llm, LLM_TYPES)?, warnings)?;
-
-    let tts = {
-        let entry = SelectedEntry::find("TTS", &selected.tts, &config.tts, TTS_TYPES)?;
-        match entry.kind.as_str() {
-            "custom" => TtsSpec::Custom(entry.typed(warnings)?),
-            "piper" => TtsSpec::Piper(entry.typed(warnings)?),
-            "edge" => TtsSpec::Edge(entry.typed(warnings)?),
-            "doubao" => TtsSpec::Doubao(entry.typed(warnings)?),
-            "huoshan_double_stream" => TtsSpec::HuoshanDoubleStream(entry.typed(warnings)?),
-            "aliyun_stream" => TtsSpec::AliyunStream(entry.typed(warnings)?),
-            "alibl_stream" => TtsSpec::AliBlStream(entry.typed(warnings)?),
-            "siliconflow" => TtsSpec::SiliconFlow(entry.typed(warnings)?),
-            "minimax_httpstream" => TtsSpec::MinimaxHttpStream(entry.typed(warnings)?),
-            "gpt_sovits_v2" => TtsSpec::GptSovitsV2(entry.typed(warnings)?),
-            "gpt_sovits_v3" => TtsSpec::GptSovitsV3(entry.typed(warnings)?),
-            "fishspeech" => TtsSpec::FishSpeech(entry.typed(warnings)?),
-            "xunfei_stream" => TtsSpec::XunfeiStream(entry.typed(warnings)?),
-            "tencent" => TtsSpec::Tencent(entry.typed(warnings)?),
-            _ => TtsSpec::OpenAi(entry.typed(warnings)?),
-        }
-    };
+    let vad = keep(
+        problems,
+        SelectedEntry::find_in("VAD", &selected.vad, &config.vad, VAD_TYPES).and_then(|e| resolve_vad(e, warnings)),
+    );
+    let asr = keep(
+        problems,
+        SelectedEntry::find_in("ASR", &selected.asr, &config.asr, ASR_TYPES).and_then(|e| resolve_asr(e, warnings)),
+    );
+    let llm = keep(
+        problems,
+        SelectedEntry::find_in("LLM", &selected.llm, &config.llm, LLM_TYPES)
+            .and_then(|e| openai_compatible_or(e, warnings)),
+    );
+    let tts = keep(
+        problems,
+        SelectedEntry::find_in("TTS", &selected.tts, &config.tts, TTS_TYPES).and_then(|e| resolve_tts(e, warnings)),
+    );
 
     let intent = match lenient_type("Intent", &selected.intent, &config.intent) {
         None => IntentMode::default(),
@@ -556,7 +616,87 @@ fn resolve_providers(config: &Config, warnings: &mut Vec<String>) -> Result<Prov
         },
     };
 
-    Ok(Providers { vad, asr, llm, tts, intent, memory })
+    let functions = intent_functions(config, warnings);
+    Providers {
+        functions,
+        vad: vad.unwrap_or_default(),
+        asr: asr.unwrap_or_default(),
+        llm: llm.unwrap_or_default(),
+        tts: tts.unwrap_or_default(),
+        intent,
+        memory,
+    }
+}
+
+/// The value of `result`, or `None` with its error added to `problems`.
+fn keep<T>(problems: &mut Vec<ConfigError>, result: Result<T, ConfigError>) -> Option<T> {
+    result.map_err(|e| problems.push(e)).ok()
+}
+
+/// `Intent.<selected>.functions`: the tools offered (`None` without the key: every tool).
+fn intent_functions(config: &Config, warnings: &mut Vec<String>) -> Option<Vec<String>> {
+    let name = config.selected_module.intent.trim();
+    let value = config.intent.get(name)?.get("functions")?;
+    match value {
+        Value::Null => None,
+        Value::Sequence(items) => Some(items.iter().filter_map(Value::as_str).map(|s| s.trim().to_owned()).collect()),
+        other => {
+            warnings.push(format!(
+                "Intent.{name}.functions is {}, not a list of names; every tool is offered",
+                kind_name(other)
+            ));
+            None
+        }
+    }
+}
+
+/// The settings of a `VAD` entry.
+pub(crate) fn resolve_vad(entry: SelectedEntry, warnings: &mut Vec<String>) -> Result<VadSpec, ConfigError> {
+    let low_given = entry.settings.contains_key("threshold_low");
+    let mut settings: SileroVadConfig = entry.typed(warnings)?;
+    if !low_given && settings.threshold_low > settings.threshold {
+        // Only `threshold` was lowered: keep the default hysteresis from inverting.
+        settings.threshold_low = settings.threshold;
+    }
+    Ok(VadSpec::Silero(settings))
+}
+
+/// The settings of an `ASR` entry, by its type.
+pub(crate) fn resolve_asr(entry: SelectedEntry, warnings: &mut Vec<String>) -> Result<AsrSpec, ConfigError> {
+    Ok(match entry.kind.as_str() {
+        "whisper_onnx" => AsrSpec::Whisper(entry.typed(warnings)?),
+        "sensevoice_onnx" => AsrSpec::SenseVoice(entry.typed(warnings)?),
+        "fun_local" | "sherpa_onnx_local" => sensevoice_alias(entry, warnings)?,
+        "fun_server" => AsrSpec::FunServer(entry.typed(warnings)?),
+        "doubao_stream" => AsrSpec::DoubaoStream(entry.typed(warnings)?),
+        "aliyun_stream" => AsrSpec::AliyunStream(entry.typed(warnings)?),
+        "aliyunbl_stream" => AsrSpec::AliyunBlStream(entry.typed(warnings)?),
+        "qwen3_asr_flash" => AsrSpec::Qwen3AsrFlash(entry.typed(warnings)?),
+        "xunfei_stream" => AsrSpec::XunfeiStream(entry.typed(warnings)?),
+        "tencent" => AsrSpec::Tencent(entry.typed(warnings)?),
+        _ => AsrSpec::OpenAi(entry.typed(warnings)?),
+    })
+}
+
+/// The settings of a `TTS` entry, by its type.
+pub(crate) fn resolve_tts(entry: SelectedEntry, warnings: &mut Vec<String>) -> Result<TtsSpec, ConfigError> {
+    Ok(match entry.kind.as_str() {
+        "custom" => TtsSpec::Custom(entry.typed(warnings)?),
+        "piper" => TtsSpec::Piper(entry.typed(warnings)?),
+        "edge" => TtsSpec::Edge(entry.typed(warnings)?),
+        "doubao" => TtsSpec::Doubao(entry.typed(warnings)?),
+        "huoshan_double_stream" => TtsSpec::HuoshanDoubleStream(entry.typed(warnings)?),
+        "aliyun_stream" => TtsSpec::AliyunStream(entry.typed(warnings)?),
+        "alibl_stream" => TtsSpec::AliBlStream(entry.typed(warnings)?),
+        "siliconflow" => TtsSpec::SiliconFlow(entry.typed(warnings)?),
+        "minimax_httpstream" => TtsSpec::MinimaxHttpStream(entry.typed(warnings)?),
+        "gpt_sovits_v2" => TtsSpec::GptSovitsV2(entry.typed(warnings)?),
+        "gpt_sovits_v3" => TtsSpec::GptSovitsV3(entry.typed(warnings)?),
+        "fishspeech" => TtsSpec::FishSpeech(entry.typed(warnings)?),
+        "xunfei_stream" => TtsSpec::XunfeiStream(entry.typed(warnings)?),
+        "tencent" => TtsSpec::Tencent(entry.typed(warnings)?),
+        _ => TtsSpec::OpenAi(entry.typed(warnings)?),
+    })
 }
 
 /// The Python server's local SenseVoice types: `fun_local` (FunASR's SenseVoiceSmall) and
@@ -580,7 +720,10 @@ fn sensevoice_alias(mut entry: SelectedEntry, warnings: &mut Vec<String>) -> Res
 
 /// The LLM spec of the selected entry: its own type's settings, or the OpenAI-compatible ones
 /// (`openai`, `ollama`, `xinference`).
-fn openai_compatible_or(mut entry: SelectedEntry, warnings: &mut Vec<String>) -> Result<LlmSpec, ConfigError> {
+pub(crate) fn openai_compatible_or(
+    mut entry: SelectedEntry,
+    warnings: &mut Vec<String>,
+) -> Result<LlmSpec, ConfigError> {
     match entry.kind.as_str() {
         "dify" => return Ok(LlmSpec::Dify(entry.typed(warnings)?)),
         "coze" => return Ok(LlmSpec::Coze(entry.typed(warnings)?)),
@@ -612,7 +755,7 @@ fn openai_compatible_or(mut entry: SelectedEntry, warnings: &mut Vec<String>) ->
 }
 
 /// The selected entry of one provider dictionary, with a supported `type`.
-struct SelectedEntry {
+pub(crate) struct SelectedEntry {
     /// `VAD.SileroVAD`: the YAML path of the entry.
     path: String,
     /// The entry's `type`.
@@ -623,8 +766,8 @@ struct SelectedEntry {
 
 impl SelectedEntry {
     /// Finds `dictionary[name]`, checks that it is a mapping with a supported string `type`.
-    fn find(
-        section: &'static str,
+    pub(crate) fn find_in(
+        section: &str,
         name: &str,
         dictionary: &std::collections::BTreeMap<String, Value>,
         supported: &[&str],
@@ -643,7 +786,11 @@ impl SelectedEntry {
             });
         }
         let Some(entry) = dictionary.get(name) else {
-            return Err(ConfigError::MissingProvider { kind: section, name: name.to_owned(), entries: entries() });
+            return Err(ConfigError::MissingProvider {
+                kind: section.to_owned(),
+                name: name.to_owned(),
+                entries: entries(),
+            });
         };
         let path = format!("{section}.{name}");
         let mut settings = match entry {
@@ -673,6 +820,14 @@ impl SelectedEntry {
             }
         };
         if !supported.contains(&kind.as_str()) {
+            if let Some(super::migrate::Support::Not(instead)) =
+                super::migrate::lookup(section, &kind).map(|t| t.support)
+            {
+                return Err(ConfigError::Invalid {
+                    path: format!("{path}.type"),
+                    message: format!("the Python server's type \"{kind}\" is not supported here; {instead}"),
+                });
+            }
             return Err(ConfigError::UnsupportedType {
                 path: format!("{path}.type"),
                 found: kind,
@@ -738,36 +893,41 @@ const FRAME_DURATIONS: [u32; 4] = [10, 20, 40, 60];
 const MAX_PREBUFFER_FRAMES: u32 = 40;
 
 /// Range checks that serde cannot express.
-fn validate(config: &Config) -> Result<(), ConfigError> {
-    let invalid = |path: &str, message: String| Err(ConfigError::Invalid { path: path.to_owned(), message });
+fn validate(config: &Config, problems: &mut Vec<ConfigError>) {
+    if let Err(e) = check_log_level(&config.log.log_level) {
+        problems.push(e);
+    }
+    check_limits(&config.limits, problems);
+    let mut invalid =
+        |path: &str, message: String| problems.push(ConfigError::Invalid { path: path.to_owned(), message });
 
     let params = &config.xiaozhi.audio_params;
     if !SAMPLE_RATES.contains(&params.sample_rate) {
-        return invalid(
+        invalid(
             "xiaozhi.audio_params.sample_rate",
             format!("{} Hz is not an Opus rate (use 8000, 12000, 16000, 24000 or 48000)", params.sample_rate),
         );
     }
     if !FRAME_DURATIONS.contains(&params.frame_duration) {
-        return invalid(
+        invalid(
             "xiaozhi.audio_params.frame_duration",
             format!("{} ms is not supported (use 10, 20, 40 or 60)", params.frame_duration),
         );
     }
     if params.channels != 1 {
-        return invalid("xiaozhi.audio_params.channels", format!("{} is not supported (use 1)", params.channels));
+        invalid("xiaozhi.audio_params.channels", format!("{} is not supported (use 1)", params.channels));
     }
     if config.audio.opus_complexity > 10 {
-        return invalid("audio.opus_complexity", format!("{} is out of range (0 to 10)", config.audio.opus_complexity));
+        invalid("audio.opus_complexity", format!("{} is out of range (0 to 10)", config.audio.opus_complexity));
     }
     if !(500..=512_000).contains(&config.audio.opus_bitrate) {
-        return invalid(
+        invalid(
             "audio.opus_bitrate",
             format!("{} is out of range (500 to 512000 bits per second)", config.audio.opus_bitrate),
         );
     }
     if config.audio.prebuffer_frames > MAX_PREBUFFER_FRAMES {
-        return invalid(
+        invalid(
             "audio.prebuffer_frames",
             format!(
                 "{} is more than the firmware buffers (at most {MAX_PREBUFFER_FRAMES})",
@@ -776,41 +936,36 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         );
     }
     if config.server.port != 0 && config.server.port == config.server.http_port {
-        return invalid(
+        invalid(
             "server.http_port",
             format!("{} is also server.port; the two listeners need different ports", config.server.http_port),
         );
     }
-    check_log_level(&config.log.log_level)?;
-    check_limits(&config.limits)?;
-
     let VadSpec::Silero(vad) = &config.providers.vad;
     let vad_path = format!("VAD.{}", config.selected_module.vad);
     for (key, value) in [("threshold", vad.threshold), ("threshold_low", vad.threshold_low)] {
         if !(0.0..=1.0).contains(&value) {
-            return invalid(&format!("{vad_path}.{key}"), format!("{value} is out of range (0 to 1)"));
+            invalid(&format!("{vad_path}.{key}"), format!("{value} is out of range (0 to 1)"));
         }
     }
     if vad.threshold_low > vad.threshold {
-        return invalid(
+        invalid(
             &format!("{vad_path}.threshold_low"),
             format!("{} is above threshold ({}); it must not be", vad.threshold_low, vad.threshold),
         );
     }
-    Ok(())
 }
 
 /// Every `limits` value must be above zero: a zero would refuse everything (or disable the limit,
 /// which is not what a limit of zero says).
-fn check_limits(limits: &super::LimitsConfig) -> Result<(), ConfigError> {
+fn check_limits(limits: &super::LimitsConfig, problems: &mut Vec<ConfigError>) {
     let value = serde_json::to_value(limits).unwrap_or_default();
-    let Some(map) = value.as_object() else { return Ok(()) };
+    let Some(map) = value.as_object() else { return };
     for (key, value) in map {
         if value.as_u64() == Some(0) {
-            return Err(ConfigError::Invalid { path: format!("limits.{key}"), message: "must be above zero".into() });
+            problems.push(ConfigError::Invalid { path: format!("limits.{key}"), message: "must be above zero".into() });
         }
     }
-    Ok(())
 }
 
 /// `log.log_level` must be a level name or a `tracing` filter directive.
@@ -1076,7 +1231,9 @@ TTS:
 
         // The default provider entries resolve to the same providers as config.yaml's.
         let mut warnings = Vec::new();
-        let default_providers = resolve_providers(&Config::default(), &mut warnings).expect("defaults resolve");
+        let mut problems = Vec::new();
+        let default_providers = resolve_providers(&Config::default(), &mut warnings, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(format!("{:?}", loaded.config.providers), format!("{default_providers:?}"));
         assert_eq!(format!("{default_providers:?}"), format!("{:?}", Providers::default()));
@@ -1182,7 +1339,9 @@ TTS:
         let message = expect_error(load_over_repo("selected_module:\n  ASR: Foo\n"));
         assert_eq!(
             message,
-            "selected_module.ASR names \"Foo\", but there is no ASR.Foo (entries: OpenaiASR, SenseVoiceLocal, WhisperLocal)"
+            "selected_module.ASR names \"Foo\", but there is no ASR.Foo (entries: AliyunBLStreamASR, AliyunStreamASR, \
+             DoubaoStreamASR, DoubaoStreamASRV2, FunASR, FunASRServer, GroqASR, OpenaiASR, Qwen3ASRFlash, \
+             SenseVoiceLocal, SherpaASR, TencentASR, WhisperLocal, XunfeiStreamASR)"
         );
 
         let message = expect_error(load_over_repo("selected_module:\n  LLM: ''\n"));
@@ -1191,12 +1350,22 @@ TTS:
 
     #[test]
     fn unsupported_or_missing_type_of_the_selected_entry_is_an_error() {
+        // A Python type that does not run here names what to use instead.
         let message = expect_error(load_over_repo(
-            "selected_module:\n  ASR: FunASR\nASR:\n  FunASR:\n    type: fun_local\n    model_dir: models/x\n",
+            "selected_module:\n  ASR: VoskASR\nASR:\n  VoskASR:\n    type: vosk\n    model_path: models/x\n",
         ));
         assert_eq!(
             message,
-            "ASR.FunASR.type: \"fun_local\" is not supported by this server (supported: openai, whisper_onnx, sensevoice_onnx)"
+            "ASR.VoskASR.type: the Python server's type \"vosk\" is not supported here; use sensevoice_onnx or \
+             whisper_onnx (offline, in process)"
+        );
+        // A type nobody knows lists the supported ones.
+        let message = expect_error(load_over_repo("selected_module:\n  TTS: X\nTTS:\n  X:\n    type: nosuch\n"));
+        assert!(
+            message.starts_with(
+                "TTS.X.type: \"nosuch\" is not supported by this server (supported: openai, custom, piper, edge,"
+            ),
+            "{message}"
         );
 
         let message = expect_error(load_over_repo("selected_module:\n  TTS: Edge\nTTS:\n  Edge:\n    voice: x\n"));
@@ -1209,7 +1378,7 @@ TTS:
     #[test]
     fn unknown_keys_warn_at_top_level_and_in_the_selected_provider() {
         let loaded = load_over_repo(
-            "server:\n  foo: 1\nplugins:\n  get_weather: {}\nLLM:\n  OpenAILLM:\n    frequency_penalty: 0\n",
+            "server:\n  foo: 1\nplugins:\n  get_weather: {}\nno_such_thing: 1\nLLM:\n  OpenAILLM:\n    frequency_penalty: 0\n",
         )
         .expect("unknown keys are not fatal");
         let mut warnings = loaded.warnings.clone();
@@ -1218,7 +1387,7 @@ TTS:
             warnings,
             vec![
                 "unknown key LLM.OpenAILLM.frequency_penalty (ignored)".to_owned(),
-                "unknown key plugins (ignored)".to_owned(),
+                "unknown key no_such_thing (ignored)".to_owned(),
                 "unknown key server.foo (ignored)".to_owned(),
             ]
         );
@@ -1390,7 +1559,7 @@ TTS:
         let text = loaded.config.effective_yaml();
         assert!(text.starts_with("# Effective configuration"), "{text}");
         assert!(text.contains("#   ASR    OpenaiASR (openai): model gpt-4o-mini-transcribe"), "{text}");
-        assert!(text.contains("#   LLM    OpenAILLM (openai-compatible): model deepseek-chat"), "{text}");
+        assert!(text.contains("#   LLM    OpenAILLM (openai): model deepseek-chat"), "{text}");
         assert!(!text.contains("sk-xxx"), "secrets are redacted:\n{text}");
         assert!(text.contains(REDACTED));
 

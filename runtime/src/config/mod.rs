@@ -12,6 +12,7 @@
 
 mod defaults;
 pub mod load;
+pub mod migrate;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -87,6 +88,9 @@ pub struct Config {
     pub manager_api: ManagerApiConfig,
     /// WebAssembly extensions: where they are installed and what each one is granted.
     pub extensions: ExtensionsConfig,
+    /// The Python server's plugin settings, by plugin name: `plugins.<id>` is the config of the
+    /// extension `<id>` and grants it what it needs (see [`Config::extension_grants`]).
+    pub plugins: BTreeMap<String, serde_yaml_ng::Value>,
     /// Where state lives: extension key/values (memory), chat history, the device registry.
     pub store: StoreConfig,
     /// The bound on every per-device and per-caller resource (README "Limits and security").
@@ -371,6 +375,10 @@ pub struct Grant {
     pub memory_mb: Option<u32>,
     /// Longest single call, in milliseconds; empty = the host maximum.
     pub timeout_ms: Option<u32>,
+    /// Set for a grant that comes from `plugins.<id>`: the operator configured the extension as a
+    /// Python plugin, so the hosts its own manifest names are granted too.
+    #[serde(skip)]
+    pub from_plugins: bool,
 }
 
 /// The selected providers, parsed into their typed settings.
@@ -388,6 +396,10 @@ pub struct Providers {
     pub intent: IntentMode,
     /// Conversation memory.
     pub memory: MemoryMode,
+    /// `Intent.<selected>.functions`: the extensions (by id or tool name) whose tools are offered;
+    /// `None` (no such key) offers every tool. The device's own MCP tools and
+    /// [`crate::tools::ALWAYS_OFFERED`] are offered either way.
+    pub functions: Option<Vec<String>>,
 }
 
 /// A VAD entry, by `type`.
@@ -586,6 +598,35 @@ pub enum MemoryMode {
 }
 
 impl Config {
+    /// What each extension is granted: `extensions.grants`, and for every `plugins.<id>` (the
+    /// Python server's plugin settings) its settings as the extension's config (strings as they
+    /// are, other values as JSON; a key also set in `extensions.grants.<id>.config` keeps that
+    /// value), the hosts named in them, and the hosts of the extension's own manifest.
+    pub fn extension_grants(&self) -> BTreeMap<String, Grant> {
+        let mut grants = self.extensions.grants.clone();
+        for (id, settings) in &self.plugins {
+            let grant = grants.entry(id.clone()).or_default();
+            grant.from_plugins = true;
+            if let Some(mapping) = settings.as_mapping() {
+                for (key, value) in mapping {
+                    let Some(key) = key.as_str() else { continue };
+                    let text = match value {
+                        serde_yaml_ng::Value::String(text) => text.clone(),
+                        serde_yaml_ng::Value::Null => continue,
+                        other => serde_json::to_string(other).unwrap_or_default(),
+                    };
+                    grant.config.entry(key.to_owned()).or_insert(text);
+                }
+            }
+            for host in plugin_hosts(settings) {
+                if !grant.http_hosts.iter().any(|h| h.eq_ignore_ascii_case(&host)) {
+                    grant.http_hosts.push(host);
+                }
+            }
+        }
+        grants
+    }
+
     /// The `tracing_subscriber::EnvFilter` directive for `log.log_level`.
     ///
     /// The Python server's upper-case names work (`DEBUG`, `INFO`, `WARNING`, `ERROR`,
@@ -629,6 +670,41 @@ impl Config {
             self.models.onnxruntime.clone()
         }
     }
+}
+
+/// The host names a plugin's settings name: the values of keys ending in `host`, and the hosts of
+/// values that are http(s) URLs (lower case, without port).
+pub fn plugin_hosts(settings: &serde_yaml_ng::Value) -> std::collections::BTreeSet<String> {
+    let mut hosts = std::collections::BTreeSet::new();
+    let Some(mapping) = settings.as_mapping() else { return hosts };
+    for (key, value) in mapping {
+        let (Some(key), Some(text)) = (key.as_str(), value.as_str()) else { continue };
+        if let Some(host) = host_of(text, key.ends_with("host")) {
+            hosts.insert(host);
+        }
+    }
+    hosts
+}
+
+/// The host of `text`: of a URL, or (when `bare` is allowed) the text itself when it is a host
+/// name (an optional scheme, port or path is removed).
+pub fn host_of(text: &str, bare: bool) -> Option<String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    let url = if text.contains("://") {
+        text.to_owned()
+    } else if bare {
+        format!("https://{text}")
+    } else {
+        return None;
+    };
+    let parsed = reqwest::Url::parse(&url).ok()?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return None;
+    }
+    parsed.host_str().map(str::to_ascii_lowercase)
 }
 
 /// Maps a level name (the Python server's or `tracing`'s, any case) to the `tracing` name.

@@ -70,10 +70,18 @@ pub fn check(manifest: &Manifest, grant: Option<&Grant>) -> Result<EffectiveGran
     let mut http_hosts = BTreeSet::new();
     for host in &caps.http_hosts {
         let host = host.to_ascii_lowercase();
-        if !granted_hosts.contains(&host) {
+        // Configured as a Python plugin (`plugins.<id>`): the operator enabled the extension as
+        // it is, with the hosts its manifest names.
+        if !granted_hosts.contains(&host) && !grant.from_plugins {
             return Err(refuse(format!("requests http host {host}, not granted in {path}.http_hosts")));
         }
         http_hosts.insert(host);
+    }
+    // A host the operator wrote into a setting the manifest declares as a host is reachable.
+    for key in &caps.config_hosts {
+        if let Some(host) = grant.config.get(key).and_then(|value| crate::config::host_of(value, true)) {
+            http_hosts.insert(host);
+        }
     }
     if caps.kv && !grant.kv {
         return Err(refuse(format!("requests kv, not granted in {path}.kv")));

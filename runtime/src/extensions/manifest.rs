@@ -68,6 +68,10 @@ pub struct Capabilities {
     pub llm: bool,
     /// Configuration keys read.
     pub config: Vec<String>,
+    /// Configuration keys (among `config`) whose value is a host name or URL the extension
+    /// reaches (a QWeather account's own API host): that host is reachable when the operator set
+    /// the key, without being listed in `http_hosts`.
+    pub config_hosts: Vec<String>,
 }
 
 /// The file as written, before validation.
@@ -143,6 +147,12 @@ impl Manifest {
         }
         if let Some(host) = caps.http_hosts.iter().find(|host| !is_host_name(host)) {
             return Err(ManifestError::Host { id: raw.id.clone(), host: host.clone() });
+        }
+        if let Some(key) = caps.config_hosts.iter().find(|key| !caps.config.contains(key)) {
+            return Err(ManifestError::Syntax(format!(
+                "extension {}: capabilities.config_hosts names {key:?}, which is not in capabilities.config",
+                raw.id
+            )));
         }
         Ok(Self {
             id: raw.id,

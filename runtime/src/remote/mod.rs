@@ -129,8 +129,7 @@ pub(crate) fn request_error(url: &str, what: &str, timeout: Duration, err: &reqw
 }
 
 /// A provider's WebSocket connection (`ws://` or `wss://`, TLS by rustls with the webpki roots).
-pub(crate) type WsStream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Largest message accepted from a provider's WebSocket, bytes (a whole synthesized sentence in
 /// one frame stays far below it).

@@ -477,7 +477,7 @@ impl Session {
             history: self.history.clone(),
             outbox: self.outbox.clone(),
             speaker,
-            tools: ToolBox::new(self.mcp.clone(), extensions.clone()),
+            tools: ToolBox::new(self.mcp.clone(), extensions.clone(), self.services.functions.clone()),
             started,
             extensions,
             prompt: self.prompt.clone(),

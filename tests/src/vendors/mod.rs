@@ -194,11 +194,16 @@ pub fn full_response(status: u16, content_type: &str, body: impl Into<Bytes>) ->
 
 /// A streamed response: each piece sent through the returned sender goes out as it comes (a
 /// chunked body); dropping the sender ends the body, sending an `Err` cuts the connection.
-pub fn streamed_response(status: u16, content_type: &str) -> (mpsc::Sender<Result<Bytes, std::io::Error>>, Response<HttpBody>) {
+pub fn streamed_response(
+    status: u16,
+    content_type: &str,
+) -> (mpsc::Sender<Result<Bytes, std::io::Error>>, Response<HttpBody>) {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|piece| (piece.map(Frame::data), rx))
-    });
+    let frames =
+        futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|piece| (piece.map(Frame::data), rx)) },
+        );
     let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(frames)));
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(value) = content_type.parse() {

@@ -40,6 +40,11 @@ const MODEL_FILES: [&str; 2] = ["model.int8.onnx", "model.onnx"];
 /// The token table in `model_dir`.
 const TOKENS_FILE: &str = "tokens.txt";
 
+/// The published ONNX export of SenseVoiceSmall this backend runs (sherpa-onnx's), and where it is.
+const SHERPA_EXPORT: &str = "sherpa-onnx-sense-voice-zh-en-ja-ko-yue-2024-07-17";
+/// Where [`SHERPA_EXPORT`] is published.
+const SHERPA_EXPORT_URL: &str = "https://github.com/k2-fsa/sherpa-onnx/releases/tag/asr-models";
+
 /// Languages that can be forced (`auto` lets the model decide).
 const LANGUAGES: [&str; 5] = ["zh", "en", "yue", "ja", "ko"];
 
@@ -266,7 +271,20 @@ impl SenseVoiceAsr {
         let candidates: Vec<PathBuf> = MODEL_FILES.iter().map(|name| dir.join(name)).collect();
         let path = candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
             let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-            ProviderError::Config(format!("SenseVoice model not found: no {}", tried.join(" or ")))
+            if dir.join("model.pt").is_file() {
+                // The Python server's FunASR folder: the PyTorch weights do not run here.
+                return ProviderError::Config(format!(
+                    "{} holds the PyTorch model.pt of the Python server's FunASR, which does not run here; this \
+                     server runs SenseVoiceSmall's ONNX export: download {SHERPA_EXPORT} (model.int8.onnx and \
+                     tokens.txt, from {SHERPA_EXPORT_URL}) and put those two files in {}",
+                    dir.display(),
+                    dir.display()
+                ));
+            }
+            ProviderError::Config(format!(
+                "SenseVoice model not found: no {} (the ONNX export {SHERPA_EXPORT} from {SHERPA_EXPORT_URL} goes there)",
+                tried.join(" or ")
+            ))
         })?;
         let tokens_path = dir.join(TOKENS_FILE);
         if !tokens_path.is_file() {
@@ -535,6 +553,15 @@ mod tests {
         assert!(matches!(err, ProviderError::Config(_)), "{err:?}");
         assert!(message.contains(&empty.path().join("model.int8.onnx").display().to_string()), "{message}");
         assert!(message.contains(&empty.path().join("model.onnx").display().to_string()), "{message}");
+
+        // The Python server's FunASR folder: only the PyTorch weights.
+        let python = tempfile::tempdir().unwrap();
+        std::fs::write(python.path().join("model.pt"), b"torch").unwrap();
+        let message = SenseVoiceAsr::load(&config(python.path(), "auto", true)).unwrap_err().to_string();
+        assert!(message.contains("PyTorch model.pt"), "{message}");
+        assert!(message.contains(SHERPA_EXPORT) && message.contains(SHERPA_EXPORT_URL), "{message}");
+        assert!(message.contains("model.int8.onnx and tokens.txt"), "{message}");
+        assert!(message.contains(&format!("put those two files in {}", python.path().display())), "{message}");
 
         let dir = generated_model();
         let tokens = dir.path().join("tokens.txt");
