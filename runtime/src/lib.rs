@@ -9,7 +9,9 @@
 //! The path of one utterance is a straight line through these modules:
 //!
 //! - [`config`]: the typed configuration, loaded from `config.yaml` with `data/.config.yaml`
-//!   deep-merged over it, validated with the YAML path of every problem, and watched for changes.
+//!   deep-merged over it, validated with the YAML path of every problem (all of them at once), and
+//!   watched for changes; `config::migrate` knows the Python server's provider types and
+//!   placeholders and writes the migration report of `check-config`.
 //! - [`services`]: the config and providers a new session starts with (rebuilt on config change).
 //! - [`server`]: the hyper accept loops (WebSocket port and HTTP port, header timeout, bounded
 //!   socket buffers), routing, the WebSocket upgrade and graceful shutdown. It never parses frames
@@ -47,6 +49,7 @@
 //!   device registry) in an embedded SQLite file or Redis.
 //! - [`fuzz`]: the fuzz targets' entry points (`runtime/fuzz/`), replayed by a regression test.
 //! - [`onnx`]: ONNX Runtime initialisation.
+//! - [`tester`]: `test-provider`: one request to a configured provider entry, with its latency.
 //! - [`simulator`]: a device simulator that speaks the firmware's protocol (used by the
 //!   `simulate` subcommand and by the end-to-end tests).
 
@@ -71,6 +74,7 @@ pub mod session;
 pub mod simulator;
 pub mod speaker;
 pub mod store;
+pub mod tester;
 pub mod text;
 pub mod tools;
 pub mod tts;

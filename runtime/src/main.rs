@@ -1,5 +1,6 @@
 //! The `xiaozhi-server` command line: `serve` (default), `simulate`, `token`, `check-config`,
-//! `bind`, `revoke`, `data`, `bench`, `health`. No logic lives here; each subcommand calls into the library.
+//! `test-provider`, `bind`, `revoke`, `data`, `bench`, `health`. No logic lives here; each
+//! subcommand calls into the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,8 +43,12 @@ enum Command {
         #[arg(long)]
         client_id: String,
     },
-    /// Validate the configuration and print the effective result.
+    /// Validate the configuration: a migration report (what of a Python server's config works
+    /// here), then the effective result or every problem.
     CheckConfig,
+    /// Send one short request to a configured provider entry (`ASR.<name>`, `LLM.<name>`,
+    /// `TTS.<name>`) and print the latency to its first result and the outcome.
+    TestProvider(xiaozhi_server::tester::TestProviderArgs),
     /// Bind a device by the 6-digit activation code it shows.
     Bind {
         /// The code.
@@ -85,6 +90,10 @@ fn main() -> ExitCode {
         }
         Command::Token { device_id, client_id } => token(&source, &device_id, &client_id),
         Command::CheckConfig => check_config(&source),
+        Command::TestProvider(args) => {
+            init_logging("warn");
+            runtime().and_then(|rt| rt.block_on(xiaozhi_server::tester::run(&source, args)))
+        }
         Command::Bind { code } => runtime().and_then(|rt| rt.block_on(bind(&source, &cli.data_dir, &code))),
         Command::Revoke { device_id } => {
             runtime().and_then(|rt| rt.block_on(revoke(&source, &cli.data_dir, &device_id)))

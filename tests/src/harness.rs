@@ -54,12 +54,27 @@ impl TestServer {
         self.dir.path().join(".config.yaml")
     }
 
+    /// Starts a server whose base file is `base` (instead of the repository's `config.yaml`),
+    /// with the usual test override and `providers`.
+    pub async fn start_with_base(base: &Path, providers: &str) -> anyhow::Result<Self> {
+        Self::start_from(base, providers, "", "", false).await
+    }
+
     async fn start_inner(providers: &str, server_extra: &str, extra: &str, watch: bool) -> anyhow::Result<Self> {
+        Self::start_from(&repo_root().join("config.yaml"), providers, server_extra, extra, watch).await
+    }
+
+    async fn start_from(
+        base: &Path,
+        providers: &str,
+        server_extra: &str,
+        extra: &str,
+        watch: bool,
+    ) -> anyhow::Result<Self> {
         let _ = tracing_subscriber_init();
         let dir = tempfile::tempdir()?;
         write_override(dir.path(), providers, server_extra, extra)?;
-        let source =
-            ConfigSource { base: repo_root().join("config.yaml"), override_path: dir.path().join(".config.yaml") };
+        let source = ConfigSource { base: base.to_path_buf(), override_path: dir.path().join(".config.yaml") };
         let server =
             server::start(ServerOptions { source, data_dir: dir.path().to_path_buf(), watch_config: watch }).await?;
         Ok(Self { server, dir })

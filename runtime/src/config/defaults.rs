@@ -304,6 +304,7 @@ impl Default for OpenAiLlmConfig {
             model_name: "gpt-4o-mini".into(),
             temperature: None,
             top_p: None,
+            frequency_penalty: None,
             max_tokens: None,
             timeout: 30,
         }

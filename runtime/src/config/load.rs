@@ -165,6 +165,22 @@ pub fn load_str(base: &str, override_text: Option<&str>) -> Result<Loaded, Confi
     load_texts(&source, &texts)
 }
 
+/// Loads the configuration as [`load`] does, with `selected_module.<kind>` set to `name` (for
+/// `test-provider`, which tests an entry whether or not it is selected).
+pub fn load_selecting(source: &ConfigSource, kind: &str, name: &str) -> Result<Loaded, ConfigError> {
+    let texts = read_texts(source)?;
+    let mut merged = parse_document(&source.base, &texts.base)?;
+    if let Some(text) = &texts.override_text {
+        deep_merge(&mut merged, parse_document(&source.override_path, text)?);
+    }
+    let mut selection = Mapping::new();
+    selection.insert(Value::String(kind.to_owned()), Value::String(name.to_owned()));
+    let mut overrides = Mapping::new();
+    overrides.insert(Value::String("selected_module".into()), Value::Mapping(selection));
+    deep_merge(&mut merged, overrides);
+    from_mapping(merged)
+}
+
 /// The merged document of both files as the loader sees it before typing it: nulls removed and
 /// the Python server's placeholders cleared (for the migration report).
 pub fn merged_document(source: &ConfigSource) -> Result<Mapping, ConfigError> {
@@ -1378,7 +1394,7 @@ TTS:
     #[test]
     fn unknown_keys_warn_at_top_level_and_in_the_selected_provider() {
         let loaded = load_over_repo(
-            "server:\n  foo: 1\nplugins:\n  get_weather: {}\nno_such_thing: 1\nLLM:\n  OpenAILLM:\n    frequency_penalty: 0\n",
+            "server:\n  foo: 1\nplugins:\n  get_weather: {}\nno_such_thing: 1\nLLM:\n  OpenAILLM:\n    top_k: 50\n",
         )
         .expect("unknown keys are not fatal");
         let mut warnings = loaded.warnings.clone();
@@ -1386,7 +1402,7 @@ TTS:
         assert_eq!(
             warnings,
             vec![
-                "unknown key LLM.OpenAILLM.frequency_penalty (ignored)".to_owned(),
+                "unknown key LLM.OpenAILLM.top_k (ignored)".to_owned(),
                 "unknown key no_such_thing (ignored)".to_owned(),
                 "unknown key server.foo (ignored)".to_owned(),
             ]
@@ -1580,5 +1596,67 @@ TTS:
         let LlmSpec::OpenAi(llm) = &loaded.config.providers.llm else { panic!("openai LLM") };
         assert_eq!((llm.api_key.as_str(), llm.model_name.as_str()), ("k", "m"));
         assert_eq!(loaded.warnings, vec!["unknown key common (ignored)".to_owned()]);
+    }
+    #[test]
+    fn a_refusal_names_every_problem_at_once() {
+        let err = load_over_repo(
+            "server:\n  port: eighty\n  http_port: [1]\nxiaozhi:\n  audio_params:\n    sample_rate: 1234\n\
+             audio:\n  opus_complexity: 11\nlimits:\n  device_tools: 0\n  hello_timeout_ms: 0\n\
+             selected_module:\n  ASR: Nowhere\n  TTS: VoskLike\nTTS:\n  VoskLike:\n    type: cozecn\n",
+        )
+        .expect_err("refused");
+        let problems: Vec<String> = err.problems().iter().map(ToString::to_string).collect();
+        let expected = [
+            "server.port:",
+            "server.http_port:",
+            "selected_module.ASR names \"Nowhere\"",
+            "TTS.VoskLike.type: the Python server's type \"cozecn\" is not supported here",
+            "limits.device_tools: must be above zero",
+            "limits.hello_timeout_ms: must be above zero",
+            "xiaozhi.audio_params.sample_rate: 1234 Hz",
+            "audio.opus_complexity: 11 is out of range",
+        ];
+        for start in expected {
+            assert!(problems.iter().any(|p| p.starts_with(start)), "{start} missing from {problems:#?}");
+        }
+        assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+        let message = err.to_string();
+        assert!(message.starts_with("8 problems:\n  - "), "{message}");
+    }
+
+    #[test]
+    fn python_placeholders_count_as_unset() {
+        let loaded = load_over_repo(
+            "server:\n  websocket: ws://你的ip或者域名:端口号/xiaozhi/v1/\n  vision_explain: http://你的ip或者域名:端口号/mcp/vision/explain\n\
+             selected_module:\n  LLM: ChatGLMLLM\nLLM:\n  ChatGLMLLM:\n    api_key: 你的chat-glm web key\n\
+             prompt: 你是小智，你的朋友\n",
+        )
+        .expect("loads");
+        assert_eq!(loaded.config.server.websocket, "");
+        assert_eq!(loaded.config.server.vision_explain, "");
+        let LlmSpec::OpenAi(llm) = &loaded.config.providers.llm else { panic!("openai LLM") };
+        assert_eq!(llm.api_key, "");
+        // Only placeholders: a prompt that says 你的 stays as it is.
+        assert_eq!(loaded.config.prompt, "你是小智，你的朋友");
+    }
+
+    #[test]
+    fn the_python_v096_file_loads_as_the_base() {
+        let python = include_str!("../../../tests/assets/python-v0.9.6-config.yaml");
+        // Its defaults: FunASR (SenseVoice here), ChatGLMLLM, EdgeTTS, function_call with its functions.
+        let loaded = load_files(python, None).expect("the Python file loads");
+        assert!(matches!(loaded.config.providers.asr, AsrSpec::SenseVoice(_)));
+        assert_eq!(loaded.config.providers.llm.describe().0, "openai");
+        assert_eq!(loaded.config.providers.tts.describe().0, "edge");
+        assert!(loaded.config.providers.functions.as_ref().is_some_and(|f| f.contains(&"get_weather".to_owned())));
+        assert_eq!(loaded.config.xiaozhi.audio_params.sample_rate, 24_000);
+        assert_eq!(loaded.config.server.websocket, "", "the placeholder URL counts as unset");
+        // A type that does not run here is named with what to use instead, with every other problem.
+        let err =
+            load_files(python, Some("selected_module:\n  ASR: VoskASR\n  TTS: CozeCnTTS\n")).expect_err("refused");
+        let problems: Vec<String> = err.problems().iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("\"vosk\" is not supported here; use sensevoice_onnx"), "{problems:?}");
+        assert!(problems[1].contains("\"cozecn\" is not supported here"), "{problems:?}");
     }
 }

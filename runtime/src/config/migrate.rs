@@ -356,28 +356,43 @@ fn entry_report(
     }
 }
 
-/// The unknown keys and the problems of one entry, found by resolving it as if selected.
+/// The unknown keys and the problems of one entry, found by resolving it as if selected (a key
+/// with a wrong value is left out to find the unknown keys among the others).
 fn entry_keys(kind: &str, name: &str, type_name: &str, entry: &Value) -> (BTreeSet<String>, Vec<String>) {
+    let resolve = |entry: &Value, warnings: &mut Vec<String>| {
+        let mut dictionary = std::collections::BTreeMap::new();
+        dictionary.insert(name.to_owned(), entry.clone());
+        let supported = [type_name];
+        SelectedEntry::find_in(kind, name, &dictionary, &supported).and_then(|entry| match kind {
+            "VAD" => load::resolve_vad(entry, warnings).map(drop),
+            "ASR" => load::resolve_asr(entry, warnings).map(drop),
+            "LLM" => load::openai_compatible_or(entry, warnings).map(drop),
+            "TTS" => load::resolve_tts(entry, warnings).map(drop),
+            _ => Ok(()),
+        })
+    };
     let mut warnings = Vec::new();
-    let mut dictionary = std::collections::BTreeMap::new();
-    dictionary.insert(name.to_owned(), entry.clone());
-    let supported = [type_name];
-    let result = SelectedEntry::find_in(kind, name, &dictionary, &supported).and_then(|entry| match kind {
-        "VAD" => load::resolve_vad(entry, &mut warnings).map(drop),
-        "ASR" => load::resolve_asr(entry, &mut warnings).map(drop),
-        "LLM" => load::openai_compatible_or(entry, &mut warnings).map(drop),
-        "TTS" => load::resolve_tts(entry, &mut warnings).map(drop),
-        _ => Ok(()),
-    });
+    let problems: Vec<String> = match resolve(entry, &mut warnings) {
+        Ok(()) => Vec::new(),
+        Err(e) => e.problems().iter().map(ToString::to_string).collect(),
+    };
+    if !problems.is_empty() {
+        let prefix = format!("{kind}.{name}.");
+        let mut rest = entry.clone();
+        if let Some(mapping) = rest.as_mapping_mut() {
+            mapping.retain(|key, _| {
+                let key = key.as_str().unwrap_or_default();
+                key == "type" || !problems.iter().any(|p| p.starts_with(&format!("{prefix}{key}")))
+            });
+        }
+        warnings.clear();
+        let _ = resolve(&rest, &mut warnings);
+    }
     let ignored = warnings
         .iter()
         .filter_map(|w| w.strip_prefix("unknown key ").and_then(|w| w.strip_suffix(" (ignored)")))
         .map(str::to_owned)
         .collect();
-    let problems = match result {
-        Ok(()) => Vec::new(),
-        Err(e) => e.problems().iter().map(ToString::to_string).collect(),
-    };
     (ignored, problems)
 }
 
@@ -464,4 +479,111 @@ pub fn installed_extensions(dirs: &[PathBuf]) -> BTreeSet<String> {
         }
     }
     ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PYTHON: &str = include_str!("../../../tests/assets/python-v0.9.6-config.yaml");
+
+    fn python_report(overrides: &str, extensions: &[&str]) -> String {
+        let mut document: Mapping = serde_yaml_ng::from_str(PYTHON).expect("yaml");
+        let overrides: Mapping = serde_yaml_ng::from_str(overrides).expect("yaml");
+        load::deep_merge(&mut document, overrides);
+        clear_placeholders(&mut document, &mut Vec::new());
+        report(&document, &extensions.iter().map(|s| (*s).to_owned()).collect())
+    }
+
+    #[test]
+    fn the_report_of_the_python_file_covers_entries_keys_and_settings() {
+        let report = python_report("{}", &["get_weather", "change_role"]);
+        for line in [
+            "  ASR    FunASR (fun_local): works, note: runs SenseVoiceSmall through its ONNX export",
+            "           output_dir: works, note: accepted; this server writes no audio files",
+            "  LLM    ChatGLMLLM (openai): works",
+            "           url: works, note: read as base_url",
+            "  TTS    EdgeTTS (edge): works",
+            "  ASR.VoskASR (vosk): not supported here: use sensevoice_onnx or whisper_onnx",
+            "  ASR.SherpaParaformerASR (sherpa_onnx_local): not supported here: ASR.SherpaParaformerASR.model_type",
+            "  TTS.CozeCnTTS (cozecn): not supported here: use another cloud voice",
+            "  LLM.HomeAssistant (homeassistant): not supported here:",
+            "  Memory.mem0ai (mem0ai): not supported here: use mem_local_short",
+            "  log.log_format: not supported here: logs go to stderr",
+            "  delete_audio: works, note: this server never writes audio files",
+            "  module_test.test_sentences: not supported here: use `xiaozhi-server test-provider",
+            "  plugins.get_weather: works: the config of the get_weather extension (api_host, api_key, default_location); \
+             grants it the hosts mj7p3y7naa.re.qweatherapi.com",
+            "  plugins.play_music: not supported here: no extension play_music is installed",
+        ] {
+            assert!(report.contains(line), "missing {line:?} in\n{report}");
+        }
+        // The functions of the selected intent: what is installed and what is not.
+        assert!(
+            report.contains(
+                "functions: works: the tools offered are those of change_role, web_search, get_weather, \
+                 get_news_from_newsnow, play_music"
+            ),
+            "{report}"
+        );
+        assert!(report.contains("not installed here: web_search, get_news_from_newsnow, play_music"), "{report}");
+    }
+
+    #[test]
+    fn the_report_names_unknown_keys_and_wrong_values_of_the_selected_entries() {
+        let report = python_report(
+            "selected_module: {LLM: DeepSeekLLM}\nLLM: {DeepSeekLLM: {temperature: hot, bogus_key: 1}}",
+            &[],
+        );
+        assert!(report.contains("           bogus_key: not supported here: unknown here (ignored)"), "{report}");
+        assert!(
+            report.contains("           temperature: not supported here: LLM.DeepSeekLLM.temperature:"),
+            "{report}"
+        );
+        assert!(report.contains("           model_name: works"), "{report}");
+    }
+
+    #[test]
+    fn placeholders_are_cleared_only_where_the_python_server_puts_them() {
+        let mut document: Mapping = serde_yaml_ng::from_str(
+            "prompt: 你的朋友\nserver: {websocket: 'ws://你的ip:8000/xiaozhi/v1/'}\nmcp_endpoint: 你的接入点\n\
+             ASR: {A: {appid: 你的appid, nested: {x: （选填）你的表}, list: [你的, ok], fine: value}}\n\
+             plugins: {get_weather: {api_key: 你的key}}",
+        )
+        .expect("yaml");
+        clear_placeholders(&mut document, &mut Vec::new());
+        let get = |path: &[&str]| {
+            let mut value = Value::Mapping(document.clone());
+            for key in path {
+                value = value.get(*key).cloned().unwrap_or(Value::Null);
+            }
+            value
+        };
+        assert_eq!(get(&["prompt"]), Value::from("你的朋友"));
+        assert_eq!(get(&["server", "websocket"]), Value::from(""));
+        assert_eq!(get(&["mcp_endpoint"]), Value::from(""));
+        assert_eq!(get(&["ASR", "A", "appid"]), Value::from(""));
+        assert_eq!(get(&["ASR", "A", "nested", "x"]), Value::from(""));
+        assert_eq!(get(&["ASR", "A", "fine"]), Value::from("value"));
+        assert_eq!(get(&["plugins", "get_weather", "api_key"]), Value::from(""));
+    }
+
+    #[test]
+    fn every_python_type_is_in_the_catalog() {
+        let document: Mapping = serde_yaml_ng::from_str(PYTHON).expect("yaml");
+        for section in ["ASR", "LLM", "TTS", "VAD", "VLLM", "Memory", "Intent"] {
+            let entries = document.get(section).and_then(Value::as_mapping).cloned().unwrap_or_default();
+            for (name, entry) in &entries {
+                let name = name.as_str().unwrap_or_default();
+                let kind = type_of(section, name, entry);
+                assert!(lookup(section, &kind).is_some(), "{section}.{name}: type {kind} is not in the catalog");
+            }
+        }
+        // And every type the loader accepts is marked as running.
+        for info in CATALOG {
+            if let Support::Native = info.support {
+                assert!(!info.name.is_empty());
+            }
+        }
+    }
 }

@@ -770,6 +770,8 @@ pub struct OpenAiLlmConfig {
     pub temperature: Option<f32>,
     /// Nucleus sampling.
     pub top_p: Option<f32>,
+    /// Penalty on repeated tokens (-2 to 2).
+    pub frequency_penalty: Option<f32>,
     /// Answer length cap.
     pub max_tokens: Option<u32>,
     /// Seconds until the first streamed byte, and between bytes.

@@ -202,4 +202,35 @@ mod tests {
         assert_eq!(effective.memory_bytes, 4 << 20);
         assert_eq!(effective.timeout, Duration::from_millis(500), "the default is capped by the grant");
     }
+    #[test]
+    fn a_python_plugin_grants_the_manifest_hosts_and_the_host_of_its_settings() {
+        let wants = manifest(
+            "http_hosts = [\"devapi.qweather.com\"]\nconfig = [\"api_key\", \"api_host\"]\nconfig_hosts = [\"api_host\"]",
+        );
+        // From `plugins.get_weather`: the settings, and the manifest's own hosts.
+        let config = crate::config::load::load_str(
+            include_str!("../../../config.yaml"),
+            Some("plugins:\n  get_weather:\n    api_key: k1\n    api_host: https://ABC.re.qweatherapi.com/\n"),
+        )
+        .expect("config")
+        .config;
+        let grants = config.extension_grants();
+        let grant = grants.get("get_weather").expect("granted by plugins");
+        assert!(grant.from_plugins);
+        let effective = check(&wants, Some(grant)).expect("granted");
+        assert!(effective.allows_host("devapi.qweather.com"));
+        assert!(effective.allows_host("abc.re.qweatherapi.com"), "{:?}", effective.http_hosts);
+        assert_eq!(effective.config.get("api_key").map(String::as_str), Some("k1"));
+
+        // An explicit grant: the manifest's hosts must be listed, a host in a declared setting
+        // needs no listing.
+        let mut explicit = Grant { http_hosts: vec!["devapi.qweather.com".into()], ..Grant::default() };
+        explicit.config.insert("api_host".into(), "mine.example.com".into());
+        let effective = check(&wants, Some(&explicit)).expect("granted");
+        assert!(effective.allows_host("mine.example.com"));
+        assert!(!effective.allows_host("abc.re.qweatherapi.com"));
+        // A host in a setting the manifest does not declare as a host is not reachable.
+        let plain = manifest("config = [\"api_host\"]");
+        assert!(!check(&plain, Some(&explicit)).expect("granted").allows_host("mine.example.com"));
+    }
 }

@@ -244,6 +244,13 @@ impl ExtensionHost {
         })
     }
 
+    /// The host with `client` for the extensions' HTTP requests (tests: a test CA, fixed DNS).
+    #[cfg(test)]
+    pub(crate) fn with_http_client(mut self, client: reqwest::Client) -> Self {
+        self.http = client;
+        self
+    }
+
     /// Where this host counts its calls, if anywhere.
     pub fn metrics(&self) -> Option<&Arc<Metrics>> {
         self.services.metrics.as_ref()

@@ -243,4 +243,19 @@ config = ["api_key"]
         assert!(matches!(Manifest::parse(&zero), Err(ManifestError::ZeroLimit { field: "memory_mb", .. })));
         assert!(matches!(Manifest::parse("not toml ["), Err(ManifestError::Syntax(_))));
     }
+    #[test]
+    fn config_hosts_must_be_declared_settings() {
+        let text = |caps: &str| {
+            format!(
+                "id = \"w\"\nversion = \"1\"\nwit = \"xiaozhi:extension@0.1.0\"\nkinds = [\"tool\"]\n[capabilities]\n{caps}"
+            )
+        };
+        let ok = Manifest::parse(&text("config = [\"api_host\"]\nconfig_hosts = [\"api_host\"]")).expect("valid");
+        assert_eq!(ok.capabilities.config_hosts, vec!["api_host".to_owned()]);
+        let err = Manifest::parse(&text("config_hosts = [\"api_host\"]")).expect_err("undeclared");
+        assert!(
+            err.to_string().contains("config_hosts names \"api_host\", which is not in capabilities.config"),
+            "{err}"
+        );
+    }
 }

@@ -843,3 +843,91 @@ async fn mem_local_short_keeps_devices_apart_and_its_logs_are_tagged() {
     assert!(saved.iter().all(|l| l.contains("extension=mem_local_short")), "{logs}");
     assert!(saved[0].contains("device=dev:a") && saved[1].contains("device=dev:b"), "{logs}");
 }
+
+/// A QWeather API host over HTTPS on loopback, as `name` (a certificate made for it): answers the
+/// city lookup, current weather and forecast, and records each request's path and API key.
+async fn qweather_over_https(
+    name: &str,
+) -> (std::net::SocketAddr, reqwest::Certificate, Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+
+    let certified = rcgen::generate_simple_self_signed(vec![name.to_owned()]).expect("certificate");
+    let cert_der = certified.cert.der().clone();
+    let key = tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+    let tls = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert_der.clone()], key)
+        .expect("server TLS config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, record) = (acceptor.clone(), Arc::clone(&record));
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else { return };
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let key = req.headers().get("x-qw-api-key").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                    let path = req.uri().path().to_owned();
+                    record.lock().expect("lock").push((path.clone(), key));
+                    let body = if path.starts_with("/geo/v2/city/lookup") {
+                        r#"{"code":"200","location":[{"name":"杭州","id":"101210101","adm2":"杭州","adm1":"浙江省","country":"中国"}]}"#
+                    } else if path.starts_with("/v7/weather/now") {
+                        r#"{"code":"200","now":{"temp":"14","feelsLike":"12","text":"多云","windDir":"东北风","windScale":"3","humidity":"72"}}"#
+                    } else {
+                        r#"{"code":"200","daily":[{"fxDate":"2026-11-26","tempMax":"17","tempMin":"9","textDay":"多云","textNight":"晴"}]}"#
+                    };
+                    async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(body)))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let ca = reqwest::Certificate::from_der(&cert_der).expect("certificate");
+    (addr, ca, seen)
+}
+
+/// The acceptance of the Python plugin settings: `plugins.get_weather` in a migrating user's
+/// `data/.config.yaml` becomes get_weather's config and grant, and its key is what the extension
+/// sends to the account's own QWeather host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_plugin_weather_key_reaches_get_weather_and_its_api_host() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../extensions/get_weather");
+    assert!(dir.join("get_weather.wasm").is_file(), "run `extensions/build.sh get_weather` first");
+    let api_host = "abc123xyz.re.qweatherapi.com";
+    let (addr, ca, seen) = qweather_over_https(api_host).await;
+    let config = crate::config::load_str(
+        include_str!("../../../config.yaml"),
+        Some(&format!(
+            "plugins:\n  get_weather:\n    api_host: {api_host}\n    api_key: user-weather-key\n    default_location: 杭州\n"
+        )),
+    )
+    .expect("config")
+    .config;
+    let cache = tempfile::tempdir().expect("tempdir");
+    let grants: Vec<(String, Grant)> = config.extension_grants().into_iter().collect();
+    let grants: Vec<(&str, Grant)> = grants.iter().map(|(id, grant)| (id.as_str(), grant.clone())).collect();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve(api_host, addr)
+        .add_root_certificate(ca)
+        .build()
+        .expect("client");
+    let host = host(cache.path(), &grants).with_http_client(client);
+    let ext = host.load(&dir).await.expect("get_weather loads with the grant plugins.get_weather gives");
+    let result = host
+        .call_tool(&ext, "get_weather", r#"{"location":"杭州"}"#, ctx("aa:bb", "zh-CN"))
+        .await
+        .expect("get_weather answers");
+    let text = result.result.unwrap_or_default();
+    assert!(text.contains("杭州") && text.contains("14"), "{text}");
+    let seen = seen.lock().expect("lock").clone();
+    assert!(seen.len() >= 2, "{seen:?}");
+    assert!(seen.iter().all(|(_, key)| key == "user-weather-key"), "every request carries the key: {seen:?}");
+    assert!(seen.iter().any(|(path, _)| path.starts_with("/geo/v2/city/lookup")), "{seen:?}");
+}

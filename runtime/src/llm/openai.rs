@@ -74,6 +74,9 @@ impl OpenAiLlm {
             if let Some(p) = self.cfg.top_p.and_then(json_f32) {
                 obj.insert("top_p".into(), p);
             }
+            if let Some(p) = self.cfg.frequency_penalty.and_then(json_f32) {
+                obj.insert("frequency_penalty".into(), p);
+            }
             if let Some(m) = self.cfg.max_tokens {
                 obj.insert("max_tokens".into(), json!(m));
             }
@@ -869,6 +872,7 @@ mod tests {
             model_name: "test-model".into(),
             temperature: Some(0.7),
             top_p: None,
+            frequency_penalty: None,
             max_tokens: Some(100),
             timeout,
         }
