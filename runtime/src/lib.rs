@@ -37,8 +37,12 @@
 //! - [`audio`]: Opus codec wrappers, resampling (whole and streamed), decoding of audio files and
 //!   of streamed answers (`chunks`), the pacer, Silero VAD and its pure end-of-speech rules
 //!   (`endpoint`).
-//! - [`asr`], [`llm`], [`tts`]: provider traits (streaming recognition, streamed speech) and their
-//!   backends; [`remote`]: the provider error type and the HTTP plumbing the remote backends share.
+//! - [`asr`], [`llm`], [`tts`]: provider traits (streaming recognition, streamed speech, speech
+//!   from text as it is written) and their backends, one file per Python `type` (local models,
+//!   OpenAI-compatible APIs and the vendors' own protocols: Volcengine, Aliyun NLS and DashScope,
+//!   iFlytek, Tencent, Edge, MiniMax, SiliconFlow, GPT-SoVITS, Fish Speech, FunASR, Dify, Coze,
+//!   FastGPT, Gemini); [`remote`]: the provider error type and the HTTP, SSE and WebSocket plumbing
+//!   the remote backends share.
 //! - [`text`]: sentence segmentation, emoji → emotion, markdown and `<think>` cleaning.
 //! - [`mcp`]: the MCP client that talks to the device's tools over the session.
 //! - [`tools`]: the one registry of tools offered to the LLM.
