@@ -67,7 +67,9 @@ async fn xunfei_asr_recognises_while_the_user_speaks() -> anyhow::Result<()> {
     let (reply, speech_ended) = say(&mut device, QUESTION).await?;
     device.close_abruptly().await;
 
-    // The mock's partial guess was replaced (dynamic correction): the final text alone.
+    // The mock's partial guess (sent while the user spoke) was replaced by the final result
+    // (dynamic correction): the final text alone.
+    assert_eq!(iat.events().count("partial"), 1, "a partial result came while speaking");
     assert_eq!(reply.stt.as_deref(), Some(TRANSCRIPT));
     assert_eq!(reply.sentences, ["It is sunny in Beijing"]);
     assert!(reply.audio_ms() > 500, "the reply is heard");
@@ -196,6 +198,30 @@ async fn the_mocks_refuse_bad_signatures_and_stale_dates() -> anyhow::Result<()>
     let (reply, _) = say(&mut device, "hello there").await?;
     assert_eq!(reply.sentences, ERROR_SENTENCES);
     assert_eq!(iat.events().count("connect"), 1, "only the correctly signed test connection got through");
+    device.close_abruptly().await;
+    server.server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_entries_load_with_every_key_known_and_start_without_credentials() -> anyhow::Result<()> {
+    use xiaozhi_server::config::{ConfigSource, load};
+    let base = xiaozhi_e2e::harness::repo_root().join("tests/assets/python-v0.9.6-config.yaml");
+    // The Python file's entries, with the keys its comments and providers know set too.
+    let selection = "selected_module:\n  ASR: XunfeiStreamASR\n  LLM: AliLLM\n  TTS: XunFeiTTS\n\
+        ASR:\n  XunfeiStreamASR:\n    dwa: wpgs\n\
+        TTS:\n  XunFeiTTS:\n    private_voice: \"\"\n    oral_level: high\n    spark_assist: 1\n    stop_split: \"0\"\n    \
+        remain: 0\n    format: raw\n    sample_rate: 24000\n    volume: 50\n    speed: \"50\"\n    pitch: 50\n";
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join(".config.yaml"), selection)?;
+    let loaded = load(&ConfigSource::new(&base, dir.path()))?;
+    let about: Vec<&String> =
+        loaded.warnings.iter().filter(|w| w.contains(".XunfeiStreamASR.") || w.contains(".XunFeiTTS.")).collect();
+    assert!(about.is_empty(), "{about:?}");
+    // Placeholder credentials count as unset: the server starts; requests fail until they are set.
+    let server = TestServer::start_with_base(&base, selection).await?;
+    let device = server.device("aa:bb:cc:00:0f:06", 1).await?;
+    assert_eq!(device.server_hello()["type"], "hello");
     device.close_abruptly().await;
     server.server.shutdown().await;
     Ok(())

@@ -164,8 +164,9 @@ struct IatState {
     audio: Vec<i16>,
 }
 
-/// The dictation service (`/v1`). Events: `connect`, `audio` (each audio frame), `end` (the
-/// status 2 frame), `result` (the last answer sent).
+/// The dictation service (`/v1`). Events: `connect`, `audio` (each audio frame), `partial` (a
+/// first guess sent while the user speaks, with `dwa: wpgs`), `end` (the status 2 frame),
+/// `result` (the last answer sent, which replaces the guess).
 pub struct XunfeiIatMock {
     ws: WsMock,
     state: Arc<Mutex<IatState>>,
@@ -309,6 +310,7 @@ async fn iat_session(
             seq += 1;
             let guess = words.first().map(|w| format!("{}… ", w.trim_end())).unwrap_or_default();
             let _ = ws.send(result_frame(&sid, 1, seq, result_text(1, &[&guess], false, json!({"pgs": "apd"})))).await;
+            events.push("partial");
         }
         if status == 2 {
             events.push("end");
