@@ -172,6 +172,21 @@ mod tests {
     }
 
     #[test]
+    fn every_key_of_the_python_entry_is_known() {
+        const PYTHON: &str = include_str!("../../../tests/assets/python-v0.9.6-config.yaml");
+        let file: serde_yaml_ng::Value = serde_yaml_ng::from_str(PYTHON).expect("yaml");
+        for (extra, want) in [("{}", vec![]), ("{bogus: 1}", vec!["bogus".to_owned()])] {
+            let mut entry = file["ASR"]["TencentASR"].clone();
+            let map = entry.as_mapping_mut().expect("an entry");
+            map.remove("type");
+            map.extend(serde_yaml_ng::from_str::<serde_yaml_ng::Mapping>(extra).expect("yaml"));
+            let mut unknown = Vec::new();
+            let _: Config = serde_ignored::deserialize(entry, |path| unknown.push(path.to_string())).expect("parses");
+            assert_eq!(unknown, want);
+        }
+    }
+
+    #[test]
     fn python_entry_keys_and_debug() {
         let yaml = "appid: 1300000000\nsecret_id: AKIDtest\nsecret_key: sk-test\noutput_dir: tmp/\n";
         let cfg: Config = serde_yaml_ng::from_str(yaml).expect("the Python entry parses");

@@ -55,10 +55,14 @@ pub struct Config {
     pub format: String,
     /// `SampleRate`: 8000, 16000 or 24000 (voice-dependent).
     pub sample_rate: u32,
-    /// `Speed`, -2 (0.6×) to 6 (2.5×); 0 is normal.
-    pub speed: f32,
-    /// `Volume`, 0 to 10; 0 is normal.
+    /// `Speed`, -2 (0.6×) to 6 (2.5×); 0 is normal (`speed` is read too).
+    #[serde(alias = "speed")]
+    pub speech_rate: f32,
+    /// `Volume`, -10 to 10; 0 is normal.
     pub volume: f32,
+    /// The voice's language, as `PrimaryLanguage`: 中文/zh (1), 英语/en (2), 日语/ja (3).
+    /// Empty: Tencent's default (Chinese).
+    pub language: String,
     /// The endpoint (a proxy or a test peer).
     pub api_url: String,
     /// Seconds to wait for each answer.
@@ -77,8 +81,9 @@ impl Default for Config {
             private_voice: String::new(),
             format: "wav".into(),
             sample_rate: 16_000,
-            speed: 0.0,
+            speech_rate: 0.0,
             volume: 0.0,
+            language: String::new(),
             api_url: DEFAULT_URL.into(),
             timeout: 15,
         }
@@ -97,8 +102,9 @@ impl std::fmt::Debug for Config {
             .field("private_voice", &self.private_voice)
             .field("format", &self.format)
             .field("sample_rate", &self.sample_rate)
-            .field("speed", &self.speed)
+            .field("speech_rate", &self.speech_rate)
             .field("volume", &self.volume)
+            .field("language", &self.language)
             .field("api_url", &self.api_url)
             .field("timeout", &self.timeout)
             .finish()
@@ -139,6 +145,7 @@ pub struct TencentTts {
     api: Arc<Api>,
     cfg: Arc<Config>,
     voice_type: Option<i64>,
+    language: Option<u8>,
     format: AudioFormat,
 }
 
@@ -162,9 +169,10 @@ impl TencentTts {
                 ProviderError::Config(format!("TTS.tencent: voice `{text}` is not a VoiceType number"))
             })?),
         };
+        let language = primary_language(&cfg.language);
         let timeout: Duration = timeout_from(cfg.timeout, "TTS")?;
         let api = Api::new(&cfg.api_url, "tts", VERSION, &cfg.region, timeout, "TTS request")?;
-        Ok(Self { api: Arc::new(api), cfg: Arc::new(cfg), voice_type, format })
+        Ok(Self { api: Arc::new(api), cfg: Arc::new(cfg), voice_type, language, format })
     }
 }
 
@@ -174,6 +182,7 @@ struct Synth {
     api: Arc<Api>,
     cfg: Arc<Config>,
     voice_type: Option<i64>,
+    language: Option<u8>,
     format: AudioFormat,
 }
 
@@ -187,8 +196,11 @@ impl Synth {
         }
         body.insert("Codec".into(), json!(self.cfg.format.trim().to_ascii_lowercase()));
         body.insert("SampleRate".into(), json!(self.cfg.sample_rate));
-        body.insert("Speed".into(), json_f32(self.cfg.speed).unwrap_or(json!(0)));
+        body.insert("Speed".into(), json_f32(self.cfg.speech_rate).unwrap_or(json!(0)));
         body.insert("Volume".into(), json_f32(self.cfg.volume).unwrap_or(json!(0)));
+        if let Some(language) = self.language {
+            body.insert("PrimaryLanguage".into(), json!(language));
+        }
         Value::Object(body).to_string().into_bytes()
     }
 
@@ -214,6 +226,22 @@ impl Synth {
             return Err(protocol("answered no audio".into()));
         }
         Ok(chunks)
+    }
+}
+
+/// `PrimaryLanguage` of a `language` setting (`None`: not sent, the voice's own language).
+fn primary_language(language: &str) -> Option<u8> {
+    match language.trim().to_lowercase().as_str() {
+        "" => None,
+        "中文" | "汉语" | "普通话" | "zh" | "zh-cn" | "chinese" | "1" => Some(1),
+        "英语" | "英文" | "en" | "en-us" | "english" | "2" => Some(2),
+        "日语" | "日文" | "ja" | "japanese" | "3" => Some(3),
+        other => {
+            tracing::warn!(
+                "TTS.tencent: language `{other}` has no PrimaryLanguage (中文, 英语, 日语); the voice's own is used"
+            );
+            None
+        }
     }
 }
 
@@ -253,6 +281,7 @@ impl super::Tts for TencentTts {
             api: Arc::clone(&self.api),
             cfg: Arc::clone(&self.cfg),
             voice_type: self.voice_type,
+            language: self.language,
             format: self.format,
         };
         // The first piece is answered before the stream is handed out (its failure is the
@@ -319,6 +348,31 @@ mod tests {
             let cfg: Config = serde_yaml_ng::from_str(&format!("{key}: {value}")).expect("parses");
             assert!(matches!(TencentTts::new(cfg), Err(ProviderError::Config(_))), "{key}: {value}");
         }
+    }
+
+    /// The unknown keys of `entry` of the Python server's v0.9.6 `config.yaml` (with the optional
+    /// keys its comments offer written out).
+    fn python_unknown_keys(extra: &str) -> Vec<String> {
+        const PYTHON: &str = include_str!("../../../tests/assets/python-v0.9.6-config.yaml");
+        let file: serde_yaml_ng::Value = serde_yaml_ng::from_str(PYTHON).expect("yaml");
+        let mut entry = file["TTS"]["TencentTTS"].clone();
+        let extra: serde_yaml_ng::Mapping = serde_yaml_ng::from_str(extra).expect("yaml");
+        let map = entry.as_mapping_mut().expect("an entry");
+        map.remove("type");
+        map.extend(extra);
+        let mut unknown = Vec::new();
+        let _: Config = serde_ignored::deserialize(entry, |path| unknown.push(path.to_string())).expect("parses");
+        unknown
+    }
+
+    #[test]
+    fn every_key_of_the_python_entry_is_known() {
+        assert!(python_unknown_keys("{}").is_empty());
+        let optional = "{language: 中文, format: wav, volume: 0, speech_rate: 0, private_voice: \"\"}";
+        assert_eq!(python_unknown_keys(optional), Vec::<String>::new());
+        assert_eq!(python_unknown_keys("{bogus: 1}"), ["bogus"], "the check can fail");
+        assert_eq!(primary_language("英语"), Some(2));
+        assert_eq!(primary_language("韩语"), None);
     }
 
     #[test]
