@@ -236,6 +236,10 @@ async fn handle(state: &Mutex<State>, events: &Events, request: HttpRequest) -> 
     if head.header("x-tc-version") != Some(version) {
         return error("NoSuchVersion", "The requested version does not exist or is not supported.");
     }
+    // TextToVoice names Region as required; SentenceRecognition does not need one.
+    if action == "TextToVoice" && head.header("x-tc-region").is_none_or(|r| r.trim().is_empty()) {
+        return error("MissingParameter", "The request is missing a required parameter `Region`.");
+    }
     if let Err(refusal) = check_auth(&request, service) {
         events.push("auth refused");
         return refusal;
