@@ -3,6 +3,7 @@
 //! of the vendors that speak WebSocket ([`ws_connect`]).
 
 pub(crate) mod sse;
+pub(crate) mod tencent_cloud;
 
 use std::time::Duration;
 
