@@ -495,6 +495,12 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn every_key_of_the_python_entry_is_known() {
+        let cfg: Config = crate::remote::pyconf::python_entry("ASR", "FunASRServer");
+        assert_eq!((cfg.url(), cfg.api_key.as_str()), ("wss://127.0.0.1:10096".to_owned(), "none"));
+    }
+
     /// The Python server's `FunASRServer` entry.
     const PYTHON_ENTRY: &str = "host: 127.0.0.1\nport: 10096\nis_ssl: true\napi_key: none\noutput_dir: tmp/\n";
 

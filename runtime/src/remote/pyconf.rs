@@ -105,6 +105,22 @@ pub(crate) fn py_float(value: f64) -> String {
     }
 }
 
+/// Checks that every key of the Python server's `config.yaml` (v0.9.6) entry `section.name`
+/// deserializes into `T` with none left unknown (its `type` aside), and returns it.
+#[cfg(test)]
+pub(crate) fn python_entry<T: serde::de::DeserializeOwned>(section: &str, name: &str) -> T {
+    let python: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(include_str!("../../../tests/assets/python-v0.9.6-config.yaml"))
+            .expect("the Python file");
+    let mut entry = python[section][name].clone();
+    let map = entry.as_mapping_mut().expect("the entry");
+    map.remove("type");
+    let mut unknown = Vec::new();
+    let parsed = serde_ignored::deserialize(entry, |path| unknown.push(path.to_string())).expect("the entry parses");
+    assert!(unknown.is_empty(), "{section}.{name}: unknown keys {unknown:?}");
+    parsed
+}
+
 #[cfg(test)]
 mod tests {
     use serde::Deserialize;

@@ -306,6 +306,12 @@ mod tests {
     use futures_util::StreamExt;
 
     use super::*;
+
+    #[test]
+    fn every_key_of_the_python_entry_is_known() {
+        let cfg: Config = crate::remote::pyconf::python_entry("TTS", "FishSpeech");
+        assert_eq!((cfg.reference_audio.len(), cfg.reference_text.len()), (1, 1));
+    }
     use crate::remote::test_server::{Step, full, serve, stream_head};
     use crate::tts::{AudioChunk, Tts};
 

@@ -282,6 +282,12 @@ mod tests {
     use futures_util::StreamExt;
 
     use super::*;
+
+    #[test]
+    fn every_key_of_the_python_entry_is_known() {
+        let cfg: Config = crate::remote::pyconf::python_entry("TTS", "GPT_SOVITS_V2");
+        assert_eq!(cfg.ref_audio_path, "demo.wav");
+    }
     use crate::audio::decode::wav_bytes;
     use crate::remote::test_server::{Step, full, serve, stream_head};
     use crate::tts::{AudioChunk, Tts};

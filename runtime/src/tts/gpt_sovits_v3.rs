@@ -160,6 +160,12 @@ impl super::Tts for GptSovitsV3 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_key_of_the_python_entry_is_known() {
+        let cfg: Config = crate::remote::pyconf::python_entry("TTS", "GPT_SOVITS_V3");
+        assert_eq!(cfg.refer_wav_path, "caixukun.wav");
+    }
     use crate::audio::decode::wav_bytes;
     use crate::remote::test_server::{full, serve};
     use crate::tts::Tts;

@@ -222,6 +222,12 @@ impl super::Tts for SiliconFlowTts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_key_of_the_python_entry_is_known() {
+        let cfg: Config = crate::remote::pyconf::python_entry("TTS", "CosyVoiceSiliconflow");
+        assert_eq!(cfg.voice_id(), "FunAudioLLM/CosyVoice2-0.5B:alex");
+    }
     use crate::audio::decode::wav_bytes;
     use crate::remote::test_server::{Step, full, serve, stream_head};
     use crate::tts::Tts;
