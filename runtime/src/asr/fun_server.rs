@@ -569,6 +569,7 @@ mod tests {
 
     /// A FunASR offline server on loopback (plain or TLS with a self-signed certificate): keeps
     /// the audio, answers its length once `is_speaking` is false; records what it got.
+    #[allow(clippy::result_large_err)] // tungstenite's handshake callback type
     async fn server(tls: bool) -> (u16, mpsc::UnboundedReceiver<(Option<String>, Vec<Value>, usize)>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();

@@ -104,7 +104,7 @@ fn validate(req: &Value) -> Result<(), String> {
 
 /// Whether `text` is standard base64 (the schema decodes reference audio given as a string).
 fn is_base64(text: &str) -> bool {
-    text.len() % 4 == 0
+    text.len().is_multiple_of(4)
         && text.trim_end_matches('=').len() + 2 >= text.len()
         && text.trim_end_matches('=').bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
