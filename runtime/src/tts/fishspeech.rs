@@ -12,6 +12,10 @@
 //! arrives; otherwise one whole file. Errors are an HTTP status with a JSON body, kept in
 //! [`ProviderError::Status`].
 //!
+//! The same request goes to Fish Audio's hosted API (`api_url: https://api.fish.audio/v1/tts`,
+//! which the Python provider reaches through its SDK): it takes JSON too and reads the backend
+//! from the `model` header (`model` key, `s1` by default), which a self-hosted server ignores.
+//!
 //! The Python entry's keys are all accepted; `reference_audio`/`ref_audio` files and
 //! `reference_text`/`ref_text` (text, or a file holding it) are read when the entry is built.
 
@@ -40,7 +44,9 @@ pub struct Config {
     pub api_url: String,
     /// The server's `--api-key` (empty: no `Authorization` header).
     pub api_key: String,
-    /// The Python provider's cloud backend name (`s1`; unused by a self-hosted server).
+    /// The backend model, sent as the `model` header that the hosted API (`api_url:
+    /// https://api.fish.audio/v1/tts`, as the Python provider's SDK calls it) reads; a self-hosted
+    /// server ignores it.
     pub model: String,
     /// A voice stored on the server (its reference id).
     #[serde(deserialize_with = "pyconf::text")]
@@ -282,6 +288,12 @@ impl FishSpeechTts {
         if !key.is_empty() {
             request = request.bearer_auth(key);
         }
+        // The backend model, as the hosted API (api.fish.audio) takes it; a self-hosted server
+        // ignores the header.
+        let model = self.cfg.model.trim();
+        if !model.is_empty() {
+            request = request.header("model", model);
+        }
         let response = request.send().await.map_err(|e| request_error(&self.url, "TTS request", self.timeout, &e))?;
         http_audio(&self.url, response, self.format, self.timeout).await
     }
@@ -406,6 +418,7 @@ mod tests {
         assert_eq!(request.target(), "/v1/tts");
         assert_eq!(request.header("authorization").as_deref(), Some("Bearer fish-secret"));
         assert_eq!(request.header("content-type").as_deref(), Some("application/json"));
+        assert_eq!(request.header("model").as_deref(), Some("s1"));
         assert_eq!(request.json()["streaming"], true);
         let mut samples = 0;
         while let Some(chunk) = stream.next().await {
