@@ -161,3 +161,25 @@ async fn minimax_with_a_wrong_key_answers_the_error_response() -> anyhow::Result
     server.server.shutdown().await;
     Ok(())
 }
+
+/// The Python server's own entries (v0.9.6 file, placeholders for credentials) and ours load
+/// without an unknown key, and build (empty credentials fail only when speaking).
+#[test]
+fn the_python_entries_load_without_unknown_keys_and_build() -> anyhow::Result<()> {
+    use xiaozhi_e2e::harness::repo_root;
+    use xiaozhi_server::config::{ConfigSource, load};
+    for (name, kind) in [("EdgeTTS", "edge"), ("MinimaxTTSHTTPStream", "minimax_httpstream")] {
+        for base in [repo_root().join("tests/assets/python-v0.9.6-config.yaml"), repo_root().join("config.yaml")] {
+            let dir = tempfile::tempdir()?;
+            std::fs::write(dir.path().join(".config.yaml"), format!("selected_module:\n  TTS: {name}\n"))?;
+            let loaded = load(&ConfigSource::new(&base, dir.path()))?;
+            let about: Vec<&String> = loaded.warnings.iter().filter(|w| w.contains(&format!(".{name}."))).collect();
+            anyhow::ensure!(about.is_empty(), "{}: {about:?}", base.display());
+            anyhow::ensure!(loaded.config.providers.tts.describe().0 == kind);
+            if let Err(e) = xiaozhi_server::tts::build(&loaded.config.providers.tts) {
+                anyhow::bail!("{name} from {} does not build: {e}", base.display());
+            }
+        }
+    }
+    Ok(())
+}
