@@ -402,8 +402,14 @@ impl ReadState {
 
     fn line_done(&mut self, line: &[u8]) -> Result<Vec<AudioChunk>, String> {
         let line = String::from_utf8_lossy(line);
-        let Some(payload) = line.trim().strip_prefix("data:") else { return Ok(Vec::new()) };
-        match parse_event(payload.trim())? {
+        let line = line.trim();
+        // A bare JSON line is read too: an error answered without the SSE framing.
+        let payload = match line.strip_prefix("data:") {
+            Some(payload) => payload.trim(),
+            None if line.starts_with('{') => line,
+            None => return Ok(Vec::new()),
+        };
+        match parse_event(payload)? {
             Event::Audio(bytes) => {
                 self.audio = true;
                 match &mut self.decoder {
@@ -534,6 +540,10 @@ mod tests {
             assert!(state.done, "the closing event ends it");
             assert_eq!(pcm.len(), 400, "pieces of {step}: the closing event's audio is not played again");
         }
+        // An error without the SSE framing is still the vendor's error.
+        let mut state = ReadState::new(AudioFormat::Mp3);
+        let error = state.feed(b": comment\n{\"base_resp\":{\"status_code\":1002,\"status_msg\":\"rate limited\"}}\n");
+        assert_eq!(error, Err("MiniMax error 1002: rate limited".into()));
         // A closing event longer than any line kept: skipped, and the body's end ends the audio.
         let mut state = ReadState::new(AudioFormat::Pcm { sample_rate: 16_000 });
         assert_eq!(state.feed(&event(&samples, 1)).expect("audio").len(), 1);
