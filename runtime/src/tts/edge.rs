@@ -552,6 +552,100 @@ mod tests {
         assert!(split_text(" \n ", 10).is_empty());
     }
 
+    /// A one-connection service: checks the two requests, then answers `answer` (built with
+    /// the request id).
+    async fn serve_once(answer: fn(&str) -> Vec<Message>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let mut ws = tokio_tungstenite::accept_async(stream).await.expect("handshake");
+            let Some(Ok(Message::Text(config))) = ws.next().await else { panic!("no speech.config") };
+            assert_eq!(text_path(&config), "speech.config");
+            let Some(Ok(Message::Text(ssml))) = ws.next().await else { panic!("no ssml") };
+            assert_eq!(text_path(&ssml), "ssml");
+            let id = ssml.split("X-RequestId:").nth(1).and_then(|r| r.split("\r\n").next()).unwrap_or_default();
+            for message in answer(id) {
+                if ws.send(message).await.is_err() {
+                    return;
+                }
+            }
+            while ws.next().await.is_some() {}
+        });
+        format!("ws://{addr}/consumer/speech/synthesize/readaloud/edge/v1")
+    }
+
+    fn audio(id: &str, body: &[u8]) -> Message {
+        let head = format!("X-RequestId:{id}\r\nContent-Type:audio/mpeg\r\nPath:audio\r\n");
+        let mut data = (head.len() as u16).to_be_bytes().to_vec();
+        data.extend_from_slice(head.as_bytes());
+        data.extend_from_slice(body);
+        Message::binary(data)
+    }
+
+    fn turn(id: &str, path: &str) -> Message {
+        Message::text(format!(
+            "X-RequestId:{id}\r\nContent-Type:application/json; charset=utf-8\r\nPath:{path}\r\n\r\n{{}}"
+        ))
+    }
+
+    #[tokio::test]
+    async fn audio_frames_become_pcm_and_an_error_close_frame_an_error() {
+        use crate::tts::Tts;
+        // 0.5 s of a tone as 24 kHz MP3 (sox with its MP3 format, as tests/run.sh installs).
+        fn tone() -> Vec<u8> {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("t.mp3");
+            let made = std::process::Command::new("sox")
+                .args(["-n", "-r", "24000", "-c", "1", "-C", "48"])
+                .arg(&path)
+                .args(["synth", "0.5", "sine", "440"])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(made, "sox cannot write MP3 here");
+            std::fs::read(&path).expect("mp3")
+        }
+        let url = serve_once(|id| {
+            let mp3 = tone();
+            let mut out = vec![turn(id, "turn.start"), turn(id, "response")];
+            out.extend(mp3.chunks(700).map(|piece| audio(id, piece)));
+            // The end of the audio: an empty message without a content type.
+            let head = format!("X-RequestId:{id}\r\nPath:audio\r\n");
+            let mut end = (head.len() as u16).to_be_bytes().to_vec();
+            end.extend_from_slice(head.as_bytes());
+            out.push(Message::binary(end));
+            out.push(turn(id, "turn.end"));
+            out
+        })
+        .await;
+        let tts = EdgeTts::new(Config { url, ..Config::default() }).expect("valid");
+        let clip = tts.synthesize("你好 & <hi>").await.expect("audio");
+        assert_eq!(clip.sample_rate, 24_000);
+        assert!((400..700).contains(&clip.duration_ms()), "{} ms", clip.duration_ms());
+
+        let url = serve_once(|id| {
+            vec![
+                turn(id, "turn.start"),
+                Message::Close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                    code: CloseCode::Invalid,
+                    reason: "Unsupported voice".into(),
+                })),
+            ]
+        })
+        .await;
+        let tts = EdgeTts::new(Config { url, ..Config::default() }).expect("valid");
+        match tts.synthesize("hi").await {
+            Err(ProviderError::Protocol { message, .. }) => {
+                assert!(message.contains("1007 Unsupported voice"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // turn.end without audio is an error too.
+        let url = serve_once(|id| vec![turn(id, "turn.start"), turn(id, "turn.end")]).await;
+        let tts = EdgeTts::new(Config { url, ..Config::default() }).expect("valid");
+        assert!(matches!(tts.synthesize("hi").await, Err(ProviderError::Protocol { .. })));
+    }
+
     #[test]
     fn config_is_checked_and_never_fails_on_defaults() {
         assert!(EdgeTts::new(Config::default()).is_ok());
