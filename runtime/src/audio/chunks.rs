@@ -7,10 +7,15 @@
 //! - Ogg Opus: pages are demultiplexed (the `ogg` crate) and each Opus packet comes out as it is,
 //!   with its duration and the stream's rate from `OpusHead`, so the speaker can send it without
 //!   decoding when it matches the downlink.
-//! - Anything else (MP3, WAV with other sample formats): kept whole and decoded at the end.
+//! - MP3: split into MPEG audio frames as they complete (an ID3v2 tag and the Xing/Info frame are
+//!   skipped), each frame decoded by symphonia's MP3 decoder (which keeps the bit reservoir
+//!   between frames), so PCM comes out while the answer is still arriving.
+//! - Anything else (WAV with other sample formats, content announced as MP3 that does not start
+//!   like MP3): kept whole and decoded at the end.
 //!
 //! The content decides, not the format asked for: `RIFF` is WAV, `OggS` is Ogg, `ID3` or an
-//! MPEG sync is MP3. The bytes kept are bounded by [`MAX_BUFFERED`].
+//! MPEG sync is MP3 (a bare sync only when raw PCM was not asked for: PCM can start with those
+//! bytes). The bytes kept are bounded by [`MAX_BUFFERED`].
 
 use bytes::Bytes;
 use ogg::reading::{BasePacketReader, PageParser};
@@ -67,6 +72,8 @@ enum Mode {
     Pcm { sample_rate: u32, carry: Vec<u8> },
     /// An Ogg stream.
     Ogg(Box<OggState>),
+    /// An MP3 stream, frame by frame.
+    Mp3(Box<Mp3State>),
     /// Kept whole, decoded at the end.
     Whole { hint: AudioFormat, buf: Vec<u8> },
 }
@@ -113,6 +120,7 @@ impl ChunkDecoder {
                 Err(DecodeError::Unreadable { format: "wav", message: format!("no data chunk in {} bytes", buf.len()) })
             }
             Mode::WavData { .. } | Mode::Pcm { .. } | Mode::Ogg(_) => Ok(Vec::new()),
+            Mode::Mp3(state) => state.finish(),
         }
     }
 
@@ -133,8 +141,10 @@ impl ChunkDecoder {
                         rate: None,
                         packets: 0,
                     }))
-                } else if buf.starts_with(b"ID3") || (buf[0] == 0xFF && buf[1] & 0xE0 == 0xE0) {
-                    Mode::Whole { hint: AudioFormat::Mp3, buf: Vec::new() }
+                } else if buf.starts_with(b"ID3")
+                    || (buf[0] == 0xFF && buf[1] & 0xE0 == 0xE0 && !matches!(hint, AudioFormat::Pcm { .. }))
+                {
+                    Mode::Mp3(Box::new(Mp3State::new()?))
                 } else if let AudioFormat::Pcm { sample_rate } = hint {
                     Mode::Pcm { sample_rate, carry: Vec::new() }
                 } else if hint == AudioFormat::Opus {
@@ -192,6 +202,7 @@ impl ChunkDecoder {
                 Ok(())
             }
             Mode::Ogg(state) => state.feed(bytes, out),
+            Mode::Mp3(state) => state.feed(bytes, out),
             Mode::Whole { buf, .. } => {
                 buf.extend_from_slice(bytes);
                 bound(buf.len())
@@ -312,6 +323,164 @@ impl OggState {
     }
 }
 
+/// The state of an MP3 stream.
+struct Mp3State {
+    buf: Vec<u8>,
+    /// Bytes of an ID3v2 tag still to skip.
+    skip: usize,
+    decoder: Box<dyn symphonia::core::codecs::Decoder>,
+    /// Frames decoded into audio.
+    decoded: u64,
+    /// Frames seen (decoded or not).
+    frames: u64,
+    /// Bytes dropped while looking for a frame (not MP3 at all when nothing else came).
+    dropped: usize,
+}
+
+/// The length in bytes of the MPEG-1/2/2.5 Layer III frame whose 4-byte header starts `header`;
+/// `None` when it is not a Layer III header (free bit rate included, which no decoder here reads).
+fn mp3_frame_len(header: &[u8]) -> Option<usize> {
+    const MPEG1: [u32; 15] = [0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320];
+    const MPEG2: [u32; 15] = [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160];
+    let &[b0, b1, b2, _] = header.get(..4)? else { return None };
+    if b0 != 0xFF || b1 & 0xE0 != 0xE0 || (b1 >> 1) & 3 != 0b01 {
+        return None;
+    }
+    let version = (b1 >> 3) & 3; // 0: MPEG-2.5, 2: MPEG-2, 3: MPEG-1
+    let rate_index = usize::from((b2 >> 2) & 3);
+    let bitrate_index = usize::from(b2 >> 4);
+    if version == 1 || rate_index == 3 || bitrate_index == 0 || bitrate_index == 15 {
+        return None;
+    }
+    let base_rate = [44_100, 48_000, 32_000][rate_index];
+    let (sample_rate, kbps, factor) = match version {
+        3 => (base_rate, MPEG1[bitrate_index], 144),
+        2 => (base_rate / 2, MPEG2[bitrate_index], 72),
+        _ => (base_rate / 4, MPEG2[bitrate_index], 72),
+    };
+    Some((factor * kbps * 1000 / sample_rate) as usize + usize::from((b2 >> 1) & 1))
+}
+
+/// Whether a frame carries the Xing/Info/VBRI header of an encoder instead of audio.
+fn is_info_frame(frame: &[u8]) -> bool {
+    let mono = frame[3] >> 6 == 3;
+    let mpeg1 = (frame[1] >> 3) & 3 == 3;
+    let side_info = match (mpeg1, mono) {
+        (true, false) => 32,
+        (true, true) | (false, false) => 17,
+        (false, true) => 9,
+    };
+    let at = |offset: usize, tag: &[u8]| frame.get(offset..offset + tag.len()) == Some(tag);
+    at(4 + side_info, b"Xing") || at(4 + side_info, b"Info") || at(36, b"VBRI")
+}
+
+impl Mp3State {
+    fn new() -> Result<Self, ChunkError> {
+        use symphonia::core::codecs::{CODEC_TYPE_MP3, CodecParameters, DecoderOptions};
+        let mut params = CodecParameters::new();
+        params.for_codec(CODEC_TYPE_MP3);
+        let decoder = symphonia::default::get_codecs()
+            .make(&params, &DecoderOptions::default())
+            .map_err(|e| DecodeError::Unreadable { format: "mp3", message: e.to_string() })?;
+        Ok(Self { buf: Vec::new(), skip: 0, decoder, decoded: 0, frames: 0, dropped: 0 })
+    }
+
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<AudioChunk>) -> Result<(), ChunkError> {
+        self.buf.extend_from_slice(bytes);
+        bound(self.buf.len())?;
+        let mut pcm: Vec<i16> = Vec::new();
+        let mut rate = 0;
+        let mut start = 0;
+        loop {
+            if self.skip > 0 {
+                let n = self.skip.min(self.buf.len() - start);
+                self.skip -= n;
+                start += n;
+                if self.skip > 0 {
+                    break;
+                }
+            }
+            let rest = &self.buf[start..];
+            if rest.starts_with(b"ID3") {
+                let Some(size) = rest.get(6..10) else { break };
+                // A syncsafe size (7 bits a byte), plus the 10-byte header and an optional footer.
+                let size = size.iter().fold(0usize, |n, &b| (n << 7) | usize::from(b & 0x7F));
+                self.skip = 10 + size + if rest[5] & 0x10 != 0 { 10 } else { 0 };
+                continue;
+            }
+            if rest.len() < 4 {
+                break;
+            }
+            let Some(len) = mp3_frame_len(rest) else {
+                // Not a frame: look for the next sync.
+                let next = rest[1..].iter().position(|&b| b == 0xFF).map_or(rest.len(), |p| p + 1);
+                self.dropped += next;
+                start += next;
+                continue;
+            };
+            if rest.len() < len {
+                break;
+            }
+            let frame = rest[..len].to_vec();
+            self.frames += 1;
+            if !(self.frames == 1 && is_info_frame(&frame)) {
+                self.decode_frame(&frame, &mut pcm, &mut rate, out);
+            }
+            start += len;
+        }
+        self.buf.drain(..start);
+        if !pcm.is_empty() {
+            out.push(AudioChunk::Pcm { samples: pcm, sample_rate: rate });
+        }
+        Ok(())
+    }
+
+    /// Decodes one frame onto `pcm` (mono); a frame at another rate flushes what came before.
+    fn decode_frame(&mut self, frame: &[u8], pcm: &mut Vec<i16>, rate: &mut u32, out: &mut Vec<AudioChunk>) {
+        use symphonia::core::audio::SampleBuffer;
+        use symphonia::core::formats::Packet;
+        let packet = Packet::new_from_slice(0, 0, 0, frame);
+        let decoder = &mut self.decoder;
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let decoded = decoder.decode(&packet).ok()?;
+            let spec = *decoded.spec();
+            if decoded.frames() == 0 {
+                return None;
+            }
+            let mut buf = SampleBuffer::<i16>::new(decoded.capacity() as u64, spec);
+            buf.copy_interleaved_ref(decoded);
+            Some((buf, spec.rate, spec.channels.count().max(1)))
+        }));
+        let Ok(Some((buf, frame_rate, channels))) = decoded else {
+            // A corrupt frame (or one whose bit reservoir came before the stream): skipped, as
+            // players do. After a panic the decoder starts afresh.
+            if decoded.is_err() {
+                self.decoder.reset();
+            }
+            return;
+        };
+        self.decoded += 1;
+        if *rate != frame_rate && !pcm.is_empty() {
+            out.push(AudioChunk::Pcm { samples: std::mem::take(pcm), sample_rate: *rate });
+        }
+        *rate = frame_rate;
+        let count = channels as i32;
+        pcm.extend(buf.samples().chunks_exact(channels).map(|frame| {
+            // The mean of i16 values always fits an i16.
+            (frame.iter().map(|&s| i32::from(s)).sum::<i32>() / count) as i16
+        }));
+    }
+
+    /// The end: an error when nothing in the stream was MP3 audio.
+    fn finish(self) -> Result<Vec<AudioChunk>, ChunkError> {
+        if self.decoded == 0 {
+            let message = format!("no MP3 frame decoded ({} frames, {} bytes skipped)", self.frames, self.dropped);
+            return Err(DecodeError::Unreadable { format: "mp3", message });
+        }
+        Ok(Vec::new())
+    }
+}
+
 /// An Opus packet's duration in 48 kHz samples, from its TOC byte (RFC 6716 §3.1); `None` for
 /// an empty or malformed packet.
 pub fn opus_packet_samples_48k(packet: &[u8]) -> Option<u32> {
@@ -336,7 +505,7 @@ pub fn opus_packet_samples_48k(packet: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audio::decode::wav_bytes;
+    use crate::audio::decode::{decode_audio, wav_bytes};
     use crate::audio::opus::{MAX_PACKET, OpusEncoder};
 
     /// Feeds `bytes` in pieces of `step` and collects every chunk.
@@ -433,6 +602,70 @@ mod tests {
             }
         }
         assert!(decode_in_pieces(AudioFormat::Wav, &ogg[..ogg.len() / 2], 100).len() < 20);
+    }
+
+    /// `seconds` of a 440 Hz tone as MP3 (sox with its MP3 format, as tests/run.sh installs).
+    fn sox_mp3(rate: u32, channels: u32, kbps: u32, seconds: f32) -> Vec<u8> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tone.mp3");
+        let made = std::process::Command::new("sox")
+            .args(["-n", "-r", &rate.to_string(), "-c", &channels.to_string(), "-C", &kbps.to_string()])
+            .arg(&path)
+            .args(["synth", &seconds.to_string(), "sine", "440", "vol", "0.5"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(made, "sox cannot write MP3 here: install sox and libsox-fmt-mp3 (tests/run.sh does)");
+        std::fs::read(&path).expect("read mp3")
+    }
+
+    #[test]
+    fn mp3_streams_frame_by_frame() {
+        for (rate, channels, kbps) in [(24_000, 1, 48), (44_100, 2, 128), (16_000, 1, 32)] {
+            let mp3 = sox_mp3(rate, channels, kbps, 1.0);
+            let whole = decode_audio(&mp3, AudioFormat::Mp3).expect("decodes whole");
+            for step in [1, 100, 4096, mp3.len()] {
+                let (samples, got_rate) = pcm_of(&decode_in_pieces(AudioFormat::Wav, &mp3, step));
+                assert_eq!(got_rate, rate, "pieces of {step}");
+                let ms = samples.len() as u64 * 1000 / u64::from(rate);
+                assert!((950..1_150).contains(&ms), "{ms} ms in pieces of {step}");
+                assert!(
+                    samples.len().abs_diff(whole.samples.len()) <= 1152 * 2,
+                    "{} vs {}",
+                    samples.len(),
+                    whole.samples.len()
+                );
+                assert!(samples.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0) > 4_000, "loud");
+            }
+            // Audio comes out before the end: the first half gives about half the tone.
+            let mut decoder = ChunkDecoder::new(AudioFormat::Mp3);
+            let (first, _) = pcm_of(&decoder.push(&mp3[..mp3.len() / 2]).expect("push"));
+            let ms = first.len() as u64 * 1000 / u64::from(rate);
+            assert!((300..600).contains(&ms), "{ms} ms from the first half");
+        }
+        // An ID3v2 tag in front is skipped, even when it comes a byte at a time, and even with a
+        // `pcm` hint (a bare sync with a `pcm` hint is PCM).
+        let mp3 = sox_mp3(24_000, 1, 48, 0.5);
+        let tag = b"ID3\x03\x00\x00\x00\x00\x00\x0FTIT2\x00\x00\x00\x05\x00\x00\x00test".as_slice();
+        let tagged = [tag, &mp3].concat();
+        let (samples, rate) = pcm_of(&decode_in_pieces(AudioFormat::Pcm { sample_rate: 16_000 }, &tagged, 1));
+        assert_eq!(rate, 24_000);
+        assert!(samples.len() > 10_000);
+        let pcm_like = [0xFF, 0xFF, 0x10, 0x00];
+        assert_eq!(
+            pcm_of(&decode_in_pieces(AudioFormat::Pcm { sample_rate: 16_000 }, &pcm_like, 4)),
+            (vec![-1, 16], 16_000)
+        );
+        // A tag and nothing after it, or garbage after a sync, is an error at the end.
+        let mut decoder = ChunkDecoder::new(AudioFormat::Mp3);
+        assert!(decoder.push(tag).expect("push").is_empty());
+        assert!(decoder.finish().is_err());
+        let garbage: Vec<u8> = (0..2_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let mut decoder = ChunkDecoder::new(AudioFormat::Mp3);
+        let _ = decoder.push(&[&[0xFF, 0xFB][..], &garbage].concat());
+        assert!(decoder.finish().is_err());
+        // Cut inside a frame: the frames before it came out.
+        let (samples, _) = pcm_of(&decode_in_pieces(AudioFormat::Mp3, &mp3[..mp3.len() - 50], 333));
+        assert!(samples.len() > 8_000);
     }
 
     #[test]
