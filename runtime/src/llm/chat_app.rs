@@ -594,4 +594,25 @@ mod tests {
         map.record("big", "u", vec![d(Role::User, "x"); MAX_DIGESTS + 5]);
         assert!(map.entries.lock().expect("lock").back().is_some_and(|e| e.digests.len() == MAX_DIGESTS));
     }
+
+    /// Every key of the Python server's entries is a field of ours, and the entries parse.
+    #[test]
+    fn the_python_entries_keys_are_all_known() {
+        let python: serde_json::Value =
+            serde_yaml_ng::from_str(include_str!("../../../tests/assets/python-v0.9.6-config.yaml")).expect("yaml");
+        fn check<T: serde::de::DeserializeOwned + serde::Serialize + Default>(python: &serde_json::Value, name: &str) {
+            let entry = python.pointer(&format!("/LLM/{name}")).and_then(serde_json::Value::as_object).expect(name);
+            let known = serde_json::to_value(T::default()).expect("serializes");
+            for key in entry.keys().filter(|k| *k != "type") {
+                assert!(known.get(key).is_some(), "LLM.{name}.{key} is not a field");
+            }
+            let mut entry = entry.clone();
+            entry.remove("type");
+            serde_json::from_value::<T>(serde_json::Value::Object(entry)).expect(name);
+        }
+        check::<super::super::dify::Config>(&python, "DifyLLM");
+        check::<super::super::coze::Config>(&python, "CozeLLM");
+        check::<super::super::fastgpt::Config>(&python, "FastgptLLM");
+        check::<super::super::gemini::Config>(&python, "GeminiLLM");
+    }
 }
