@@ -152,6 +152,12 @@ impl Conversations {
             .map(|e| Found { id: e.id.clone(), user: e.user.clone() })
     }
 
+    /// Forgets conversation `id` (the vendor no longer knows it).
+    pub(crate) fn forget(&self, id: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries.retain(|e| e.id != id);
+    }
+
     /// Records that conversation `id` now holds `digests` (replacing what it held).
     pub(crate) fn record(&self, id: &str, user: &str, mut digests: Vec<Digest>) {
         if digests.len() > MAX_DIGESTS {
@@ -422,21 +428,31 @@ fn push_text(queue: &mut VecDeque<Item>, text: String) {
 }
 
 async fn read_json<E: Events>(st: &mut State<E>) -> Result<String, ProviderError> {
+    read_body(&mut st.response, &st.url, st.timeout, st.what).await
+}
+
+/// Reads a (JSON) answer whole: at most 1 MiB, `timeout` as the longest silence.
+pub(crate) async fn read_body(
+    response: &mut Response,
+    url: &str,
+    timeout: Duration,
+    what: &str,
+) -> Result<String, ProviderError> {
     let mut body = Vec::new();
     loop {
-        match tokio::time::timeout(st.timeout, st.response.chunk()).await {
+        match tokio::time::timeout(timeout, response.chunk()).await {
             Ok(Ok(Some(bytes))) => {
                 body.extend_from_slice(&bytes);
                 if body.len() > MAX_JSON_BODY {
                     return Err(ProviderError::Protocol {
-                        url: st.url.clone(),
+                        url: url.to_owned(),
                         message: format!("the JSON answer is larger than {MAX_JSON_BODY} bytes: {}", body_start(&body)),
                     });
                 }
             }
             Ok(Ok(None)) => return Ok(String::from_utf8_lossy(&body).into_owned()),
-            Ok(Err(e)) => return Err(request_error(&st.url, st.what, st.timeout, &e)),
-            Err(_) => return Err(ProviderError::Timeout { what: st.what.to_owned(), seconds: st.timeout.as_secs() }),
+            Ok(Err(e)) => return Err(request_error(url, what, timeout, &e)),
+            Err(_) => return Err(ProviderError::Timeout { what: what.to_owned(), seconds: timeout.as_secs() }),
         }
     }
 }

@@ -131,15 +131,32 @@ impl super::Llm for CozeLlm {
             }
         }
         let question = chat_app::question(messages, "LLM.coze")?;
-        let found = self.conversations.find(&question.prior);
-        let recorder = Recorder::new(Arc::clone(&self.conversations), &question, found, self.cfg.user_id.clone());
-        let mut request = self.client.post(&self.url).bearer_auth(token).json(&self.request_body(&question));
-        if let Some(id) = &recorder.id {
-            request = request.query(&[("conversation_id", id)]);
+        let mut found = self.conversations.find(&question.prior);
+        loop {
+            let mut recorder =
+                Recorder::new(Arc::clone(&self.conversations), &question, found.take(), self.cfg.user_id.clone());
+            let mut request = self.client.post(&self.url).bearer_auth(token).json(&self.request_body(&question));
+            if let Some(id) = &recorder.id {
+                request = request.query(&[("conversation_id", id)]);
+            }
+            let mut response = chat_app::send(request, &self.url, self.timeout, "Coze response").await?;
+            if crate::remote::is_json(&response) {
+                // Coze answers its errors as JSON `{code, msg}` (HTTP 200).
+                let body = chat_app::read_body(&mut response, &self.url, self.timeout, "Coze response").await?;
+                let data: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                let code = chat_app::json_text(data.get("code"));
+                let msg = chat_app::json_text(data.get("msg"));
+                // A conversation Coze no longer knows: forget it and start a new one, once.
+                if let Some(id) = recorder.id.take_if(|_| msg.to_lowercase().contains("conversation")) {
+                    tracing::warn!(conversation = %id, "Coze refused the conversation ({code}: {msg}); starting a new one");
+                    self.conversations.forget(&id);
+                    continue;
+                }
+                return Err(chat_app::vendor_error(&self.url, &code, if msg.is_empty() { &body } else { &msg }));
+            }
+            let events = CozeEvents { url: self.url.clone(), recorder };
+            return Ok(chat_app::sse_stream(response, self.url.clone(), self.timeout, "Coze stream", events));
         }
-        let response = chat_app::send(request, &self.url, self.timeout, "Coze response").await?;
-        let events = CozeEvents { url: self.url.clone(), recorder };
-        Ok(chat_app::sse_stream(response, self.url.clone(), self.timeout, "Coze stream", events))
     }
 }
 
@@ -332,7 +349,33 @@ mod tests {
         };
         expect(collect(llm.stream(&ask, &[]).await.expect("starts")).await, "Hm", "4011: Insufficient credits");
         expect(collect(llm.stream(&ask, &[]).await.expect("starts")).await, "", "4000: Request parameter error");
-        expect(collect(llm.stream(&ask, &[]).await.expect("starts")).await, "", "4100: authentication is invalid");
+        // Coze's JSON error (HTTP 200) fails the request itself.
+        match llm.stream(&ask, &[]).await {
+            Err(ProviderError::Protocol { message, .. }) => assert_eq!(message, "4100: authentication is invalid"),
+            other => panic!("{:?}", other.err()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_conversation_coze_no_longer_knows_is_started_again() {
+        let gone = br#"{"code":4200,"msg":"conversation not found"}"#;
+        let (base, mut requests) = serve(vec![
+            vec![stream_head("text/event-stream"), Step::Send(chat("old", &["One."]))],
+            full(200, "application/json", gone),
+            vec![stream_head("text/event-stream"), Step::Send(chat("new", &["Two."]))],
+            vec![stream_head("text/event-stream"), Step::Send(chat("new", &["Three."]))],
+        ])
+        .await;
+        let llm = CozeLlm::new(config(&base)).expect("valid");
+        let mut dialogue = vec![ChatMessage::new(Role::User, "1")];
+        for (answer, question) in [("One.", "2"), ("Two.", "3")] {
+            assert_eq!(collect(llm.stream(&dialogue, &[]).await.expect("starts")).await.0, answer);
+            dialogue.push(ChatMessage::new(Role::Assistant, answer));
+            dialogue.push(ChatMessage::new(Role::User, question));
+        }
+        assert_eq!(collect(llm.stream(&dialogue, &[]).await.expect("starts")).await.0, "Three.");
+        let targets: Vec<String> = [(); 4].iter().map(|_| requests.try_recv().expect("request").target()).collect();
+        assert_eq!(targets, ["/v3/chat", "/v3/chat?conversation_id=old", "/v3/chat", "/v3/chat?conversation_id=new"]);
     }
 
     #[tokio::test]

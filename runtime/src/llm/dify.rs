@@ -146,12 +146,25 @@ impl super::Llm for DifyLlm {
             return Err(ProviderError::Config("LLM.dify: api_key is not set".into()));
         }
         let question = chat_app::question(messages, "LLM.dify")?;
-        let found = if self.chat_mode() { self.conversations.find(&question.prior) } else { None };
-        let user = format!("xiaozhi-{}", uuid::Uuid::new_v4().simple());
-        let recorder = Recorder::new(Arc::clone(&self.conversations), &question, found, user);
-        let body = self.request_body(&question, &recorder);
-        let request = self.client.post(&self.url).bearer_auth(key).json(&body);
-        let response = chat_app::send(request, &self.url, self.timeout, "Dify response").await?;
+        let mut found = if self.chat_mode() { self.conversations.find(&question.prior) } else { None };
+        let (recorder, response) = loop {
+            let user = format!("xiaozhi-{}", uuid::Uuid::new_v4().simple());
+            let mut recorder = Recorder::new(Arc::clone(&self.conversations), &question, found.take(), user);
+            let body = self.request_body(&question, &recorder);
+            let request = self.client.post(&self.url).bearer_auth(key).json(&body);
+            match chat_app::send(request, &self.url, self.timeout, "Dify response").await {
+                Ok(response) => break (recorder, response),
+                // A conversation Dify no longer knows (deleted): forget it and start a new one, once.
+                Err(ProviderError::Status { status: 404, .. }) if recorder.id.is_some() => {
+                    if let Some(id) = recorder.id.take() {
+                        tracing::warn!(conversation = %id, "Dify does not know the conversation; starting a new one");
+                        self.conversations.forget(&id);
+                    }
+                }
+                // The question stays recorded in the conversation, as the session records it.
+                Err(e) => return Err(e),
+            }
+        };
         let events = DifyEvents {
             url: self.url.clone(),
             workflow: self.cfg.mode == "workflows/run",
@@ -333,6 +346,29 @@ mod tests {
         assert_eq!(second["conversation_id"], "conv-1");
         assert_eq!(second["user"], user.as_str(), "the conversation's user");
         assert_eq!(second["query"], "once more");
+    }
+
+    #[tokio::test]
+    async fn a_conversation_dify_no_longer_knows_is_started_again() {
+        let gone = br#"{"code":"not_found","message":"Conversation Not Exists.","status":404}"#;
+        let (base, mut requests) = serve(vec![
+            vec![stream_head("text/event-stream"), Step::Send(chat_body("old", &["One."]))],
+            full(404, "application/json", gone),
+            vec![stream_head("text/event-stream"), Step::Send(chat_body("new", &["Two."]))],
+            vec![stream_head("text/event-stream"), Step::Send(chat_body("new", &["Three."]))],
+        ])
+        .await;
+        let llm = DifyLlm::new(config(&base)).expect("valid");
+        let mut dialogue = vec![ChatMessage::new(Role::User, "1")];
+        for (answer, question) in [("One.", "2"), ("Two.", "3")] {
+            assert_eq!(collect(llm.stream(&dialogue, &[]).await.expect("starts")).await.0, answer);
+            dialogue.push(ChatMessage::new(Role::Assistant, answer));
+            dialogue.push(ChatMessage::new(Role::User, question));
+        }
+        assert_eq!(collect(llm.stream(&dialogue, &[]).await.expect("starts")).await.0, "Three.");
+        let ids: Vec<Value> =
+            [(); 4].iter().map(|_| requests.try_recv().expect("request").json()["conversation_id"].clone()).collect();
+        assert_eq!(ids, [json!(""), json!("old"), json!(""), json!("new")]);
     }
 
     #[tokio::test]

@@ -178,11 +178,16 @@ fn contents(messages: &[ChatMessage]) -> Vec<Value> {
     for (i, message) in messages.iter().enumerate() {
         let (role, parts) = match message.role {
             Role::System => continue,
+            // Gemini refuses empty text parts: empty messages are left out.
+            Role::User if message.content.trim().is_empty() => continue,
             Role::User => ("user", vec![json!({"text": message.content})]),
             Role::Assistant => {
                 let mut parts = Vec::new();
-                if !message.content.is_empty() || message.tool_calls.is_empty() {
+                if !message.content.trim().is_empty() {
                     parts.push(json!({"text": message.content}));
+                }
+                if parts.is_empty() && message.tool_calls.is_empty() {
+                    continue;
                 }
                 parts.extend(message.tool_calls.iter().map(call_part));
                 ("model", parts)
@@ -520,6 +525,14 @@ mod tests {
                 "generationConfig": {"temperature": 0.7, "topP": 0.9, "topK": 40, "maxOutputTokens": 2048},
             })
         );
+        // Empty messages are left out; what is left of one role shares a turn.
+        let messages = vec![
+            ChatMessage::new(Role::User, "a"),
+            ChatMessage::new(Role::Assistant, ""),
+            ChatMessage::new(Role::User, "b"),
+            ChatMessage::new(Role::User, " "),
+        ];
+        assert_eq!(contents(&messages), vec![json!({"role": "user", "parts": [{"text": "a"}, {"text": "b"}]})]);
         // Parallel results share one user turn; a plain call id carries nothing.
         let a = ToolCall { id: encode_id(None, None), name: "a".into(), arguments: "{\"x\":1}".into() };
         assert!(a.id.starts_with("call_"));
