@@ -82,6 +82,7 @@ async fn dify_answers_keeps_its_conversation_and_survives_an_error_event() -> an
 
     error_then_serves_on(&mut device, || dify.fail_next(), || dify.reply("Back again."), "Back again").await?;
     assert_eq!(dify.events.count("error"), 1);
+    assert_eq!(dify.conversations().len(), 2, "the session's conversation goes on after the error");
     device.close_abruptly().await;
     server.server.shutdown().await;
     Ok(())
@@ -112,6 +113,7 @@ async fn coze_answers_keeps_its_conversation_and_survives_a_failed_chat() -> any
 
     error_then_serves_on(&mut device, || coze.fail_next(), || coze.reply("Back again."), "Back again").await?;
     assert_eq!(coze.events.count("failed"), 1);
+    assert_eq!(coze.conversations().len(), 1, "the session's conversation goes on after the error");
     device.close_abruptly().await;
     server.server.shutdown().await;
     Ok(())
@@ -138,6 +140,7 @@ async fn fastgpt_answers_keeps_its_chat_id_and_survives_an_error_event() -> anyh
 
     error_then_serves_on(&mut device, || fastgpt.fail_next(), || fastgpt.reply("Back again."), "Back again").await?;
     assert_eq!(fastgpt.events.count("error"), 1);
+    assert_eq!(fastgpt.chats().len(), 1, "the session's chat goes on after the error");
     device.close_abruptly().await;
     server.server.shutdown().await;
     Ok(())
