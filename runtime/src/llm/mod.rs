@@ -6,6 +6,7 @@
 //! (parallel calls included). Dropping the stream cancels the request.
 
 pub mod alibl;
+pub(crate) mod chat_app;
 pub mod coze;
 pub mod dify;
 pub mod fastgpt;
