@@ -169,6 +169,15 @@ const KEY_NOTES: &[(&str, &str, &str)] = &[
     ("sherpa_onnx_local", "model_type", "sense_voice only"),
     ("intent_llm", "llm", "the selected LLM is used"),
     ("mem_local_short", "llm", "the selected LLM is used"),
+    ("tencent", "appid", "accepted; API 3.0 signing needs only secret_id and secret_key"),
+    ("edge", "format", "accepted; Edge always answers MP3, decoded as it arrives"),
+    ("siliconflow", "fallback", "accepted; the ElevenLabs fallback is not supported"),
+    ("gpt_sovits_v2", "private_voice", "data/gpt_sovits_data.yaml is not read: the entry's reference keys are used"),
+    ("gpt_sovits_v3", "private_voice", "data/gpt_sovits_data.yaml is not read: the entry's reference keys are used"),
+    ("gpt_sovits_v3", "format", "accepted; the answer's own format is decoded"),
+    ("fishspeech", "channels", "accepted; Fish Speech answers mono"),
+    ("minimax_httpstream", "pronunciation_dict", "sent only when set (the Python default is the docs' example)"),
+    ("fun_server", "is_ssl", "wss without certificate checks, as the FunASR server's certificate is self-signed"),
 ];
 
 /// Python settings outside the provider entries that work differently here or not at all: the
