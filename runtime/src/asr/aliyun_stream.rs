@@ -422,4 +422,27 @@ mod tests {
         assert!(transcript.apply(&event(r#"{"header":{"name":"TranscriptionCompleted","status":20000000}}"#)));
         assert_eq!(transcript.text(), "Hello there. How are you?你好");
     }
+
+    /// Every key of the Python file's AliyunStreamASR / AliyunStreamTTS entries (the TTS's
+    /// commented-out ones included) is known: no warning, the entries build with empty keys.
+    #[test]
+    fn the_python_entries_load_without_unknown_keys() {
+        let python = include_str!("../../../tests/assets/python-v0.9.6-config.yaml");
+        let selected = "selected_module:\n  ASR: AliyunStreamASR\n  TTS: AliyunStreamTTS\n\
+                        TTS:\n  AliyunStreamTTS:\n    format: pcm\n    volume: 50\n    speech_rate: 0\n\
+                        \x20   pitch_rate: 0\n    language: \"中文\"\n    sample_rate: 16000\n    private_voice: ''\n";
+        let loaded = crate::config::load::load_str(python, Some(selected)).expect("loads");
+        let ours: Vec<_> = loaded.warnings.iter().filter(|w| w.contains("AliyunStream")).collect();
+        assert!(ours.is_empty(), "{ours:?}");
+        let crate::config::AsrSpec::AliyunStream(asr) = &loaded.config.providers.asr else {
+            panic!("aliyun_stream ASR")
+        };
+        assert_eq!(asr.max_sentence_silence, Some(800));
+        assert!(asr.appkey.is_empty(), "the placeholder is cleared");
+        assert!(build(asr).is_ok());
+        let crate::config::TtsSpec::AliyunStream(tts) = &loaded.config.providers.tts else {
+            panic!("aliyun_stream TTS")
+        };
+        assert!(crate::tts::aliyun_stream::build(tts).is_ok());
+    }
 }
