@@ -6,13 +6,17 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use xiaozhi_e2e::harness::TestServer;
 use xiaozhi_e2e::mock::{MockOpenAi, MockScript};
 use xiaozhi_e2e::providers::{Entry, REPLY_WAIT, providers_yaml, typed_turn};
 use xiaozhi_e2e::speech::{speech_16k, with_silence};
 use xiaozhi_e2e::vendors::Timing;
 use xiaozhi_e2e::vendors::aliyun_nls::{ACCESS_KEY_ID, ACCESS_KEY_SECRET, APPKEY, Fault, NlsMock, TOKEN, wait_for};
+use xiaozhi_server::asr::aliyun_stream::Config as AsrConfig;
 use xiaozhi_server::protocol::message::ListenMode;
+use xiaozhi_server::tts::aliyun_stream::{AliyunStreamTts, Config as TtsConfig};
+use xiaozhi_server::tts::{AudioChunk, Tts};
 
 const ERROR_RESPONSE: &str = "system_error_response: \"Sorry, something went wrong.\"\n";
 const ERROR_SENTENCES: [&str; 2] = ["Sorry", "something went wrong"];
@@ -193,5 +197,51 @@ async fn asr_with_a_wrong_token_is_refused_at_the_handshake() -> anyhow::Result<
     assert_eq!(nls.events().count("asr_started"), 0);
     device.close_abruptly().await;
     server.server.shutdown().await;
+    Ok(())
+}
+
+fn tts_provider(nls: &NlsMock) -> anyhow::Result<AliyunStreamTts> {
+    let cfg: TtsConfig = serde_yaml_ng::from_str(&format!(
+        "appkey: {APPKEY}\ntoken: {TOKEN}\nhost: \"{}\"\ntimeout: 5\n",
+        nls.gateway_url()
+    ))?;
+    Ok(AliyunStreamTts::new(cfg)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tts_synthesizes_the_text_as_it_is_written_and_dropping_the_stream_closes_the_task() -> anyhow::Result<()> {
+    let nls = NlsMock::start(Timing::new(Duration::from_millis(50), 1.0), "").await?;
+    let tts = tts_provider(&nls)?;
+    assert!(tts.streams_text());
+    let (text, pieces) = tokio::sync::mpsc::channel(8);
+    text.send("The first sentence arrives ".into()).await?;
+    text.send("in two pieces. And then".into()).await?;
+    let mut audio = tts.speak_text(pieces).await?;
+    // Audio of the first sentence while the second is still being written.
+    let first = tokio::time::timeout(Duration::from_secs(5), audio.next()).await?;
+    assert!(matches!(first, Some(Ok(AudioChunk::Pcm { sample_rate: 16_000, .. }))), "{first:?}");
+    assert_eq!(nls.events().count("tts_completed"), 0);
+    // The turn is aborted: the stream (and the text) dropped, the task is closed at once.
+    drop(audio);
+    drop(text);
+    assert!(wait_for(nls.events(), "tts_aborted", 1, Duration::from_secs(2)).await, "the connection was closed");
+    assert_eq!(nls.events().count("tts_completed"), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asr_dropping_the_recognition_closes_the_task() -> anyhow::Result<()> {
+    let nls = NlsMock::start(Timing::default(), "Hello.").await?;
+    let cfg: AsrConfig = serde_yaml_ng::from_str(&format!(
+        "appkey: {APPKEY}\ntoken: {TOKEN}\nhost: \"{}\"\ntimeout: 5\n",
+        nls.gateway_url()
+    ))?;
+    let asr = xiaozhi_server::asr::aliyun_stream::build(&cfg)?;
+    let mut recognition = asr.open().await.expect("a streaming recognizer")?;
+    recognition.push(&speech_16k("hello")?).await?;
+    assert!(wait_for(nls.events(), "asr_audio", 1, Duration::from_secs(2)).await);
+    drop(recognition);
+    assert!(wait_for(nls.events(), "asr_aborted", 1, Duration::from_secs(2)).await, "the connection was closed");
+    assert_eq!(nls.events().count("asr_stop"), 0);
     Ok(())
 }

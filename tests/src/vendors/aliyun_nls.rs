@@ -129,7 +129,8 @@ impl NlsMock {
     }
 
     /// The timeline: `tts_started`, `tts_text`, `tts_audio`, `tts_sentence_end`,
-    /// `tts_completed`, `asr_started`, `asr_audio`, `asr_stop`, `task_failed`.
+    /// `tts_completed`, `tts_aborted` (the client left mid-task), `asr_started`, `asr_audio`,
+    /// `asr_stop`, `asr_aborted`, `task_failed`.
     pub fn events(&self) -> &Events {
         &self.shared.events
     }
@@ -481,6 +482,7 @@ async fn synthesis(shared: Arc<Shared>, ws: Ws, start: Value) {
     // service's own sentence splitting; StopSynthesis flushes the rest.
     let mut buffered = String::new();
     let mut whole = String::new();
+    let mut stopped = false;
     while let Some(Ok(message)) = stream.next().await {
         let Message::Text(text) = message else { continue };
         let command: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
@@ -506,6 +508,7 @@ async fn synthesis(shared: Arc<Shared>, ws: Ws, start: Value) {
                     let _ = jobs.send(Job::Sentence(buffered.trim().to_owned()));
                 }
                 let _ = jobs.send(Job::Complete);
+                stopped = true;
                 break;
             }
             _ => break,
@@ -513,6 +516,11 @@ async fn synthesis(shared: Arc<Shared>, ws: Ws, start: Value) {
     }
     shared.lock().tts_texts.push(whole);
     drop(jobs);
+    if !stopped {
+        // The client went away mid-task: the gateway drops the task.
+        shared.events.push("tts_aborted");
+        writer.abort();
+    }
     let _ = writer.await;
 }
 
@@ -604,10 +612,12 @@ async fn transcription(shared: Arc<Shared>, ws: Ws, start: Value) {
                 let _ = sink.close().await;
                 return;
             }
-            Message::Close(_) => return,
+            Message::Close(_) => break,
             _ => {}
         }
     }
+    // The client went away before StopTranscription.
+    shared.events.push("asr_aborted");
 }
 
 /// Waits (at most `limit`) until `name` happened `count` times.
