@@ -245,3 +245,19 @@ async fn asr_dropping_the_recognition_closes_the_task() -> anyhow::Result<()> {
     assert_eq!(nls.events().count("asr_stop"), 0);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asr_transcribes_a_whole_utterance_and_silence_gives_no_text() -> anyhow::Result<()> {
+    let nls = NlsMock::start(Timing::default(), "Good morning.").await?;
+    let cfg: AsrConfig = serde_yaml_ng::from_str(&format!(
+        "appkey: {APPKEY}\naccess_key_id: {ACCESS_KEY_ID}\naccess_key_secret: \"{ACCESS_KEY_SECRET}\"\n\
+         token_url: \"{}\"\nhost: \"{}\"\ntimeout: 5\n",
+        nls.token_url(),
+        nls.gateway_url()
+    ))?;
+    let asr = xiaozhi_server::asr::aliyun_stream::build(&cfg)?;
+    assert_eq!(asr.transcribe(&speech_16k("good morning")?).await?, "Good morning.");
+    assert_eq!(asr.transcribe(&vec![0i16; 8_000]).await?, "");
+    assert_eq!(nls.create_token_calls(), 1);
+    Ok(())
+}

@@ -349,9 +349,12 @@ impl Recognition for NlsRecognition {
 impl super::Asr for AliyunStreamAsr {
     async fn transcribe(&self, pcm: &[i16]) -> Result<String, ProviderError> {
         let mut recognition = Box::new(self.start().await?);
-        // At most 200 ms per frame, as the gateway expects audio in small pieces.
-        for piece in pcm.chunks(ASR_SAMPLE_RATE as usize / 5) {
+        // The gateway takes audio at (near) real time, in small frames: 100 ms frames, sent at
+        // twice real time.
+        let frame = ASR_SAMPLE_RATE as usize / 10;
+        for piece in pcm.chunks(frame) {
             recognition.push(piece).await?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         recognition.finish().await
     }
