@@ -194,3 +194,38 @@ async fn sessions_go_on_while_redis_is_down_and_their_writes_land_when_it_is_bac
     server.stop().await?;
     Ok(())
 }
+
+/// A device that hangs up in the middle of a reply: the cancelled turn's messages (the question
+/// and what was said of the answer) still reach the stored history, as they join the dialogue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_hanging_up_mid_reply_keeps_the_turn_in_its_history() -> anyhow::Result<()> {
+    let mock =
+        MockOpenAi::start(MockScript::default().reply(
+            "🙂 This answer is long. It goes on for a while. Sentence after sentence. Until the device hangs up.",
+        ))
+        .await?;
+    let server = xiaozhi_e2e::harness::TestServer::start(&mock, "").await?;
+    let mut device = server.device("aa:bb:cc:00:05:40", 1).await?;
+    device.detect("tell me something long").await?;
+    // The first audio frame of the reply, then the device is gone.
+    loop {
+        match device.next_event(REPLY_WAIT).await {
+            Some((_, xiaozhi_server::simulator::SimEvent::Audio { .. })) => break,
+            Some(_) => continue,
+            None => anyhow::bail!("no reply audio"),
+        }
+    }
+    device.close_abruptly().await;
+    let file = server.store().await?;
+    let kept = eventually(async || {
+        store::history(&file, "aa:bb:cc:00:05:40")
+            .await
+            .is_ok_and(|h| h.first().is_some_and(|e| e.message.content == "tell me something long"))
+    })
+    .await;
+    let history = store::history(&file, "aa:bb:cc:00:05:40").await?;
+    assert!(kept, "the question of the cancelled turn is in the history: {history:?}");
+    assert!(history.len() >= 2 && history[1].message.content.contains("This answer is long"), "{history:?}");
+    server.server.shutdown().await;
+    Ok(())
+}

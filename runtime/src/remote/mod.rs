@@ -3,7 +3,9 @@
 //! of the vendors that speak WebSocket ([`ws_connect`]).
 
 pub(crate) mod aliyun_nls;
+pub(crate) mod pyconf;
 pub(crate) mod sse;
+pub(crate) mod tencent_cloud;
 
 use std::time::Duration;
 

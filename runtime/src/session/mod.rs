@@ -77,7 +77,7 @@ pub async fn run(
     tracing::info!(parent: &span, "device connected");
     session.register(true);
     let end = tracing::Instrument::instrument(session.run(&mut connection, &shutdown), span.clone()).await;
-    session.cancel_turn();
+    session.end_turn().await;
     session.register(false);
     match end {
         End::Gone => tracing::info!(parent: &span, "device disconnected"),
@@ -117,6 +117,9 @@ enum Feed {
 /// Feed items a recognition may have waiting (60 ms packets: a minute of audio); beyond, audio is
 /// dropped (logged) rather than the session waiting.
 const RECOGNITION_FEED: usize = 1024;
+
+/// How long a session that is over waits for its cancelled turn to report what was said.
+const LAST_REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The recognition of the utterance being heard: a task fed in order (see [`recognition`]).
 struct Recognizer {
@@ -205,6 +208,8 @@ struct Session {
     turn: Option<ActiveTurn>,
     reports_tx: mpsc::Sender<TurnReport>,
     reports: mpsc::Receiver<TurnReport>,
+    /// Replies started whose [`TurnReport::Done`] has not been taken yet.
+    replies_due: usize,
     bad_frames: u64,
     bad_messages: u64,
     /// Store writes in flight (history, registry); awaited before the session ends, so a server
@@ -231,6 +236,7 @@ impl Session {
             turn: None,
             reports_tx,
             reports,
+            replies_due: 0,
             bad_frames: 0,
             bad_messages: 0,
             writes: Vec::new(),
@@ -484,6 +490,7 @@ impl Session {
             cancel,
         };
         let reports = self.reports_tx.clone();
+        self.replies_due += 1;
         tokio::spawn(tracing::Instrument::in_current_span(async move {
             let outcome = crate::turn::run(ctx).await;
             let _ = reports.send(TurnReport::Done { turn: id, outcome }).await;
@@ -496,6 +503,7 @@ impl Session {
         match report {
             TurnReport::Transcript { turn, text } => Event::Transcript { turn, text },
             TurnReport::Done { turn, outcome } => {
+                self.replies_due = self.replies_due.saturating_sub(1);
                 let cap = self.services.config.limits.history_entry_bytes;
                 let messages: Vec<ChatMessage> =
                     outcome.messages.into_iter().map(|message| crate::llm::capped(message, cap)).collect();
@@ -509,6 +517,26 @@ impl Session {
                     self.count_turn("answered");
                 }
                 Event::TurnDone { turn, close: outcome.close }
+            }
+        }
+    }
+
+    /// The session is over: the turn under way is cancelled, and the reports of the turns that
+    /// are done (what was said, maybe already waiting in the channel, or sent by the cancelled
+    /// turn within [`LAST_REPORT_WAIT`]) still join the stored history: a device that hangs up
+    /// right after the reply loses none of it.
+    async fn end_turn(&mut self) {
+        self.cancel_turn();
+        let deadline = Instant::now() + LAST_REPORT_WAIT;
+        while self.replies_due > 0 {
+            match tokio::time::timeout_at(deadline, self.reports.recv()).await {
+                Ok(Some(report)) => {
+                    self.on_report(report);
+                }
+                _ => {
+                    tracing::debug!("a cancelled turn did not report within {LAST_REPORT_WAIT:?}");
+                    return;
+                }
             }
         }
     }

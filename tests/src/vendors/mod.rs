@@ -100,6 +100,7 @@ pub struct WsMock {
 impl WsMock {
     /// Starts the server. `check` sees each handshake first and may refuse it (authentication);
     /// `session` then runs the connection.
+    #[allow(clippy::result_large_err)] // tungstenite's handshake callback returns its error response
     pub async fn start<C, S, F>(check: C, session: S) -> anyhow::Result<Self>
     where
         C: Fn(&RequestHead) -> Result<(), Refusal> + Send + Sync + 'static,
