@@ -24,9 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{ASR_SAMPLE_RATE, Recognition};
-use crate::remote::aliyun_nls::{
-    Event, TokenSource, command, gateway_url, int_or_string, new_id, redacted, string_or_number,
-};
+use crate::remote::aliyun_nls::{Event, TokenSource, command, gateway_url, new_id, redacted};
 use crate::remote::{ProviderError, WsStream, error_chain, timeout_from, url_without_query, ws_connect};
 
 /// The command namespace of real-time recognition.
@@ -39,21 +37,21 @@ const WHAT: &str = "ASR.aliyun_stream";
 #[serde(default)]
 pub struct Config {
     /// The project's Appkey (NLS console).
-    #[serde(deserialize_with = "string_or_number")]
+    #[serde(deserialize_with = "crate::remote::pyconf::text")]
     pub appkey: String,
     /// A temporary access token (24 h); unused when an AccessKey pair is set.
-    #[serde(deserialize_with = "string_or_number")]
+    #[serde(deserialize_with = "crate::remote::pyconf::text")]
     pub token: String,
     /// AccessKey ID: with the secret, tokens are obtained (and renewed) from `CreateToken`.
-    #[serde(deserialize_with = "string_or_number")]
+    #[serde(deserialize_with = "crate::remote::pyconf::text")]
     pub access_key_id: String,
     /// AccessKey secret.
-    #[serde(deserialize_with = "string_or_number")]
+    #[serde(deserialize_with = "crate::remote::pyconf::text")]
     pub access_key_secret: String,
     /// The gateway host (`nls-gateway-cn-shanghai.aliyuncs.com`), or a full `ws(s)://` URL.
     pub host: String,
     /// Silence (ms) that ends a sentence on the service side (200–2000; default 800).
-    #[serde(deserialize_with = "int_or_string")]
+    #[serde(deserialize_with = "crate::remote::pyconf::opt_i64")]
     pub max_sentence_silence: Option<i64>,
     /// Where the Python server kept its audio files (accepted, unused: audio is streamed).
     pub output_dir: String,

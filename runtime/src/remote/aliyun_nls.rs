@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 use sha1::Sha1;
 use tokio::sync::Mutex;
@@ -36,50 +35,6 @@ const RENEW_BEFORE_SECS: i64 = 60;
 /// How a secret setting shows in `Debug`: whether it is set, never its value.
 pub(crate) fn redacted(secret: &str) -> &'static str {
     if secret.trim().is_empty() { "" } else { "***" }
-}
-
-/// A string setting that YAML may have written as a number (`appkey: 123`), or left empty.
-pub(crate) fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        S(String),
-        I(i64),
-        F(f64),
-        B(bool),
-    }
-    Ok(match Option::<Raw>::deserialize(d)? {
-        None => String::new(),
-        Some(Raw::S(s)) => s,
-        Some(Raw::I(i)) => i.to_string(),
-        Some(Raw::F(f)) => f.to_string(),
-        Some(Raw::B(b)) => b.to_string(),
-    })
-}
-
-/// An integer setting that YAML may have written as a string (`sample_rate: "16000"`, as the
-/// Python server's `int(config.get(...))` accepts); an empty string or null keeps the default
-/// (`None`).
-pub(crate) fn int_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        I(i64),
-        F(f64),
-        S(String),
-    }
-    match Option::<Raw>::deserialize(d)? {
-        None => Ok(None),
-        Some(Raw::I(i)) => Ok(Some(i)),
-        Some(Raw::F(f)) if f.fract() == 0.0 => Ok(Some(f as i64)),
-        Some(Raw::F(f)) => Err(serde::de::Error::custom(format!("expected a whole number, got {f}"))),
-        Some(Raw::S(s)) if s.trim().is_empty() => Ok(None),
-        Some(Raw::S(s)) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("expected a whole number, got `{s}`"))),
-    }
 }
 
 /// RFC 3986 percent-encoding as the POP signature requires: everything but `A-Z a-z 0-9 - _ . ~`

@@ -25,9 +25,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::{AudioChunk, AudioStream, TextStream, channel_stream, silence};
 use crate::audio::chunks::ChunkDecoder;
 use crate::audio::decode::AudioFormat;
-use crate::remote::aliyun_nls::{
-    Event, TokenSource, command, gateway_url, int_or_string, new_id, redacted, string_or_number,
-};
+use crate::remote::aliyun_nls::{Event, TokenSource, command, gateway_url, new_id, redacted};
 use crate::remote::{ProviderError, WsStream, timeout_from, url_without_query, ws_connect};
 
 /// The command namespace of streaming synthesis.
@@ -42,36 +40,36 @@ pub struct Config {
     /// Where the Python server kept its audio files (accepted, unused: audio is streamed).
     pub output_dir: String,
     /// The project's Appkey (NLS console).
-    #[serde(deserialize_with = "string_or_number")]
+    #[serde(deserialize_with = "crate::remote::pyconf::text")]
     pub appkey: String,
     /// A temporary access token (24 h); unused when an AccessKey pair is set.
-    #[serde(deserialize_with = "string_or_number")]
+    #[serde(deserialize_with = "crate::remote::pyconf::text")]
     pub token: String,
     /// The voice (`longxiaochun`, ...).
     pub voice: String,
     /// A cloned voice; replaces `voice` when set.
     pub private_voice: String,
     /// AccessKey ID: with the secret, tokens are obtained (and renewed) from `CreateToken`.
-    #[serde(deserialize_with = "string_or_number")]
+    #[serde(deserialize_with = "crate::remote::pyconf::text")]
     pub access_key_id: String,
     /// AccessKey secret.
-    #[serde(deserialize_with = "string_or_number")]
+    #[serde(deserialize_with = "crate::remote::pyconf::text")]
     pub access_key_secret: String,
     /// The gateway host (`nls-gateway-cn-beijing.aliyuncs.com`), or a full `ws(s)://` URL.
     pub host: String,
     /// Audio format asked for: `pcm`, `wav` or `mp3`.
     pub format: String,
     /// Sample rate asked for, Hz (default 16000).
-    #[serde(deserialize_with = "int_or_string")]
+    #[serde(deserialize_with = "crate::remote::pyconf::opt_i64")]
     pub sample_rate: Option<i64>,
     /// Volume 0–100 (default 50).
-    #[serde(deserialize_with = "int_or_string")]
+    #[serde(deserialize_with = "crate::remote::pyconf::opt_i64")]
     pub volume: Option<i64>,
     /// Speech rate −500–500 (default 0).
-    #[serde(deserialize_with = "int_or_string")]
+    #[serde(deserialize_with = "crate::remote::pyconf::opt_i64")]
     pub speech_rate: Option<i64>,
     /// Pitch −500–500 (default 0).
-    #[serde(deserialize_with = "int_or_string")]
+    #[serde(deserialize_with = "crate::remote::pyconf::opt_i64")]
     pub pitch_rate: Option<i64>,
     /// Output language named in the Python file's comments (accepted, unused: the protocol has
     /// no such parameter; the voice decides).
