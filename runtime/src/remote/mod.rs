@@ -2,6 +2,7 @@
 //! helpers (endpoint joining, clients with timeouts, error mapping) and the WebSocket connection
 //! of the vendors that speak WebSocket ([`ws_connect`]).
 
+pub(crate) mod aliyun_nls;
 pub(crate) mod pyconf;
 pub(crate) mod sse;
 pub(crate) mod tencent_cloud;
