@@ -177,6 +177,7 @@ const KEY_NOTES: &[(&str, &str, &str)] = &[
     ("gpt_sovits_v3", "format", "accepted; the answer's own format is decoded"),
     ("fishspeech", "channels", "accepted; Fish Speech answers mono"),
     ("minimax_httpstream", "pronunciation_dict", "sent only when set (the Python default is the docs' example)"),
+    ("aliyun_stream", "language", "accepted; the voice decides the language"),
     ("fun_server", "is_ssl", "wss without certificate checks, as the FunASR server's certificate is self-signed"),
 ];
 
