@@ -16,7 +16,7 @@ use xiaozhi_server::protocol::message::ListenMode;
 const ERROR_RESPONSE: &str = "system_error_response: \"Sorry, something went wrong.\"\n";
 const ERROR_SENTENCES: [&str; 2] = ["Sorry", "something went wrong"];
 
-async fn server(mock: &MockOpenAi, entries: &[Entry]) -> anyhow::Result<TestServer> {
+async fn start_server(mock: &MockOpenAi, entries: &[Entry]) -> anyhow::Result<TestServer> {
     TestServer::start_with_providers(&format!("{}{ERROR_RESPONSE}", providers_yaml(mock, entries))).await
 }
 
@@ -49,7 +49,7 @@ fn sauc_entry(url: &str, token: &str) -> Entry {
 async fn doubao_http_tts_speaks_and_survives_a_vendor_error() -> anyhow::Result<()> {
     let vendor = DoubaoHttpMock::start(Account::new("4242", "volc-token", "")).await?;
     let mock = MockOpenAi::start(MockScript::default().reply("🙂 Hello from Doubao.")).await?;
-    let server = server(&mock, &[doubao_entry(&vendor.url(), "volc-token")]).await?;
+    let server = start_server(&mock, &[doubao_entry(&vendor.url(), "volc-token")]).await?;
 
     // (a) A typed turn: the device hears the sentence synthesized by the vendor.
     let reply = typed_turn(&server, "aa:bb:cc:0e:00:01", "hi").await?;
@@ -75,7 +75,7 @@ async fn doubao_http_tts_speaks_and_survives_a_vendor_error() -> anyhow::Result<
 
     // A wrong token is refused by the vendor (HTTP 401): the error response again, no panic.
     vendor.fail_sentences_with(None);
-    let bad = server_with_bad_token(&mock, doubao_entry(&vendor.url(), "wrong-token")).await?;
+    let bad = start_server(&mock, &[doubao_entry(&vendor.url(), "wrong-token")]).await?;
     let reply = typed_turn(&bad, "aa:bb:cc:0e:00:03", "hi").await?;
     assert!(vendor.events.count("refused") >= 1);
     assert_eq!(reply.sentences.first().map(String::as_str), Some("Working again"));
@@ -84,21 +84,16 @@ async fn doubao_http_tts_speaks_and_survives_a_vendor_error() -> anyhow::Result<
     Ok(())
 }
 
-async fn server_with_bad_token(mock: &MockOpenAi, entry: Entry) -> anyhow::Result<TestServer> {
-    server(mock, &[entry]).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huoshan_double_stream_streams_text_in_and_audio_out() -> anyhow::Result<()> {
     let account = Account::new("4242", "volc-token", "volc.service_type.10029");
     // 150 ms to the first audio, then half real time: a sentence of about 2 s takes 1 s to send.
     let vendor = BidiTtsMock::start(account, Timing::new(Duration::from_millis(150), 0.5)).await?;
     let reply_text = "🙂 Hello from the volcano, where the audio streams while the sentence is written.";
-    let mock = MockOpenAi::start(
-        MockScript::default().reply(reply_text).latency(Duration::ZERO, Duration::from_millis(20)),
-    )
-    .await?;
-    let server = server(&mock, &[huoshan_entry(&vendor.url(), "volc-token")]).await?;
+    let mock =
+        MockOpenAi::start(MockScript::default().reply(reply_text).latency(Duration::ZERO, Duration::from_millis(20)))
+            .await?;
+    let server = start_server(&mock, &[huoshan_entry(&vendor.url(), "volc-token")]).await?;
 
     // (a) A typed turn: real audio, the text went in piece by piece.
     let reply = typed_turn(&server, "aa:bb:cc:0e:01:01", "hi").await?;
@@ -141,7 +136,7 @@ async fn doubao_stream_asr_recognises_while_the_user_speaks() -> anyhow::Result<
     let account = Account::new("4242", "volc-token", "volc.bigasr.sauc.duration");
     let vendor = SaucMock::start(account, "what time is it").await?;
     let mock = MockOpenAi::start(MockScript::default().reply("🙂 It is noon.")).await?;
-    let server = server(&mock, &[sauc_entry(&vendor.url(), "volc-token")]).await?;
+    let server = start_server(&mock, &[sauc_entry(&vendor.url(), "volc-token")]).await?;
 
     // (a) A spoken turn: the vendor's transcript reaches the device and the LLM.
     let reply = spoken_turn(&server, "aa:bb:cc:0e:02:01", "what time is it").await?;
@@ -161,7 +156,11 @@ async fn doubao_stream_asr_recognises_while_the_user_speaks() -> anyhow::Result<
     let end_of_speech = started + Duration::from_millis(300 + speech_ms);
     let first_audio = vendor.events.all().into_iter().filter(|(name, _)| name == "audio").nth(audio_before);
     let (_, first_audio) = first_audio.expect("audio reached the vendor");
-    assert!(first_audio < end_of_speech, "the first audio reached the vendor {:?} after the end of speech", first_audio - end_of_speech);
+    assert!(
+        first_audio < end_of_speech,
+        "the first audio reached the vendor {:?} after the end of speech",
+        first_audio - end_of_speech
+    );
     assert!(vendor.events.last("last").expect("a last packet") > end_of_speech);
 
     // (b) The vendor answers an error frame: the error response, then the same session serves on.
@@ -180,7 +179,7 @@ async fn doubao_stream_asr_recognises_while_the_user_speaks() -> anyhow::Result<
     device.close_abruptly().await;
 
     // A wrong token is refused at the handshake: the error response.
-    let bad = server(&mock, &[sauc_entry(&vendor.url(), "wrong-token")]).await?;
+    let bad = start_server(&mock, &[sauc_entry(&vendor.url(), "wrong-token")]).await?;
     let reply = spoken_turn(&bad, "aa:bb:cc:0e:02:03", "hello there").await?;
     assert_eq!(reply.sentences, ERROR_SENTENCES);
     server.server.shutdown().await;

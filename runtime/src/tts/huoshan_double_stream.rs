@@ -610,8 +610,9 @@ impl Inner {
                             let _ = tx.send(Err(self.gone("the service finished the connection".into()))).await;
                             return;
                         }
-                        // Sentence boundaries and anything else: nothing to do.
-                        _ => {}
+                        // Sentence boundaries: nothing to do.
+                        event::TTS_SENTENCE_START | event::TTS_SENTENCE_END => {}
+                        other => tracing::debug!("Volcengine TTS event {other} ignored"),
                     }
                 }
             }

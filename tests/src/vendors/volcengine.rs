@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{Events, HttpMock, HttpRequest, RequestHead, Refusal, Timing, WsMock, full_response, is_speech, speech};
+use super::{Events, HttpMock, HttpRequest, Refusal, RequestHead, Timing, WsMock, full_response, is_speech, speech};
 
 /// The account the mocks accept.
 #[derive(Debug, Clone)]
@@ -366,7 +366,12 @@ impl BidiTtsMock {
                     match job {
                         None => {
                             let payload = json!({"status_code": 20_000_000, "message": "ok"}).to_string();
-                            let _ = out.send(event_frame(0b1001, event::SESSION_FINISHED, Some(&session), payload.as_bytes()));
+                            let _ = out.send(event_frame(
+                                0b1001,
+                                event::SESSION_FINISHED,
+                                Some(&session),
+                                payload.as_bytes(),
+                            ));
                             events.push("session_finished");
                         }
                         Some(text) if text.starts_with("\u{0}rate:") => {
@@ -378,12 +383,16 @@ impl BidiTtsMock {
                                 events.push("failed");
                                 failed_session = Some(session.clone());
                                 let frame = match failure {
-                                    TtsFailure::ErrorFrame => error_frame(45_000_292, "quota exceeded for types: concurrency"),
+                                    TtsFailure::ErrorFrame => {
+                                        error_frame(45_000_292, "quota exceeded for types: concurrency")
+                                    }
                                     TtsFailure::SessionFailed => event_frame(
                                         0b1001,
                                         event::SESSION_FAILED,
                                         Some(&session),
-                                        json!({"status_code": 55_000_000, "message": "synthesis failed"}).to_string().as_bytes(),
+                                        json!({"status_code": 55_000_000, "message": "synthesis failed"})
+                                            .to_string()
+                                            .as_bytes(),
                                     ),
                                 };
                                 let _ = out.send(frame);
@@ -391,15 +400,30 @@ impl BidiTtsMock {
                             }
                             let start = Instant::now();
                             let sentence = json!({"text": text}).to_string();
-                            let _ = out.send(event_frame(0b1001, event::TTS_SENTENCE_START, Some(&session), sentence.as_bytes()));
+                            let _ = out.send(event_frame(
+                                0b1001,
+                                event::TTS_SENTENCE_START,
+                                Some(&session),
+                                sentence.as_bytes(),
+                            ));
                             let samples = speech(&text, rate).unwrap_or_default();
                             for (i, piece) in timing.pieces(&samples, rate).enumerate() {
                                 timing.wait_for_piece(start, i).await;
                                 events.push("audio");
-                                let _ = out.send(event_frame(0b1011, event::TTS_RESPONSE, Some(&session), &super::pcm_bytes(piece)));
+                                let _ = out.send(event_frame(
+                                    0b1011,
+                                    event::TTS_RESPONSE,
+                                    Some(&session),
+                                    &super::pcm_bytes(piece),
+                                ));
                             }
                             events.push("sentence_done");
-                            let _ = out.send(event_frame(0b1001, event::TTS_SENTENCE_END, Some(&session), sentence.as_bytes()));
+                            let _ = out.send(event_frame(
+                                0b1001,
+                                event::TTS_SENTENCE_END,
+                                Some(&session),
+                                sentence.as_bytes(),
+                            ));
                         }
                     }
                 }
@@ -605,7 +629,8 @@ impl SaucMock {
                     break;
                 }
                 events.push("request");
-                let _ = ws.send(Message::Binary(sauc_response(1, false, &json!({"result": {"text": ""}})).into())).await;
+                let _ =
+                    ws.send(Message::Binary(sauc_response(1, false, &json!({"result": {"text": ""}})).into())).await;
                 continue;
             }
             if kind != 0b0010 {
@@ -634,7 +659,9 @@ impl SaucMock {
             }
             // A partial result: the transcript's first word once speech is heard.
             let partial: String = text.split_whitespace().next().unwrap_or_default().to_owned();
-            let _ = ws.send(Message::Binary(sauc_response(sequence, false, &json!({"result": {"text": partial}})).into())).await;
+            let _ = ws
+                .send(Message::Binary(sauc_response(sequence, false, &json!({"result": {"text": partial}})).into()))
+                .await;
         }
         let _ = ws.close(None).await;
     }
