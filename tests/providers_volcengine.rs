@@ -89,7 +89,7 @@ async fn huoshan_double_stream_streams_text_in_and_audio_out() -> anyhow::Result
     let account = Account::new("4242", "volc-token", "volc.service_type.10029");
     // 150 ms to the first audio, then half real time: a sentence of about 2 s takes 1 s to send.
     let vendor = BidiTtsMock::start(account, Timing::new(Duration::from_millis(150), 0.5)).await?;
-    let reply_text = "🙂 Hello from the volcano, where the audio streams while the sentence is written.";
+    let reply_text = "🙂 Hello from the volcano where the audio streams while the sentence is still being written.";
     let mock =
         MockOpenAi::start(MockScript::default().reply(reply_text).latency(Duration::ZERO, Duration::from_millis(20)))
             .await?;
@@ -97,7 +97,10 @@ async fn huoshan_double_stream_streams_text_in_and_audio_out() -> anyhow::Result
 
     // (a) A typed turn: real audio, the text went in piece by piece.
     let reply = typed_turn(&server, "aa:bb:cc:0e:01:01", "hi").await?;
-    assert_eq!(reply.sentences, ["Hello from the volcano, where the audio streams while the sentence is written"]);
+    assert_eq!(
+        reply.sentences,
+        ["Hello from the volcano where the audio streams while the sentence is still being written"]
+    );
     assert!(reply.audio_ms() > 1000, "real audio: {}", reply.summary());
     assert!(vendor.events.count("task_request") >= 2, "the text is sent as it is written");
 
