@@ -362,6 +362,43 @@ mod tests {
         assert!(serde_yaml_ng::from_str::<Config>("speed_ratio: fast").is_err());
     }
 
+    /// Every key of the Python server's entries of the three Volcengine types is known (no
+    /// "unknown key" warning), and their values (placeholders cleared) deserialize.
+    #[test]
+    fn every_python_key_is_known() {
+        fn unknown_keys<T: serde::de::DeserializeOwned>(entry: &serde_yaml_ng::Value) -> Vec<String> {
+            let mut entry = entry.clone();
+            let map = entry.as_mapping_mut().expect("an entry is a map");
+            map.remove("type");
+            for (_, value) in map.iter_mut() {
+                if value.as_str().is_some_and(|v| v.contains("你的") || v.contains("选填")) {
+                    *value = serde_yaml_ng::Value::String(String::new());
+                }
+            }
+            let mut unknown = Vec::new();
+            let _: T = serde_ignored::deserialize(entry, |path| unknown.push(path.to_string())).expect("deserializes");
+            unknown
+        }
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/assets/python-v0.9.6-config.yaml");
+        let text = std::fs::read_to_string(path).expect("the Python configuration");
+        let python: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("yaml");
+        for name in ["DoubaoTTS", "TTS302AI"] {
+            assert_eq!(unknown_keys::<Config>(&python["TTS"][name]), Vec::<String>::new(), "{name}");
+        }
+        for name in ["HuoshanDoubleStreamTTS", "HuoshanDoubleStreamTTSV2"] {
+            let entry = &python["TTS"][name];
+            assert_eq!(
+                unknown_keys::<crate::tts::huoshan_double_stream::Config>(entry),
+                Vec::<String>::new(),
+                "{name}"
+            );
+        }
+        for name in ["DoubaoStreamASR", "DoubaoStreamASRV2"] {
+            let entry = &python["ASR"][name];
+            assert_eq!(unknown_keys::<crate::asr::doubao_stream::Config>(entry), Vec::<String>::new(), "{name}");
+        }
+    }
+
     #[test]
     fn build_accepts_empty_credentials_and_refuses_bad_values() {
         assert!(build(&Config::default()).is_ok());
