@@ -12,6 +12,7 @@ use xiaozhi_e2e::speech::{speech_16k, with_silence};
 use xiaozhi_e2e::vendors::Timing;
 use xiaozhi_e2e::vendors::volcengine::{Account, BidiTtsMock, DoubaoHttpMock, SaucMock, TtsFailure};
 use xiaozhi_server::protocol::message::ListenMode;
+use xiaozhi_server::simulator::SimEvent;
 
 const ERROR_RESPONSE: &str = "system_error_response: \"Sorry, something went wrong.\"\n";
 const ERROR_SENTENCES: [&str; 2] = ["Sorry", "something went wrong"];
@@ -130,6 +131,28 @@ async fn huoshan_double_stream_streams_text_in_and_audio_out() -> anyhow::Result
     assert!(vendor.events.count("failed") >= 2);
     // Connections are reused between sessions.
     assert!(vendor.events.count("connection") < vendor.events.count("session_start"));
+
+    // An abort mid-sentence drops the audio stream, which closes the vendor connection at once.
+    mock.set_reply("🙂 This sentence is long enough to be interrupted while the vendor is still sending its audio.");
+    let mut device = server.device("aa:bb:cc:0e:01:03", 1).await?;
+    let closed_before = vendor.events.count("closed");
+    device.detect("talk").await?;
+    let deadline = Instant::now() + REPLY_WAIT;
+    loop {
+        anyhow::ensure!(Instant::now() < deadline, "no audio before the abort");
+        if let Some((_, SimEvent::Audio { .. })) = device.next_event(Duration::from_secs(5)).await {
+            break;
+        }
+    }
+    let done_before = vendor.events.count("sentence_done");
+    device.abort().await?;
+    let aborted = Instant::now();
+    while vendor.events.count("closed") == closed_before {
+        anyhow::ensure!(aborted.elapsed() < Duration::from_secs(2), "the vendor connection stays open after the abort");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(vendor.events.count("sentence_done"), done_before, "closed while the vendor was still sending");
+    device.close_abruptly().await;
     server.server.shutdown().await;
     Ok(())
 }

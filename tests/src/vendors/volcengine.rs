@@ -302,7 +302,8 @@ fn parse_client_event(data: &[u8]) -> Result<ClientEvent, String> {
 pub struct BidiTtsMock {
     ws: WsMock,
     /// `connection`, `session_start`, `task_request` (one per text piece), `audio` (each frame),
-    /// `sentence_done` (after a sentence's last audio), `session_finished`, `failed`.
+    /// `sentence_done` (after a sentence's last audio), `session_finished`, `failed`, `closed`
+    /// (the client closed the connection, or the mock ended it).
     pub events: Events,
     fault: Arc<Mutex<Option<(String, TtsFailure)>>>,
 }
@@ -496,6 +497,7 @@ impl BidiTtsMock {
                 }
             }
         }
+        events.push("closed");
         drop(jobs);
         let _ = synth.await;
         drop(out);
