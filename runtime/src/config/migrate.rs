@@ -177,6 +177,11 @@ const KEY_NOTES: &[(&str, &str, &str)] = &[
     ("gpt_sovits_v3", "format", "accepted; the answer's own format is decoded"),
     ("fishspeech", "channels", "accepted; Fish Speech answers mono"),
     ("minimax_httpstream", "pronunciation_dict", "sent only when set (the Python default is the docs' example)"),
+    ("doubao", "language", "accepted; the voice decides the language"),
+    ("huoshan_double_stream", "language", "accepted; the voice decides the language"),
+    ("huoshan_double_stream", "cluster", "accepted; the v3 API authenticates with appid and access_token"),
+    ("huoshan_double_stream", "authorization", "accepted; the v3 API authenticates with appid and access_token"),
+    ("doubao_stream", "cluster", "accepted; used by the older v2 API only"),
     ("aliyun_stream", "language", "accepted; the voice decides the language"),
     ("fun_server", "is_ssl", "wss without certificate checks, as the FunASR server's certificate is self-signed"),
 ];
