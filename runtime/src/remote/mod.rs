@@ -2,6 +2,7 @@
 //! helpers (endpoint joining, clients with timeouts, error mapping) and the WebSocket connection
 //! of the vendors that speak WebSocket ([`ws_connect`]).
 
+pub(crate) mod dashscope;
 pub(crate) mod sse;
 
 use std::time::Duration;
