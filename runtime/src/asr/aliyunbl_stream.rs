@@ -398,6 +398,16 @@ mod tests {
     }
 
     #[test]
+    fn every_python_key_is_known() {
+        let yaml = "type: aliyunbl_stream\napi_key: k\nmodel: paraformer-realtime-v2\nformat: pcm\nsample_rate: 16000\n\
+                    vocabulary_id: v\ndisfluency_removal_enabled: false\nlanguage_hints: [zh]\n\
+                    semantic_punctuation_enabled: false\nmax_sentence_silence: 200\nmulti_threshold_mode_enabled: false\n\
+                    punctuation_prediction_enabled: true\ninverse_text_normalization_enabled: true\noutput_dir: tmp/\n\
+                    ws_url: wss://x/api-ws/v1/inference\ntimeout: 5";
+        assert_eq!(dashscope::unknown_keys::<Config>(yaml), Vec::<String>::new());
+    }
+
+    #[test]
     fn sentences_add_up() {
         let mut t = Transcript::default();
         let result = |text: &str, end: bool| json!({"output": {"sentence": {"text": text, "sentence_end": end}}});

@@ -258,6 +258,14 @@ mod tests {
     }
 
     #[test]
+    fn every_python_key_is_known() {
+        let yaml = "type: qwen3_asr_flash\napi_key: k\nbase_url: https://dashscope.aliyuncs.com/compatible-mode/v1\n\
+                    model_name: qwen3-asr-flash\noutput_dir: tmp/\nenable_lid: true\nenable_itn: true\nlanguage: zh\n\
+                    context: ''\ntimeout: 5";
+        assert_eq!(dashscope::unknown_keys::<Config>(yaml), Vec::<String>::new());
+    }
+
+    #[test]
     fn the_request_is_the_documented_json() {
         let mut cfg = config("https://dashscope.aliyuncs.com/compatible-mode/v1");
         cfg.context = "小智".into();

@@ -379,6 +379,13 @@ mod tests {
     }
 
     #[test]
+    fn every_python_key_is_known() {
+        let yaml = "type: AliBL\nbase_url: https://dashscope.aliyuncs.com/compatible-mode/v1\napp_id: a\napi_key: k\n\
+                    is_no_prompt: true\nali_memory_id: false\nstreaming_chunk_size: 3\ntimeout: 5";
+        assert_eq!(dashscope::unknown_keys::<Config>(yaml), Vec::<String>::new());
+    }
+
+    #[test]
     fn the_body_is_the_documented_json() {
         let cfg = config("http://x/api/v1");
         assert_eq!(

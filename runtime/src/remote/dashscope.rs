@@ -301,6 +301,18 @@ pub(crate) mod lenient {
     }
 }
 
+/// The keys of `yaml` that `T` does not know (`type` is the loader's), for the tests that check
+/// every key of the Python entries.
+#[cfg(test)]
+pub(crate) fn unknown_keys<T: serde::de::DeserializeOwned>(yaml: &str) -> Vec<String> {
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).expect("YAML");
+    let mut unknown = Vec::new();
+    let parsed: Result<T, _> = serde_ignored::deserialize(value, |path| unknown.push(path.to_string()));
+    assert!(parsed.is_ok(), "the entry parses");
+    unknown.retain(|key| key != "type");
+    unknown
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -367,6 +367,15 @@ mod tests {
     }
 
     #[test]
+    fn every_python_key_is_known() {
+        // The Python config.yaml entry and every key its provider reads.
+        let yaml = "type: alibl_stream\napi_key: k\nmodel: cosyvoice-v2\nvoice: longcheng_v2\noutput_dir: tmp/\n\
+                    private_voice: ''\nvoice_zh: a\nvoice_yue: b\nvoice_en: c\nvoice_ja: d\nvoice_ko: e\nformat: pcm\n\
+                    sample_rate: 24000\nvolume: 50\nrate: 1.0\npitch: 1.0\nws_url: wss://x/api-ws/v1/inference\ntimeout: 5";
+        assert_eq!(dashscope::unknown_keys::<Config>(yaml), Vec::<String>::new());
+    }
+
+    #[test]
     fn the_python_entry_is_read_and_debug_hides_the_key() {
         let yaml = "api_key: sk-secret\nmodel: cosyvoice-v2\nvoice: longcheng_v2\noutput_dir: tmp/\nsample_rate: '16000'\n\
                     volume: '80'\nrate: 1.2\npitch: '1'\nvoice_zh: a\nvoice_en: b\nprivate_voice: ''";
