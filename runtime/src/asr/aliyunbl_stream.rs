@@ -421,6 +421,7 @@ mod tests {
 
     /// A one-connection Paraformer peer: partial results while audio comes, the final one at
     /// `finish-task`; or `task-failed` after the first audio when `fail`.
+    #[allow(clippy::result_large_err)] // the handshake callback's signature is tungstenite's
     async fn peer(fail: bool) -> (String, tokio::task::JoinHandle<(Option<String>, usize)>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("ws://{}/api-ws/v1/inference", listener.local_addr().expect("addr"));

@@ -393,6 +393,7 @@ mod tests {
     }
 
     /// A one-connection peer: answers `run-task` with `task-started`, then per `script`.
+    #[allow(clippy::result_large_err)] // the handshake callback's signature is tungstenite's
     async fn peer(
         script: fn(Value, &str) -> Vec<Message>,
     ) -> (String, tokio::task::JoinHandle<(Option<String>, Vec<Value>)>) {

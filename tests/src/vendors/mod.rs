@@ -118,6 +118,7 @@ impl WsMock {
                         let (check, session) = (Arc::clone(&check), Arc::clone(&session));
                         connections.spawn(async move {
                             let mut head = RequestHead::default();
+                            #[allow(clippy::result_large_err)]
                             let callback = |request: &WsRequest, response: WsResponse| {
                                 head = RequestHead::from_parts(
                                     request.method().as_str(),
