@@ -86,6 +86,10 @@ async fn alibl_stream_speaks_as_the_text_is_written_and_survives_a_failed_task()
     let reply = ask(&mut device, "hello").await?;
     assert_eq!(reply.sentences, ["Back again"]);
     assert!(reply.audio_ms() > 300);
+    // Connections whose task finished serve the next sentences.
+    let tasks = vendor.events.count("task-started");
+    let connections = vendor.events.count("connection");
+    assert!(connections < tasks, "{connections} connections for {tasks} tasks");
     device.close_abruptly().await;
     server.server.shutdown().await;
     Ok(())

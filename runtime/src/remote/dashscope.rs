@@ -151,34 +151,79 @@ pub(crate) async fn start_task(
     timeout: Duration,
     what: &str,
 ) -> Result<Task, ProviderError> {
+    let started = std::time::Instant::now();
+    let ws = ws_connect(url, headers, timeout, what).await?;
+    let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+    begin_task(ws, url, task_id, run_task, left, what).await.map_err(|(e, _)| e)
+}
+
+/// Starts a task on an open connection (a new one, or one whose previous task finished): sends
+/// `run_task` and waits, within `timeout`, for `task-started`. On failure the error, and whether
+/// the connection itself was broken (closed, not a vendor refusal).
+pub(crate) async fn begin_task(
+    mut ws: WsStream,
+    url: &str,
+    task_id: String,
+    run_task: String,
+    timeout: Duration,
+    what: &str,
+) -> Result<Task, (ProviderError, bool)> {
     let start = async {
-        let mut ws = ws_connect(url, headers, timeout, what).await?;
-        ws.send(Message::text(run_task)).await.map_err(|e| transport(url, &e))?;
+        ws.send(Message::text(run_task)).await.map_err(|e| (transport(url, &e), true))?;
         loop {
             match ws.next().await {
-                None => return Err(closed(url, "before task-started")),
-                Some(Err(e)) => return Err(transport(url, &e)),
+                None => return Err((closed(url, "before task-started"), true)),
+                Some(Err(e)) => return Err((transport(url, &e), true)),
                 Some(Ok(Message::Text(text))) => match parse_event(&text) {
                     Ok(Event::TaskStarted) => break,
-                    Ok(Event::TaskFailed { code, message }) => return Err(task_failed(url, &code, &message)),
+                    Ok(Event::TaskFailed { code, message }) => return Err((task_failed(url, &code, &message), false)),
                     Ok(Event::Other(_)) => {}
                     Ok(other) => {
-                        return Err(protocol(url, format!("expected task-started, got {other:?}")));
+                        return Err((protocol(url, format!("expected task-started, got {other:?}")), false));
                     }
-                    Err(e) => return Err(protocol(url, e)),
+                    Err(e) => return Err((protocol(url, e), false)),
                 },
                 Some(Ok(Message::Close(frame))) => {
-                    return Err(closed(url, &frame.map(|f| f.reason.to_string()).unwrap_or_default()));
+                    return Err((closed(url, &frame.map(|f| f.reason.to_string()).unwrap_or_default()), true));
                 }
                 Some(Ok(_)) => {}
             }
         }
-        Ok(ws)
+        Ok(())
     };
     match tokio::time::timeout(timeout, start).await {
-        Ok(Ok(ws)) => Ok(Task { ws, task_id, url: url.to_owned() }),
+        Ok(Ok(())) => Ok(Task { ws, task_id, url: url.to_owned() }),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(ProviderError::Timeout { what: what.to_owned(), seconds: timeout.as_secs().max(1) }),
+        Err(_) => Err((ProviderError::Timeout { what: what.to_owned(), seconds: timeout.as_secs().max(1) }, false)),
+    }
+}
+
+/// Idle connections whose last task finished, for the next tasks (the documentation lets a
+/// connection run tasks one after another; the Python server reuses one for 60 s).
+#[derive(Default)]
+pub(crate) struct Idle(std::sync::Mutex<Vec<(WsStream, std::time::Instant)>>);
+
+/// How long an idle connection is kept for reuse.
+pub(crate) const IDLE_REUSE: Duration = Duration::from_secs(50);
+
+/// Most idle connections kept.
+const MAX_IDLE: usize = 2;
+
+impl Idle {
+    /// A connection that finished a task recently, if there is one.
+    pub(crate) fn take(&self) -> Option<WsStream> {
+        let mut idle = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        idle.retain(|(_, since)| since.elapsed() < IDLE_REUSE);
+        idle.pop().map(|(ws, _)| ws)
+    }
+
+    /// Keeps a connection whose task finished.
+    pub(crate) fn put(&self, ws: WsStream) {
+        let mut idle = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        idle.retain(|(_, since)| since.elapsed() < IDLE_REUSE);
+        if idle.len() < MAX_IDLE {
+            idle.push((ws, std::time::Instant::now()));
+        }
     }
 }
 

@@ -7,8 +7,9 @@
 //! `task-started`, then one `continue-task` per piece of the sentence as the model writes it,
 //! `finish-task` when the sentence is complete; the audio arrives as binary frames and is handed on
 //! as it comes, until `task-finished`. `task-failed` becomes the vendor's code and message. The
-//! server waits for text at most 23 s, so the connection opens only with the sentence's first
-//! words. Dropping the audio stream closes the connection.
+//! server waits for text at most 23 s, so a task starts only with the sentence's first words. A
+//! connection whose task finished is kept (50 s, two at most) for the next sentences, as the
+//! documentation allows; dropping the audio stream mid-task closes its connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::{AudioChunk, AudioStream, TextStream, channel_stream, silence};
 use crate::audio::chunks::ChunkDecoder;
 use crate::audio::decode::AudioFormat;
-use crate::remote::dashscope::{self, DEFAULT_WS_URL, Event, Task, lenient};
+use crate::remote::dashscope::{self, DEFAULT_WS_URL, Event, Idle, Task, lenient};
 use crate::remote::{ProviderError, timeout_from};
 
 /// What errors and timeouts call this provider.
@@ -167,6 +168,8 @@ pub struct AliBlStreamTts {
     cfg: Config,
     format: AudioFormat,
     timeout: Duration,
+    /// Connections whose task finished, for the next sentences.
+    idle: Arc<Idle>,
 }
 
 impl AliBlStreamTts {
@@ -180,7 +183,7 @@ impl AliBlStreamTts {
         }
         let timeout = timeout_from(cfg.timeout, WHAT)?;
         dashscope::check_ws_url(cfg.ws_url.trim(), WHAT)?;
-        Ok(Self { cfg, format, timeout })
+        Ok(Self { cfg, format, timeout, idle: Arc::default() })
     }
 
     /// Opens a task for a sentence whose first piece is `first`; the rest comes from `rest`.
@@ -189,12 +192,33 @@ impl AliBlStreamTts {
         let task_id = dashscope::new_task_id();
         let run =
             dashscope::run_task(&task_id, "tts", "SpeechSynthesizer", self.cfg.model.trim(), self.cfg.parameters());
-        let headers = dashscope::ws_headers(&key, true);
-        let task =
-            dashscope::start_task(self.cfg.ws_url.trim(), &headers, task_id, run, self.timeout, "CosyVoice TTS start")
-                .await?;
+        let url = self.cfg.ws_url.trim();
+        let what = "CosyVoice TTS start";
+        // A connection whose task finished is reused; one the server has closed meanwhile is
+        // replaced by a new one.
+        let reused = match self.idle.take() {
+            Some(ws) => match dashscope::begin_task(ws, url, task_id.clone(), run.clone(), self.timeout, what).await {
+                Ok(task) => Some(task),
+                Err((_, true)) => None,
+                Err((e, false)) => return Err(e),
+            },
+            None => None,
+        };
+        let task = match reused {
+            Some(task) => task,
+            None => {
+                let headers = dashscope::ws_headers(&key, true);
+                dashscope::start_task(url, &headers, task_id, run, self.timeout, what).await?
+            }
+        };
         let (tx, rx) = mpsc::channel(AUDIO_QUEUE);
-        let worker = Worker { task, decoder: Some(ChunkDecoder::new(self.format)), tx, timeout: self.timeout };
+        let worker = Worker {
+            task,
+            decoder: Some(ChunkDecoder::new(self.format)),
+            tx,
+            timeout: self.timeout,
+            idle: Arc::clone(&self.idle),
+        };
         tokio::spawn(worker.run(first, rest));
         Ok(channel_stream(rx))
     }
@@ -232,14 +256,20 @@ struct Worker {
     decoder: Option<ChunkDecoder>,
     tx: mpsc::Sender<Result<AudioChunk, ProviderError>>,
     timeout: Duration,
+    idle: Arc<Idle>,
 }
 
 impl Worker {
     async fn run(mut self, first: String, rest: Option<TextStream>) {
-        if let Err(e) = self.exchange(first, rest).await {
-            let _ = self.tx.send(Err(e)).await;
+        match self.exchange(first, rest).await {
+            // The task finished: its connection serves the next sentence.
+            Ok(true) => self.idle.put(self.task.ws),
+            // Dropping a connection in the middle of a task closes it.
+            Ok(false) => {}
+            Err(e) => {
+                let _ = self.tx.send(Err(e)).await;
+            }
         }
-        // Dropping the connection closes it.
     }
 
     async fn send(&mut self, text: String) -> Result<(), ProviderError> {
@@ -259,7 +289,8 @@ impl Worker {
         Ok(true)
     }
 
-    async fn exchange(&mut self, first: String, mut rest: Option<TextStream>) -> Result<(), ProviderError> {
+    /// `Ok(true)`: the task finished; `Ok(false)`: the listener went away before.
+    async fn exchange(&mut self, first: String, mut rest: Option<TextStream>) -> Result<bool, ProviderError> {
         let continue_first = dashscope::continue_task(&self.task.task_id, &first);
         self.send(continue_first).await?;
         let mut deadline = None;
@@ -270,7 +301,7 @@ impl Worker {
         loop {
             let url = self.task.url.clone();
             tokio::select! {
-                _ = self.tx.closed() => return Ok(()),
+                _ = self.tx.closed() => return Ok(false),
                 piece = async { rest.as_mut()?.recv().await }, if rest.is_some() => match piece {
                     Some(piece) if piece.trim().is_empty() => {}
                     Some(piece) => {
@@ -295,7 +326,7 @@ impl Worker {
                         Some(Err(e)) => return Err(dashscope::transport(&url, &e)),
                         Some(Ok(Message::Binary(bytes))) => {
                             if !self.audio(&bytes).await? {
-                                return Ok(());
+                                return Ok(false);
                             }
                         }
                         Some(Ok(Message::Text(text))) => match dashscope::parse_event(&text) {
@@ -315,17 +346,16 @@ impl Worker {
     }
 
     /// `task-finished`: the decoder's last chunks, then the stream ends.
-    async fn finish(&mut self) -> Result<(), ProviderError> {
+    async fn finish(&mut self) -> Result<bool, ProviderError> {
         if let Some(decoder) = self.decoder.take() {
             let chunks = decoder.finish().map_err(|e| dashscope::protocol(&self.task.url, e.to_string()))?;
             for chunk in chunks {
                 if self.tx.send(Ok(chunk)).await.is_err() {
-                    return Ok(());
+                    break;
                 }
             }
         }
-        let _ = self.task.ws.close(None).await;
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -466,15 +496,25 @@ mod tests {
             rest.extend(samples);
         }
         assert_eq!(rest, vec![1, 2, 3]);
+        // The next sentence runs on the same connection (the peer accepts only one).
+        let clip = tts.synthesize("再见。").await.expect("a second task");
+        assert_eq!(clip.samples, vec![1, 2, 3]);
+        drop(tts);
         let (auth, commands) = peer.await.expect("peer");
         assert_eq!(auth.as_deref(), Some("Bearer sk-test"));
         let actions: Vec<_> =
             commands.iter().map(|c| c["header"]["action"].as_str().unwrap_or_default().to_owned()).collect();
-        assert_eq!(actions, ["run-task", "continue-task", "continue-task", "finish-task"]);
+        assert_eq!(
+            actions,
+            ["run-task", "continue-task", "continue-task", "finish-task", "run-task", "continue-task", "finish-task"]
+        );
+        assert_ne!(commands[0]["header"]["task_id"], commands[4]["header"]["task_id"], "a new task id per task");
         assert_eq!(commands[1]["payload"]["input"]["text"], "你好，");
         assert_eq!(commands[2]["payload"]["input"]["text"], "世界。");
         let task_id = &commands[0]["header"]["task_id"];
-        assert!(commands.iter().all(|c| &c["header"]["task_id"] == task_id && c["header"]["streaming"] == "duplex"));
+        assert!(
+            commands[..4].iter().all(|c| &c["header"]["task_id"] == task_id && c["header"]["streaming"] == "duplex")
+        );
     }
 
     #[tokio::test]

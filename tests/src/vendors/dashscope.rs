@@ -75,7 +75,7 @@ struct State {
 }
 
 /// The DashScope mock: its WebSocket and HTTP servers, and what happened when ([`Events`]:
-/// `task-started`, `tts-text`, `tts-audio` per frame sent, `tts-done`, `asr-audio` per frame
+/// `connection` per WebSocket accepted, `task-started`, `tts-text`, `tts-audio` per frame sent, `tts-done`, `asr-audio` per frame
 /// received, `asr-finish`, `task-failed`, `qwen-request`, `app-request`).
 pub struct DashScopeMock {
     ws: WsMock,
@@ -249,6 +249,7 @@ fn run_task(task_id: &str, payload: &Value) -> Result<Task, String> {
 
 /// One WebSocket connection: tasks one after the other.
 async fn session(mut ws: WebSocketStream<TcpStream>, events: Events, state: Arc<Mutex<State>>) {
+    events.push("connection");
     let mut task: Option<Task> = None;
     while let Some(Ok(message)) = ws.next().await {
         let reply = match message {
