@@ -75,6 +75,10 @@ pub struct Config {
     /// Pitch, 0.5..2 (default 1).
     #[serde(deserialize_with = "lenient::opt_f64")]
     pub pitch: Option<f64>,
+    /// The output language of the Python file's comment (`中文`, `英语`…); accepted, not sent:
+    /// the voice decides the language.
+    #[serde(deserialize_with = "lenient::opt_text")]
+    pub language: Option<String>,
     /// Accepted for the Python file; audio is not written to disk here.
     pub output_dir: Option<String>,
     /// The WebSocket endpoint (another region, a workspace domain).
@@ -101,6 +105,7 @@ impl Default for Config {
             volume: None,
             rate: None,
             pitch: None,
+            language: None,
             output_dir: None,
             ws_url: DEFAULT_WS_URL.into(),
             timeout: 10,
@@ -401,7 +406,7 @@ mod tests {
         // The Python config.yaml entry and every key its provider reads.
         let yaml = "type: alibl_stream\napi_key: k\nmodel: cosyvoice-v2\nvoice: longcheng_v2\noutput_dir: tmp/\n\
                     private_voice: ''\nvoice_zh: a\nvoice_yue: b\nvoice_en: c\nvoice_ja: d\nvoice_ko: e\nformat: pcm\n\
-                    sample_rate: 24000\nvolume: 50\nrate: 1.0\npitch: 1.0\nws_url: wss://x/api-ws/v1/inference\ntimeout: 5";
+                    sample_rate: 24000\nvolume: 50\nrate: 1.0\npitch: 1.0\nlanguage: 中文\nws_url: wss://x/api-ws/v1/inference\ntimeout: 5";
         assert_eq!(dashscope::unknown_keys::<Config>(yaml), Vec::<String>::new());
     }
 
