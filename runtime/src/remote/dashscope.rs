@@ -296,11 +296,6 @@ pub(crate) mod lenient {
         }
     }
 
-    /// An optional number (`None` when absent or empty).
-    pub(crate) fn opt_f64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
-        read(deserializer)
-    }
-
     /// An optional whole number (`None` when absent or empty).
     pub(crate) fn opt_u32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
         match read(deserializer)? {
@@ -321,6 +316,16 @@ pub(crate) mod lenient {
             Some(Raw::Float(f)) => Some(f.to_string()),
             Some(Raw::Text(t)) => Some(t.trim().to_owned()).filter(|t| !t.is_empty()),
         })
+    }
+
+    /// [`opt_text`] boxed (entries with many optional texts stay small).
+    pub(crate) fn opt_boxed<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Box<str>>, D::Error> {
+        Ok(opt_text(deserializer)?.map(String::into_boxed_str))
+    }
+
+    /// An optional number as `f32` (`None` when absent or empty).
+    pub(crate) fn opt_f32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f32>, D::Error> {
+        Ok(read(deserializer)?.map(|n| n as f32))
     }
 
     /// A text that may be written as a number (`app_id: 123`); null is empty.
@@ -435,8 +440,8 @@ mod tests {
         struct S {
             #[serde(default, deserialize_with = "lenient::opt_u32")]
             rate: Option<u32>,
-            #[serde(default, deserialize_with = "lenient::opt_f64")]
-            pitch: Option<f64>,
+            #[serde(default, deserialize_with = "lenient::opt_f32")]
+            pitch: Option<f32>,
             #[serde(default, deserialize_with = "lenient::opt_text")]
             memory: Option<String>,
             #[serde(default, deserialize_with = "lenient::text")]

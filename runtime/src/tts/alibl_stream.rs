@@ -25,7 +25,7 @@ use super::{AudioChunk, AudioStream, TextStream, channel_stream, silence};
 use crate::audio::chunks::ChunkDecoder;
 use crate::audio::decode::AudioFormat;
 use crate::remote::dashscope::{self, DEFAULT_WS_URL, Event, Idle, Task, lenient};
-use crate::remote::{ProviderError, timeout_from};
+use crate::remote::{ProviderError, json_f32, timeout_from};
 
 /// What errors and timeouts call this provider.
 const WHAT: &str = "TTS.alibl_stream";
@@ -44,23 +44,23 @@ pub struct Config {
     /// The voice.
     pub voice: String,
     /// A cloned voice; replaces `voice` when set.
-    #[serde(deserialize_with = "lenient::opt_text")]
-    pub private_voice: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_boxed")]
+    pub private_voice: Option<Box<str>>,
     /// Per-language voices of the Python server (used there only after FunASR's language tag).
-    #[serde(deserialize_with = "lenient::opt_text")]
-    pub voice_zh: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_boxed")]
+    pub voice_zh: Option<Box<str>>,
     /// See `voice_zh`.
-    #[serde(deserialize_with = "lenient::opt_text")]
-    pub voice_yue: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_boxed")]
+    pub voice_yue: Option<Box<str>>,
     /// See `voice_zh`.
-    #[serde(deserialize_with = "lenient::opt_text")]
-    pub voice_en: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_boxed")]
+    pub voice_en: Option<Box<str>>,
     /// See `voice_zh`.
-    #[serde(deserialize_with = "lenient::opt_text")]
-    pub voice_ja: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_boxed")]
+    pub voice_ja: Option<Box<str>>,
     /// See `voice_zh`.
-    #[serde(deserialize_with = "lenient::opt_text")]
-    pub voice_ko: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_boxed")]
+    pub voice_ko: Option<Box<str>>,
     /// `pcm` (default), `wav`, `mp3` or `opus`.
     pub format: String,
     /// Output sample rate (default 24000).
@@ -70,17 +70,17 @@ pub struct Config {
     #[serde(deserialize_with = "lenient::opt_u32")]
     pub volume: Option<u32>,
     /// Speed, 0.5..2 (default 1).
-    #[serde(deserialize_with = "lenient::opt_f64")]
-    pub rate: Option<f64>,
+    #[serde(deserialize_with = "lenient::opt_f32")]
+    pub rate: Option<f32>,
     /// Pitch, 0.5..2 (default 1).
-    #[serde(deserialize_with = "lenient::opt_f64")]
-    pub pitch: Option<f64>,
+    #[serde(deserialize_with = "lenient::opt_f32")]
+    pub pitch: Option<f32>,
     /// The output language of the Python file's comment (`中文`, `英语`…); accepted, not sent:
     /// the voice decides the language.
-    #[serde(deserialize_with = "lenient::opt_text")]
-    pub language: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_boxed")]
+    pub language: Option<Box<str>>,
     /// Accepted for the Python file; audio is not written to disk here.
-    pub output_dir: Option<String>,
+    pub output_dir: Option<Box<str>>,
     /// The WebSocket endpoint (another region, a workspace domain).
     pub ws_url: String,
     /// Seconds allowed to connect and start, and for each wait for audio once the text is
@@ -157,8 +157,8 @@ impl Config {
             "format": self.format.trim().to_ascii_lowercase(),
             "sample_rate": self.sample_rate(),
             "volume": self.volume.unwrap_or(50),
-            "rate": self.rate.unwrap_or(1.0),
-            "pitch": self.pitch.unwrap_or(1.0),
+            "rate": self.rate.and_then(json_f32).unwrap_or(json!(1.0)),
+            "pitch": self.pitch.and_then(json_f32).unwrap_or(json!(1.0)),
         })
     }
 }
