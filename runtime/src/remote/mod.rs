@@ -3,6 +3,7 @@
 //! of the vendors that speak WebSocket ([`ws_connect`]).
 
 pub(crate) mod aliyun_nls;
+pub(crate) mod dashscope;
 pub(crate) mod pyconf;
 pub(crate) mod sse;
 pub(crate) mod tencent_cloud;
