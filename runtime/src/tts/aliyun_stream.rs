@@ -277,6 +277,9 @@ async fn run_task(
     let result: Result<(), ProviderError> = async {
         loop {
             tokio::select! {
+                biased;
+                // The listener went away (the turn was aborted): close at once.
+                _ = tx.closed() => return Ok(()),
                 piece = text.recv(), if text_open => match piece {
                     Some(piece) => {
                         if !piece.trim().is_empty() {
@@ -320,8 +323,6 @@ async fn run_task(
                         seconds: timeout.as_secs(),
                     });
                 }
-                // The listener went away (the turn was aborted): close.
-                _ = tx.closed() => return Ok(()),
             }
         }
     }
