@@ -41,8 +41,10 @@
 //!   from text as it is written) and their backends, one file per Python `type` (local models,
 //!   OpenAI-compatible APIs and the vendors' own protocols: Volcengine, Aliyun NLS and DashScope,
 //!   iFlytek, Tencent, Edge, MiniMax, SiliconFlow, GPT-SoVITS, Fish Speech, FunASR, Dify, Coze,
-//!   FastGPT, Gemini); [`remote`]: the provider error type and the HTTP, SSE and WebSocket plumbing
-//!   the remote backends share.
+//!   FastGPT, Gemini; the chat apps' conversation map in `llm/chat_app`); [`remote`]: the provider
+//!   error type, the HTTP, SSE and WebSocket plumbing the remote backends share, what one vendor's
+//!   providers share (`aliyun_nls` tokens and framing, `dashscope` tasks, `tencent_cloud` TC3
+//!   signing) and `pyconf`, the Python file's loosely typed values.
 //! - [`text`]: sentence segmentation, emoji → emotion, markdown and `<think>` cleaning.
 //! - [`mcp`]: the MCP client that talks to the device's tools over the session.
 //! - [`tools`]: the one registry of tools offered to the LLM.
