@@ -44,7 +44,7 @@
 //!   FastGPT, Gemini; the chat apps' conversation map in `llm/chat_app`); [`remote`]: the provider
 //!   error type, the HTTP, SSE and WebSocket plumbing the remote backends share, what one vendor's
 //!   providers share (`aliyun_nls` tokens and framing, `dashscope` tasks, `tencent_cloud` TC3
-//!   signing) and `pyconf`, the Python file's loosely typed values.
+//!   signing, `xunfei` URL signing) and `pyconf`, the Python file's loosely typed values.
 //! - [`text`]: sentence segmentation, emoji → emotion, markdown and `<think>` cleaning.
 //! - [`mcp`]: the MCP client that talks to the device's tools over the session.
 //! - [`tools`]: the one registry of tools offered to the LLM.

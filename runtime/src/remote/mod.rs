@@ -7,6 +7,7 @@ pub(crate) mod dashscope;
 pub(crate) mod pyconf;
 pub(crate) mod sse;
 pub(crate) mod tencent_cloud;
+pub(crate) mod xunfei;
 
 use std::time::Duration;
 

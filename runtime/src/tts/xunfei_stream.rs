@@ -1,7 +1,7 @@
 //! `type: xunfei_stream`: iFlytek (Xunfei, 讯飞开放平台) super-natural synthesis (超拟人合成,
 //! `wss://cbm01.cn-huabei-1.xf-yun.com/v1/private/mcd9m97e6`), the interface of the Python
 //! provider. Documentation: "超拟人合成 API 文档" (<https://www.xfyun.cn/doc/spark/super%20smart-tts.html>)
-//! and the platform's WebSocket authentication (see [`crate::asr::xunfei_stream::auth`]).
+//! and the platform's WebSocket authentication (see [`crate::remote::xunfei`]).
 //!
 //! One signed WebSocket per sentence. Requests are `{header: {app_id, status}, parameter: {oral:
 //! {...}, tts: {vcn, speed, volume, pitch, ..., audio: {encoding, sample_rate, ...}}}, payload:
@@ -25,9 +25,9 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{AudioChunk, AudioStream, TextStream, Tts, channel_stream, silence};
-use crate::asr::xunfei_stream::auth::{Endpoint, Secret, lenient_int, lenient_string, require, vendor_error};
 use crate::audio::chunks::ChunkDecoder;
 use crate::audio::decode::AudioFormat;
+use crate::remote::xunfei::{Endpoint, Secret, lenient_int, lenient_string, require, vendor_error};
 use crate::remote::{ProviderError, WsStream, timeout_from, ws_connect};
 
 /// The super-natural synthesis endpoint of the Python provider.

@@ -13,8 +13,6 @@
 //! replace the results `rg[0]..=rg[1]` (`pgs: rpl`). `header.status` 2 is the last answer;
 //! `header.code` other than 0 is an error (its code, message and `sid` are kept).
 
-pub(crate) mod auth;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +27,8 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 
-use self::auth::{Endpoint, Secret, lenient_int, lenient_string, require, vendor_error};
 use super::{ASR_SAMPLE_RATE, Asr, Recognition};
+use crate::remote::xunfei::{Endpoint, Secret, lenient_int, lenient_string, require, vendor_error};
 use crate::remote::{ProviderError, WsStream, timeout_from, ws_connect};
 
 /// The large-model dictation endpoint the Python provider uses.
