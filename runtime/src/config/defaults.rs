@@ -257,6 +257,12 @@ impl Default for LimitsConfig {
             http_body_timeout_ms: 30_000,
             activation_code_ttl: 3600,
             new_devices_per_ip_per_minute: 10,
+            vision_body_bytes: 5 * 1024 * 1024,
+            vision_timeout_ms: 30_000,
+            vision_token_seconds: 3600,
+            vision_requests: 8,
+            device_mcp_wait_ms: 500,
+            device_mcp_timeout_ms: 2000,
         }
     }
 }
