@@ -331,3 +331,39 @@ async fn a_device_that_answers_the_retry_late_gets_its_tools_on_a_later_turn() -
     server.server.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vision_requests_are_one_per_device_and_the_model_is_timed_out() -> anyhow::Result<()> {
+    let script = MockScript { vision_delay: Duration::from_millis(1500), ..MockScript::default() };
+    let mock = MockOpenAi::start(script).await?;
+    let server = start(&mock, "limits:\n  vision_timeout_ms: 800\n").await?;
+    let url = format!("http://{}/mcp/vision/explain", server.server.http_addr);
+    let (dev, client) = ("aa:bb:cc:00:0e:06", xiaozhi_server::simulator::DEFAULT_CLIENT_ID);
+    let token = xiaozhi_server::vision::issue_token(KEY, dev, now() + 600);
+    let image = photo();
+
+    let started = Instant::now();
+    let first = {
+        let (url, token, image) = (url.clone(), token.clone(), image.clone());
+        tokio::spawn(async move { post_photo(&url, Some(&token), dev, client, "slow?", &image).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = post_photo(&url, Some(&token), dev, client, "and now?", &image).await?;
+    assert_eq!(status, 429, "one request per device at a time: {body}");
+    let (status, body) = first.await??;
+    let took = started.elapsed();
+    eprintln!(
+        "vision: a model slower than limits.vision_timeout_ms (800 ms) was given up after {} ms",
+        took.as_millis()
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body)?;
+    assert_eq!(v["success"], false, "{body}");
+    assert!(took < Duration::from_millis(1400), "{took:?}");
+    // The place is free again.
+    let (status, _) = post_photo(&url, Some(&token), dev, client, "again?", &image).await?;
+    assert_eq!(status, 200);
+    assert!(metric(server.server.http_addr, "xiaozhi_limits_hit_total{limit=\"vision_requests\"}").await? >= 1.0);
+    server.server.shutdown().await;
+    Ok(())
+}
