@@ -101,7 +101,15 @@ impl Default for Config {
                 ("function_call", entry([("type", "function_call".into())])),
                 ("intent_llm", entry([("type", "intent_llm".into())])),
             ]),
-            vllm: BTreeMap::new(),
+            vllm: dictionary([(
+                "OpenAIVLLM",
+                entry([
+                    ("type", "openai".into()),
+                    ("base_url", "https://api.openai.com/v1".into()),
+                    ("model_name", "gpt-4o-mini".into()),
+                    ("api_key", "".into()),
+                ]),
+            )]),
             audio: AudioConfig::default(),
             models: ModelsConfig::default(),
             activation: ActivationConfig::default(),
@@ -185,7 +193,7 @@ impl Default for SelectedModule {
             tts: "PiperLocal".into(),
             memory: "nomem".into(),
             intent: "function_call".into(),
-            vllm: String::new(),
+            vllm: "OpenAIVLLM".into(),
         }
     }
 }

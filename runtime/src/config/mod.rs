@@ -400,7 +400,7 @@ pub struct Grant {
 }
 
 /// The selected providers, parsed into their typed settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Providers {
     /// Voice activity detection.
     pub vad: VadSpec,
@@ -420,6 +420,26 @@ pub struct Providers {
     /// `None` (no such key) offers every tool. The device's own MCP tools and
     /// [`crate::tools::ALWAYS_OFFERED`] are offered either way.
     pub functions: Option<Vec<String>>,
+}
+
+impl Default for Providers {
+    fn default() -> Self {
+        Self {
+            vad: VadSpec::default(),
+            asr: AsrSpec::default(),
+            llm: LlmSpec::default(),
+            tts: TtsSpec::default(),
+            intent: IntentMode::default(),
+            memory: MemoryMode::default(),
+            // `selected_module.VLLM: OpenAIVLLM` of the default configuration.
+            vllm: Some(VllmConfig {
+                base_url: "https://api.openai.com/v1".into(),
+                model_name: "gpt-4o-mini".into(),
+                ..VllmConfig::default()
+            }),
+            functions: None,
+        }
+    }
 }
 
 /// A VAD entry, by `type`.
