@@ -155,7 +155,10 @@ fn head(addr: std::net::SocketAddr, token: &str, length: Option<u64>) -> String 
 async fn a_20_mb_photo_is_refused_without_being_buffered() -> anyhow::Result<()> {
     const HUGE: u64 = 20 * 1024 * 1024;
     let mock = MockOpenAi::start(MockScript::default()).await?;
-    let server = start(&mock, "").await?;
+    // A 1 MiB cap, so that what the server may rightly hold (up to the cap, twice while the body
+    // is assembled) stands well apart from the 20 MB and from what the tests running beside this
+    // one allocate.
+    let server = start(&mock, "limits:\n  vision_body_bytes: 1048576\n").await?;
     let addr = server.server.http_addr;
     let token = xiaozhi_server::vision::issue_token(KEY, "aa:bb:cc:00:0e:02", now() + 600);
 
@@ -364,6 +367,40 @@ async fn vision_requests_are_one_per_device_and_the_model_is_timed_out() -> anyh
     let (status, _) = post_photo(&url, Some(&token), dev, client, "again?", &image).await?;
     assert_eq!(status, 200);
     assert!(metric(server.server.http_addr, "xiaozhi_limits_hit_total{limit=\"vision_requests\"}").await? >= 1.0);
+    server.server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_llm_takes_a_photo_and_the_device_speaks_what_the_model_saw() -> anyhow::Result<()> {
+    let script = MockScript::default().tool(
+        "look",
+        "self_camera_take_photo",
+        serde_json::json!({"question": "What is on the table?"}),
+        "(not used: the vision answer is spoken as it is)",
+    );
+    let mock = MockOpenAi::start(MockScript { vision_reply: "A mosaic of grey squares.".into(), ..script }).await?;
+    let server = start(&mock, "").await?;
+    let image = photo();
+    let cfg = SimConfig {
+        url: server.ws_url(),
+        device_id: "aa:bb:cc:00:0e:07".into(),
+        camera: Some(std::sync::Arc::new(image.clone())),
+        ..SimConfig::default()
+    };
+    let mut device = SimDevice::connect(cfg).await?;
+    device.detect("look at the table").await?;
+    let reply = device.collect_reply(REPLY_WAIT).await?;
+    let spoken = reply.sentences.join(" ");
+    eprintln!("vision through the LLM: the device heard {spoken:?}");
+    assert!(spoken.contains("mosaic of grey squares"), "{spoken:?}");
+    assert!(reply.audio_ms() > 300, "the answer is spoken");
+    assert_eq!(device.mcp_calls().first().map(|(name, _)| name.as_str()), Some("self.camera.take_photo"));
+    let seen = mock.vision_requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].0.contains("What is on the table?"), "{:?}", seen[0].0);
+    let b64 = seen[0].1.strip_prefix("data:image/jpeg;base64,").expect("a JPEG data URL");
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(b64)?, image);
     server.server.shutdown().await;
     Ok(())
 }

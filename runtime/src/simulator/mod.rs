@@ -79,6 +79,10 @@ pub struct SimConfig {
     pub mcp_ignore_requests: usize,
     /// How long each MCP answer takes (a slow device). Zero = at once, as the firmware does.
     pub mcp_reply_delay: Duration,
+    /// The camera's photo (a JPEG): with one, the device lists `self.camera.take_photo`, and a
+    /// call of it posts this photo and the call's `question` to the vision URL of `initialize`,
+    /// answering with the response body, as the firmware does.
+    pub camera: Option<Arc<Vec<u8>>>,
 }
 
 impl Default for SimConfig {
@@ -93,6 +97,7 @@ impl Default for SimConfig {
             hello_audio_params: true,
             mcp_ignore_requests: 0,
             mcp_reply_delay: Duration::ZERO,
+            camera: None,
         }
     }
 }
@@ -188,11 +193,13 @@ struct Shared {
 }
 
 /// How the simulated device's MCP server answers (from [`SimConfig`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct McpBehaviour {
     enabled: bool,
     ignore: usize,
     delay: Duration,
+    /// The photo, and the `Device-Id` and `Client-Id` it is posted with.
+    camera: Option<(Arc<Vec<u8>>, String, String)>,
 }
 
 fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
@@ -321,14 +328,19 @@ impl SimDevice {
             session_id: hello.session_id,
             downlink_rate: hello.sample_rate,
             downlink_frame_ms: hello.frame_duration,
-            mcp: DeviceState::default(),
+            mcp: DeviceState { camera: cfg.camera.is_some(), ..DeviceState::default() },
             mcp_requests: 0,
             protocol_errors,
         }));
         let (sink, stream) = ws.split();
         let (out, out_rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write_loop(sink, out_rx));
-        let behaviour = McpBehaviour { enabled: cfg.mcp, ignore: cfg.mcp_ignore_requests, delay: cfg.mcp_reply_delay };
+        let behaviour = McpBehaviour {
+            enabled: cfg.mcp,
+            ignore: cfg.mcp_ignore_requests,
+            delay: cfg.mcp_reply_delay,
+            camera: cfg.camera.clone().map(|photo| (photo, cfg.device_id.clone(), cfg.client_id.clone())),
+        };
         let reader = tokio::spawn(read_loop(stream, version, behaviour, Arc::clone(&shared), events_tx, out.clone()));
         let encoder = Mutex::new(UplinkEncoder::new()?);
         Ok(SimDevice {
@@ -597,6 +609,44 @@ impl SimDevice {
     }
 }
 
+/// A `tools/call` of the camera tool, to be answered once the photo is explained.
+struct PhotoCall {
+    id: Value,
+    question: String,
+    vision: Option<(String, Option<String>)>,
+}
+
+/// The camera call in `payload`, if it is one (with the vision URL and token of `initialize`).
+fn photo_call(payload: &Value, vision: Option<(String, Option<String>)>) -> Option<PhotoCall> {
+    let is_call = payload.get("method").and_then(Value::as_str) == Some("tools/call")
+        && payload.pointer("/params/name").and_then(Value::as_str) == Some(mcp::TAKE_PHOTO);
+    let id = payload.get("id").filter(|id| id.is_number())?.clone();
+    let question = payload.pointer("/params/arguments/question").and_then(Value::as_str).unwrap_or("").to_owned();
+    is_call.then_some(PhotoCall { id, question, vision })
+}
+
+impl PhotoCall {
+    /// Posts the photo like `Esp32Camera::Explain` and returns the JSON-RPC reply: the response
+    /// body as the tool's text on HTTP 200, an error otherwise.
+    async fn run(self, photo: &[u8], device_id: &str, client_id: &str) -> Value {
+        let outcome = match &self.vision {
+            None => Err("Camera explain URL is not set".to_string()),
+            Some((url, token)) => {
+                match post_photo(url, token.as_deref(), device_id, client_id, &self.question, photo).await {
+                    Ok((200, body)) => Ok(body),
+                    Ok((status, _)) => Err(format!("Failed to upload photo, status code: {status}")),
+                    Err(e) => Err(format!("Failed to connect to explain URL: {e}")),
+                }
+            }
+        };
+        match outcome {
+            Ok(text) => serde_json::json!({"jsonrpc": "2.0", "id": self.id,
+                "result": {"content": [{"type": "text", "text": text}], "isError": false}}),
+            Err(message) => serde_json::json!({"jsonrpc": "2.0", "id": self.id, "error": {"message": message}}),
+        }
+    }
+}
+
 /// The multipart boundary of the simulated camera upload (any fixed string, as on the firmware).
 pub const PHOTO_BOUNDARY: &str = "----ESP32_CAMERA_BOUNDARY";
 
@@ -756,7 +806,7 @@ async fn read_loop(
                         continue;
                     }
                 };
-                on_json(&value, mcp, &shared, &out);
+                on_json(&value, &mcp, &shared, &out);
                 let _ = events.send((at, SimEvent::Json(value)));
             }
             Message::Binary(data) => match frame::decode(version, &data) {
@@ -778,7 +828,7 @@ async fn read_loop(
 
 /// What the firmware does with one JSON message before the application sees it: a later hello
 /// updates the session, `mcp` goes to the MCP server.
-fn on_json(v: &Value, mcp: McpBehaviour, shared: &Mutex<Shared>, out: &mpsc::UnboundedSender<Outgoing>) {
+fn on_json(v: &Value, mcp: &McpBehaviour, shared: &Mutex<Shared>, out: &mpsc::UnboundedSender<Outgoing>) {
     match v.get("type").and_then(Value::as_str) {
         None => lock(shared).protocol_errors.push(format!("message without a string type: {v}")),
         Some("hello") => match parse_server_hello(v) {
@@ -801,6 +851,18 @@ fn on_json(v: &Value, mcp: McpBehaviour, shared: &Mutex<Shared>, out: &mpsc::Unb
                 if s.mcp_requests <= mcp.ignore {
                     return;
                 }
+                if let Some(photo) = &mcp.camera
+                    && let Some(call) = photo_call(payload, s.mcp.vision.clone())
+                {
+                    s.mcp.calls.push((mcp::TAKE_PHOTO.to_string(), payload["params"]["arguments"].clone()));
+                    let (session_id, out, photo) = (s.session_id.clone(), out.clone(), photo.clone());
+                    tokio::spawn(async move {
+                        let reply = call.run(&photo.0, &photo.1, &photo.2).await;
+                        let text = format!(r#"{{"session_id":{},"type":"mcp","payload":{reply}}}"#, quote(&session_id));
+                        let _ = out.send(Outgoing::Send(Message::text(text)));
+                    });
+                    return;
+                }
                 (mcp::handle_request(&mut s.mcp, payload), s.session_id.clone())
             };
             if let Some(reply) = reply {
@@ -808,9 +870,9 @@ fn on_json(v: &Value, mcp: McpBehaviour, shared: &Mutex<Shared>, out: &mpsc::Unb
                 if mcp.delay.is_zero() {
                     let _ = out.send(Outgoing::Send(Message::text(text)));
                 } else {
-                    let out = out.clone();
+                    let (out, delay) = (out.clone(), mcp.delay);
                     tokio::spawn(async move {
-                        tokio::time::sleep(mcp.delay).await;
+                        tokio::time::sleep(delay).await;
                         let _ = out.send(Outgoing::Send(Message::text(text)));
                     });
                 }
@@ -885,22 +947,22 @@ mod tests {
             protocol_errors: Vec::new(),
         });
         let (out, mut rx) = mpsc::unbounded_channel();
-        let on = McpBehaviour { enabled: true, ignore: 0, delay: Duration::ZERO };
-        let off = McpBehaviour { enabled: false, ..on };
+        let on = McpBehaviour { enabled: true, ignore: 0, delay: Duration::ZERO, camera: None };
+        let off = McpBehaviour { enabled: false, ..on.clone() };
         let req = json!({"type":"mcp","payload":{"jsonrpc":"2.0","id":7,"method":"tools/call",
             "params":{"name":"self.audio_speaker.set_volume","arguments":{"volume":20}}}});
-        on_json(&req, on, &shared, &out);
+        on_json(&req, &on, &shared, &out);
         let Ok(Outgoing::Send(Message::Text(text))) = rx.try_recv() else { panic!("no reply") };
         let v: Value = serde_json::from_str(text.as_str()).unwrap();
         assert!(text.as_str().starts_with(r#"{"session_id":"s1","type":"mcp","payload":"#));
         assert_eq!(v["payload"]["id"], 7);
         assert_eq!(lock(&shared).mcp.volume, 20);
         // Without MCP (old firmware) nothing is answered; a later hello updates the session.
-        on_json(&req, off, &shared, &out);
+        on_json(&req, &off, &shared, &out);
         assert!(rx.try_recv().is_err());
-        on_json(&json!({"type":"hello","transport":"websocket","session_id":"s2"}), on, &shared, &out);
+        on_json(&json!({"type":"hello","transport":"websocket","session_id":"s2"}), &on, &shared, &out);
         assert_eq!(lock(&shared).session_id, "s2");
-        on_json(&json!({"state":"start"}), on, &shared, &out);
+        on_json(&json!({"state":"start"}), &on, &shared, &out);
         assert_eq!(lock(&shared).protocol_errors.len(), 1);
     }
 
