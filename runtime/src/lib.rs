@@ -17,7 +17,7 @@
 //!   socket buffers), routing, the WebSocket upgrade and graceful shutdown. It never parses frames
 //!   or audio.
 //! - [`http`]: the plain HTTP routes: OTA check, activation (codes, key proofs, the new-device
-//!   rate limit), firmware download, health, and the admin routes (metrics, extensions) behind
+//!   rate limit), firmware download, health, the vision endpoint, and the admin routes (metrics, extensions) behind
 //!   the HTTP port and an admin token.
 //! - [`auth`]: device tokens compatible with the Python server (HMAC-SHA256) and the allow-list.
 //! - [`protocol`]: pure codecs: typed JSON messages both ways, binary frames v1/v2/v3, MCP JSON-RPC.
@@ -46,7 +46,10 @@
 //!   providers share (`aliyun_nls` tokens and framing, `dashscope` tasks, `tencent_cloud` TC3
 //!   signing, `xunfei` URL signing) and `pyconf`, the Python file's loosely typed values.
 //! - [`text`]: sentence segmentation, emoji → emotion, markdown and `<think>` cleaning.
-//! - [`mcp`]: the MCP client that talks to the device's tools over the session.
+//! - [`mcp`]: the MCP client that talks to the device's tools over the session (its start-up
+//!   bounded: a silent device is retried once, and never holds up a turn for long).
+//! - [`vision`]: the camera's photos explained by the selected `VLLM`: the tokens devices get in
+//!   MCP `initialize`, and the model call behind `POST /mcp/vision/explain` ([`http::vision`]).
 //! - [`tools`]: the one registry of tools offered to the LLM.
 //! - [`memory`]: conversation memory through a memory extension (into the prompt, saved at the end).
 //! - [`extensions`]: the WebAssembly extension host (tool, intent and memory components).
@@ -85,3 +88,4 @@ pub mod text;
 pub mod tools;
 pub mod tts;
 pub mod turn;
+pub mod vision;

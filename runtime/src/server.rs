@@ -82,6 +82,8 @@ impl RunningServer {
 struct App {
     services: watch::Receiver<Arc<Services>>,
     http: HttpContext,
+    /// The port the HTTP listener really bound (the vision URL devices are given).
+    http_port: u16,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -152,7 +154,9 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
             store: state,
             metrics,
             new_devices: Arc::new(http::limit::RateLimit::new()),
+            vision: Arc::new(http::vision::Gate::default()),
         },
+        http_port: http_addr.port(),
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
     });
@@ -437,8 +441,23 @@ async fn upgrade(mut req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) ->
         return text_response(StatusCode::FORBIDDEN, "device not activated: run the OTA check and bind its code");
     }
 
+    // With a vision model selected, the device is told where to post photos: our HTTP port on the
+    // host it reached us at (or `server.vision_explain`).
+    let vision = config.providers.vllm.as_ref().map(|_| {
+        let host = req.headers().get(hyper::header::HOST).and_then(|v| v.to_str().ok()).and_then(http::ota::valid_host);
+        crate::vision::VisionOffer {
+            url: crate::vision::endpoint_url(
+                &config.server.vision_explain,
+                host,
+                &http::ota::configured_host(&config),
+                app.http_port,
+            ),
+            key: Arc::clone(&app.http.auth_key),
+            lifetime: config.limits.vision_token_seconds,
+        }
+    });
     let upgrade = hyper::upgrade::on(&mut req);
-    let device = DeviceInfo { device_id, client_id };
+    let device = DeviceInfo { device_id, client_id, vision };
     let framing = Framing { header_version, gateway };
     let app2 = Arc::clone(&app);
     app.tasks.spawn(async move {

@@ -26,9 +26,6 @@ use crate::mcp::{DeviceTool, McpClient, UniqueNames};
 /// `change_role` extension).
 pub const CHANGE_ROLE_TOOL: &str = "change_role";
 
-/// How long a turn waits for a just-connected device to list its tools.
-const MCP_READY_WAIT: Duration = Duration::from_secs(2);
-
 /// What the turn does with a tool's outcome (the Python server's `Action`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToolAction {
@@ -94,7 +91,7 @@ impl ToolBox {
     /// the session has only just started.
     pub async fn specs(&self) -> Vec<ToolSpec> {
         if let Some(mcp) = &self.mcp {
-            mcp.wait_ready(MCP_READY_WAIT).await;
+            mcp.wait_ready().await;
         }
         let (mut specs, device) = self.listing();
         specs.extend(device.into_iter().map(|(name, t)| ToolSpec {

@@ -8,6 +8,7 @@
 //! the turn their tests share.
 
 pub mod harness;
+pub mod jpeg;
 pub mod mock;
 pub mod providers;
 pub mod raw;

@@ -7,7 +7,10 @@
 //!   `response_format=text`), HTTP 400 with an OpenAI error body otherwise.
 //! - `POST /chat/completions` with `"stream": true`: an SSE stream of `chat.completion.chunk`s
 //!   ending with `data: [DONE]`, either the scripted reply split into small chunks or, when the
-//!   tool rule matches, a tool call streamed in fragments the way OpenAI does.
+//!   tool rule matches, a tool call streamed in fragments the way OpenAI does. Without `stream`,
+//!   a vision request (a user message whose content has an `image_url` part) is answered with
+//!   one `chat.completion` (the scripted vision reply); the image is recorded
+//!   ([`MockOpenAi::vision_requests`]).
 //! - `POST /audio/speech`: JSON `{model, input, voice, speed, response_format}`; answers real speech
 //!   synthesized by `espeak-ng`: `wav` (22050 Hz 16-bit mono), `pcm` (24 kHz 16-bit little-endian
 //!   mono, as OpenAI's) or `opus` (Ogg Opus, 24 kHz, 60 ms packets, as OpenAI's). Streamed in
@@ -95,6 +98,11 @@ pub struct MockScript {
     pub tts_stream: bool,
     /// Cut the speech stream after this many ms of audio (a stream that dies mid-sentence).
     pub tts_cut_after_ms: Option<u64>,
+    /// What a vision request (a non-streamed chat with an `image_url`) is answered; `{question}`
+    /// is replaced by its text. Default `"I see a small grey picture."`.
+    pub vision_reply: String,
+    /// How long a vision request takes to answer.
+    pub vision_delay: Duration,
 }
 
 impl Default for MockScript {
@@ -116,6 +124,8 @@ impl Default for MockScript {
             tts_rtf: 0.0,
             tts_stream: false,
             tts_cut_after_ms: None,
+            vision_reply: "I see a small grey picture.".into(),
+            vision_delay: Duration::ZERO,
         }
     }
 }
@@ -319,6 +329,15 @@ impl MockOpenAi {
         lock(&self.shared.requests).clone()
     }
 
+    /// The vision requests received so far, in order: (question text, `image_url.url`).
+    pub fn vision_requests(&self) -> Vec<(String, String)> {
+        self.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/chat/completions"))
+            .filter_map(|r| vision_parts(&r.body))
+            .collect()
+    }
+
     /// Replaces the whole script; requests that arrive afterwards use it.
     pub fn set_script(&self, script: MockScript) {
         *lock(&self.shared.script) = script;
@@ -435,7 +454,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             match (authorized, script.llm_fail) {
                 (false, _) => error(StatusCode::UNAUTHORIZED, "missing bearer token"),
                 (true, true) => error(StatusCode::INTERNAL_SERVER_ERROR, "mock: scripted LLM failure"),
-                (true, false) => chat(&shared, &script, &json),
+                (true, false) => match vision_parts(&json) {
+                    Some((question, _)) if json.get("stream") != Some(&Value::Bool(true)) => {
+                        vision_chat(&script, &json, &question).await
+                    }
+                    _ => chat(&shared, &script, &json),
+                },
             }
         }
         (true, "/v1/audio/transcriptions") => {
@@ -507,6 +531,40 @@ fn content_text(message: &Value) -> String {
 enum Answer {
     Text(String),
     ToolCall { name: String, arguments: String },
+}
+
+/// The vision parts of a chat request: the text and the `image_url.url` of its user message's
+/// content parts, when it has an image.
+fn vision_parts(request: &Value) -> Option<(String, String)> {
+    let parts = request.pointer("/messages/0/content")?.as_array()?;
+    let image = parts
+        .iter()
+        .find(|p| p.get("type").and_then(Value::as_str) == Some("image_url"))
+        .and_then(|p| p.pointer("/image_url/url"))
+        .and_then(Value::as_str)?;
+    let text = parts
+        .iter()
+        .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+        .filter_map(|p| p.get("text").and_then(Value::as_str))
+        .collect::<String>();
+    Some((text, image.to_owned()))
+}
+
+/// A vision request (an image in the user message, not streamed, as the Python VLLM and ours
+/// ask): one `chat.completion` whose content is [`MockScript::vision_reply`] with `{question}`
+/// replaced, after [`MockScript::vision_delay`].
+async fn vision_chat(script: &MockScript, request: &Value, question: &str) -> Response<Body> {
+    if !script.vision_delay.is_zero() {
+        tokio::time::sleep(script.vision_delay).await;
+    }
+    let model = request.get("model").and_then(Value::as_str).unwrap_or("mock-vllm");
+    let body = json!({
+        "id": "chatcmpl-mock-vision", "object": "chat.completion", "created": 0, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant",
+            "content": script.vision_reply.replace("{question}", question)}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    });
+    respond(StatusCode::OK, "application/json", body.to_string())
 }
 
 /// Checks the request like OpenAI does, picks the answer and streams it.

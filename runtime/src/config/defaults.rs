@@ -101,7 +101,15 @@ impl Default for Config {
                 ("function_call", entry([("type", "function_call".into())])),
                 ("intent_llm", entry([("type", "intent_llm".into())])),
             ]),
-            vllm: BTreeMap::new(),
+            vllm: dictionary([(
+                "OpenAIVLLM",
+                entry([
+                    ("type", "openai".into()),
+                    ("base_url", "https://api.openai.com/v1".into()),
+                    ("model_name", "gpt-4o-mini".into()),
+                    ("api_key", "".into()),
+                ]),
+            )]),
             audio: AudioConfig::default(),
             models: ModelsConfig::default(),
             activation: ActivationConfig::default(),
@@ -185,7 +193,7 @@ impl Default for SelectedModule {
             tts: "PiperLocal".into(),
             memory: "nomem".into(),
             intent: "function_call".into(),
-            vllm: String::new(),
+            vllm: "OpenAIVLLM".into(),
         }
     }
 }
@@ -257,6 +265,12 @@ impl Default for LimitsConfig {
             http_body_timeout_ms: 30_000,
             activation_code_ttl: 3600,
             new_devices_per_ip_per_minute: 10,
+            vision_body_bytes: 5 * 1024 * 1024,
+            vision_timeout_ms: 30_000,
+            vision_token_seconds: 3600,
+            vision_requests: 8,
+            device_mcp_wait_ms: 500,
+            device_mcp_timeout_ms: 2000,
         }
     }
 }

@@ -633,7 +633,9 @@ fn resolve_providers(config: &Config, warnings: &mut Vec<String>, problems: &mut
     };
 
     let functions = intent_functions(config, warnings);
+    let vllm = resolve_vllm(config, warnings);
     Providers {
+        vllm,
         functions,
         vad: vad.unwrap_or_default(),
         asr: asr.unwrap_or_default(),
@@ -661,6 +663,38 @@ fn intent_functions(config: &Config, warnings: &mut Vec<String>) -> Option<Vec<S
                 "Intent.{name}.functions is {}, not a list of names; every tool is offered",
                 kind_name(other)
             ));
+            None
+        }
+    }
+}
+
+/// Supported `type`s of the selected VLLM entry (the Python server's only one).
+const VLLM_TYPES: &[&str] = &["openai"];
+
+/// The selected vision model, if any. A selection that cannot be used (missing entry, another
+/// type, bad settings) is a warning, not an error: the server runs, without vision.
+fn resolve_vllm(config: &Config, warnings: &mut Vec<String>) -> Option<super::VllmConfig> {
+    let name = config.selected_module.vllm.trim();
+    if name.is_empty() {
+        return None;
+    }
+    let resolved = SelectedEntry::find_in("VLLM", name, &config.vllm, VLLM_TYPES).and_then(|mut entry| {
+        // The Python provider reads `url` when `base_url` is absent.
+        if let Some(url) = entry.settings.shift_remove("url")
+            && !entry.settings.contains_key("base_url")
+        {
+            entry.settings.insert("base_url".into(), url);
+        }
+        entry.typed::<super::VllmConfig>(warnings)
+    });
+    match resolved {
+        Ok(vllm) if vllm.model_name.trim().is_empty() || vllm.base_url.trim().is_empty() => {
+            warnings.push(format!("VLLM.{name}: model_name and base_url (or url) are needed; vision is off"));
+            None
+        }
+        Ok(vllm) => Some(vllm),
+        Err(e) => {
+            warnings.push(format!("{e}; vision is off"));
             None
         }
     }
@@ -1438,6 +1472,9 @@ TTS:
         assert_eq!(config.providers.intent, IntentMode::FunctionCall);
         assert_eq!(config.providers.memory, MemoryMode::NoMem);
         assert_eq!(config.selected_module.vllm, "ChatGLMVLLM");
+        let vllm = config.providers.vllm.as_ref().expect("the selected VLLM is resolved");
+        assert_eq!(vllm.base_url, "https://open.bigmodel.cn/api/paas/v4/", "`url` is read as base_url");
+        assert_eq!(vllm.model_name, "glm-4v-flash");
     }
 
     #[test]

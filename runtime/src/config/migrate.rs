@@ -101,7 +101,7 @@ pub const CATALOG: &[TypeInfo] = &[
     not("TTS", "index_stream", "use custom (a templated HTTP request to the IndexTTS server)"),
     not("TTS", "cartesia_sdk", "use custom or openai"),
     not("TTS", "elevenlabs_sdk", "use custom or openai"),
-    not("VLLM", "openai", "the vision model is not used yet (nothing to configure)"),
+    native("VLLM", "openai"),
     native("Memory", "nomem"),
     native("Memory", "mem_report_only"),
     native("Memory", "mem_local_short"),
@@ -219,8 +219,6 @@ const SETTING_NOTES: &[(&str, bool, &str)] = &[
     ("prompt_template", false, "the prompt is used as it is, with the local time appended"),
     ("manager-api.url", false, "the configuration is read from the local files only"),
     ("manager-api.secret", true, "used as the device-token key when server.auth_key is empty"),
-    ("VLLM", false, "the vision model is not used yet"),
-    ("selected_module.VLLM", false, "the vision model is not used yet"),
 ];
 
 /// The sections holding provider entries (checked entry by entry, not key by key here).

@@ -73,7 +73,8 @@ pub struct Config {
     /// Intent providers by name.
     #[serde(rename = "Intent")]
     pub intent: BTreeMap<String, serde_yaml_ng::Value>,
-    /// Vision models by name (accepted for compatibility; not used yet).
+    /// Vision models by name: the selected one explains the photos devices post to the vision
+    /// endpoint (`POST /mcp/vision/explain`).
     #[serde(rename = "VLLM")]
     pub vllm: BTreeMap<String, serde_yaml_ng::Value>,
     /// Downlink audio encoding and pacing.
@@ -112,7 +113,8 @@ pub struct ServerConfig {
     pub http_port: u16,
     /// Public WebSocket URL given to devices by OTA; empty = derived from the OTA request's Host.
     pub websocket: String,
-    /// Public URL of the vision endpoint, passed to devices in MCP `initialize` when set.
+    /// Public URL of the vision endpoint, passed to devices in MCP `initialize` when a `VLLM` is
+    /// selected; empty = `http://<host the device connected to>:<http_port>/mcp/vision/explain`.
     pub vision_explain: String,
     /// Hours east of UTC, reported to devices by OTA (the Python server's `+8` style).
     pub timezone_offset: i32,
@@ -208,7 +210,7 @@ pub struct SelectedModule {
     /// Entry of `Intent`.
     #[serde(rename = "Intent")]
     pub intent: String,
-    /// Entry of `VLLM` (accepted; not used yet).
+    /// Entry of `VLLM`: the vision model; empty = no vision offered to devices.
     #[serde(rename = "VLLM")]
     pub vllm: String,
 }
@@ -332,6 +334,22 @@ pub struct LimitsConfig {
     /// New activation codes one IP address may cause per minute (OTA checks of unknown devices
     /// beyond it are answered 429).
     pub new_devices_per_ip_per_minute: u32,
+    /// Largest request body of the vision endpoint (`POST /mcp/vision/explain`), bytes; a larger
+    /// one is answered 413 without being read further.
+    pub vision_body_bytes: usize,
+    /// Milliseconds the vision model may take to explain one photo.
+    pub vision_timeout_ms: u64,
+    /// Seconds a vision token (sent to the device in MCP `initialize`) stays valid.
+    pub vision_token_seconds: u64,
+    /// Vision requests served at once over all devices (one per device at a time); more are
+    /// answered 429.
+    pub vision_requests: usize,
+    /// Milliseconds after the hello during which a turn waits for the device's MCP tool list; a
+    /// device that has not listed its tools by then is not waited for.
+    pub device_mcp_wait_ms: u64,
+    /// Milliseconds the device has to answer each request of the MCP start-up (`initialize`, each
+    /// `tools/list` page); a start-up that fails is retried once, then given up.
+    pub device_mcp_timeout_ms: u64,
 }
 
 /// The store backends.
@@ -382,7 +400,7 @@ pub struct Grant {
 }
 
 /// The selected providers, parsed into their typed settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Providers {
     /// Voice activity detection.
     pub vad: VadSpec,
@@ -396,10 +414,32 @@ pub struct Providers {
     pub intent: IntentMode,
     /// Conversation memory.
     pub memory: MemoryMode,
+    /// The selected vision model (`selected_module.VLLM`); `None` when none is selected.
+    pub vllm: Option<VllmConfig>,
     /// `Intent.<selected>.functions`: the extensions (by id or tool name) whose tools are offered;
     /// `None` (no such key) offers every tool. The device's own MCP tools and
     /// [`crate::tools::ALWAYS_OFFERED`] are offered either way.
     pub functions: Option<Vec<String>>,
+}
+
+impl Default for Providers {
+    fn default() -> Self {
+        Self {
+            vad: VadSpec::default(),
+            asr: AsrSpec::default(),
+            llm: LlmSpec::default(),
+            tts: TtsSpec::default(),
+            intent: IntentMode::default(),
+            memory: MemoryMode::default(),
+            // `selected_module.VLLM: OpenAIVLLM` of the default configuration.
+            vllm: Some(VllmConfig {
+                base_url: "https://api.openai.com/v1".into(),
+                model_name: "gpt-4o-mini".into(),
+                ..VllmConfig::default()
+            }),
+            functions: None,
+        }
+    }
 }
 
 /// A VAD entry, by `type`.
@@ -776,6 +816,25 @@ pub struct OpenAiLlmConfig {
     pub max_tokens: Option<u32>,
     /// Seconds until the first streamed byte, and between bytes.
     pub timeout: u64,
+}
+
+/// `VLLM.<name>` with `type: openai`: an OpenAI-compatible vision chat model (the Python
+/// server's only VLLM type; `url` is read as `base_url`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VllmConfig {
+    /// Bearer token.
+    pub api_key: String,
+    /// The API root (`…/v1`); `/chat/completions` is appended unless already there.
+    pub base_url: String,
+    /// Model name.
+    pub model_name: String,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    pub top_p: Option<f32>,
+    /// Answer length cap.
+    pub max_tokens: Option<u32>,
 }
 
 /// `TTS.<name>` with `type: openai`.

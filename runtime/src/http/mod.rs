@@ -11,11 +11,13 @@
 //! | `GET /xiaozhi/ota/download/<file>` | the firmware image `data/bin/<file>` |
 //! | `GET /xiaozhi/extensions` | what extensions serve; admin |
 //! | `POST /xiaozhi/extensions/reload` | reloads the extension folders; admin |
+//! | `GET /mcp/vision/explain` | 200 text saying whether a vision model is selected |
+//! | `POST /mcp/vision/explain` | a photo explained by the vision model ([`vision`]) |
 //! | `OPTIONS *` | 204 |
 //! | anything else | 404 |
 //!
 //! Every response carries permissive CORS headers. Request bodies are capped at [`MAX_BODY`]
-//! bytes (413 beyond) and must arrive within `limits.http_body_timeout_ms` (408 beyond).
+//! bytes (the vision endpoint's at `limits.vision_body_bytes`; 413 beyond) and must arrive within `limits.http_body_timeout_ms` (408 beyond).
 //!
 //! **Admin routes** answer only on the HTTP port (on the WebSocket port they do not exist: 404),
 //! and only to `Authorization: Bearer <server.admin_token>`, or, when no admin token is set, to
@@ -30,6 +32,7 @@ pub mod firmware;
 pub mod limit;
 pub mod ota;
 pub mod probe;
+pub mod vision;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -83,6 +86,8 @@ pub struct HttpContext {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// New activation codes per caller address (`limits.new_devices_per_ip_per_minute`).
     pub new_devices: Arc<limit::RateLimit>,
+    /// The vision requests being served (one per device, `limits.vision_requests` in all).
+    pub vision: Arc<vision::Gate>,
 }
 
 /// Answers one plain HTTP request. Never fails: every problem is an HTTP status.
@@ -133,6 +138,8 @@ where
         }
         (&Method::POST, "/xiaozhi/ota/" | "/xiaozhi/ota") => ota_check(req, ctx).await,
         (&Method::POST, "/xiaozhi/ota/activate" | "/xiaozhi/ota/activate/") => ota_activate(req, ctx).await,
+        (&Method::GET, crate::vision::PATH) => vision::status(ctx),
+        (&Method::POST, crate::vision::PATH) => vision::explain(req, ctx).await,
         (&Method::GET, p) if p.starts_with(DOWNLOAD_PREFIX) => {
             download(p.strip_prefix(DOWNLOAD_PREFIX).unwrap_or_default(), ctx).await
         }
@@ -199,7 +206,7 @@ fn same_secret(given: &str, expected: &str) -> bool {
 
 /// Why a body could not be read.
 enum BodyError {
-    TooLarge,
+    TooLarge(usize),
     TimedOut,
     Broken(String),
 }
@@ -211,16 +218,29 @@ where
     B::Data: Buf,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    read_body_limited(headers, body, ctx, MAX_BODY).await
+}
+
+/// Reads a request body of at most `limit` bytes, within `limits.http_body_timeout_ms`. A
+/// declared `Content-Length` over the limit is refused before anything is read; otherwise the
+/// bytes are counted as they arrive (chunked bodies included) and reading stops at the limit, so
+/// no more than `limit` bytes are ever held.
+async fn read_body_limited<B>(headers: &HeaderMap, body: B, ctx: &HttpContext, limit: usize) -> Result<Bytes, BodyError>
+where
+    B: Body,
+    B::Data: Buf,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(BodyError::TooLarge);
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge(limit));
     }
     let timeout = std::time::Duration::from_millis(ctx.config.borrow().limits.http_body_timeout_ms);
-    match tokio::time::timeout(timeout, Limited::new(body, MAX_BODY).collect()).await {
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
         Err(_) => Err(BodyError::TimedOut),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(BodyError::TooLarge),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(BodyError::TooLarge(limit)),
         Ok(Err(e)) => Err(BodyError::Broken(e.to_string())),
     }
 }
@@ -228,9 +248,9 @@ where
 /// The response for a body that could not be read.
 fn body_error(e: BodyError) -> Response<Full<Bytes>> {
     match e {
-        BodyError::TooLarge => json_response(
+        BodyError::TooLarge(limit) => json_response(
             StatusCode::PAYLOAD_TOO_LARGE,
-            &json!({"success": false, "message": format!("request body over {MAX_BODY} bytes")}),
+            &json!({"success": false, "message": format!("request body over {limit} bytes")}),
         ),
         BodyError::TimedOut => json_response(
             StatusCode::REQUEST_TIMEOUT,
@@ -500,6 +520,7 @@ mod tests {
             store: Arc::new(crate::store::memory::MemoryStore::new()),
             metrics: crate::metrics::Metrics::new(),
             new_devices: Arc::new(limit::RateLimit::new()),
+            vision: Arc::new(vision::Gate::default()),
         };
         Fixture { _dir: dir, ctx, _tx: tx }
     }

@@ -123,7 +123,7 @@ pub fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<OtaRequest, Ota
 
 /// The host devices should use when the request did not say: `server.ip` unless it is a wildcard,
 /// else 127.0.0.1.
-fn configured_host(config: &Config) -> String {
+pub fn configured_host(config: &Config) -> String {
     let ip = config.server.ip.trim();
     match ip {
         "" | "0.0.0.0" | "::" | "[::]" => "127.0.0.1".to_string(),

@@ -1,10 +1,19 @@
 //! The MCP client that talks to the device's own MCP server over the session socket.
 //!
 //! When the device's hello has `features.mcp`, the session creates an [`McpClient`] and calls
-//! [`McpClient::start`]: `initialize` (with our vision endpoint, when configured), then
-//! `tools/list` page by page (the cursor is the `nextCursor` the device returns). Tools are then
-//! offered to the LLM under sanitized names, and [`McpClient::call`] sends `tools/call` and waits
-//! (bounded) for the matching response. Ids are numbers: the firmware drops string ids.
+//! [`McpClient::start`]: `initialize` (with our vision endpoint and a fresh token, when a vision
+//! model is selected), then `tools/list` page by page (the cursor is the `nextCursor` the device
+//! returns). Tools are then offered to the LLM under sanitized names, and [`McpClient::call`]
+//! sends `tools/call` and waits (bounded) for the matching response. Ids are numbers: the
+//! firmware drops string ids.
+//!
+//! The start-up never stalls a conversation. Each of its requests has
+//! `limits.device_mcp_timeout_ms` to be answered; a start-up that fails (a request unanswered or
+//! refused) is run once more from `initialize`, then given up: the session goes on without device
+//! tools. A turn waits for the tool list only until `limits.device_mcp_wait_ms` after the start
+//! (the simulator, answering like the firmware, lists its tools in a few ms on loopback; the
+//! default 500 ms leaves room for a device on Wi-Fi), and never after that: a device that answers
+//! later has its tools offered from the next turn on.
 //!
 //! What a device lists is bounded: at most `limits.device_tools` tools (the rest of the list is
 //! ignored, and no further page is asked for) with names of at most `limits.tool_name_chars`
@@ -25,8 +34,11 @@ use crate::connection::{Outbound, Outbox, SendError};
 use crate::metrics::Metrics;
 use crate::protocol::mcp::{self, McpIncoming};
 
-/// How long each step of the start-up exchange may take.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times the start-up exchange is run before the session goes on without device tools.
+const STARTUP_ATTEMPTS: usize = 2;
+
+/// Gives the vision URL and a fresh token for each `initialize` sent.
+pub type VisionGrant = Box<dyn Fn() -> (String, String) + Send + Sync>;
 
 /// Most `tools/list` pages we follow (a device lists a few dozen tools at most).
 const MAX_PAGES: usize = 32;
@@ -131,6 +143,12 @@ pub struct McpClient {
     /// Most tools taken from the device, and their longest name.
     max_tools: usize,
     max_name_chars: usize,
+    /// How long each start-up request may wait for its answer.
+    step_timeout: Duration,
+    /// How long after the start a turn may wait for the tool list.
+    wait: Duration,
+    /// When [`McpClient::start`] ran (turns wait at most until `started + wait`).
+    started: Mutex<Option<tokio::time::Instant>>,
     metrics: Arc<Metrics>,
     next_id: AtomicU64,
     // std Mutex: held only to insert/remove a map entry, never across an await.
@@ -149,6 +167,9 @@ impl McpClient {
             outbox,
             max_tools: limits.device_tools,
             max_name_chars: limits.tool_name_chars,
+            step_timeout: Duration::from_millis(limits.device_mcp_timeout_ms),
+            wait: Duration::from_millis(limits.device_mcp_wait_ms),
+            started: Mutex::new(None),
             metrics,
             next_id: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
@@ -157,26 +178,43 @@ impl McpClient {
         })
     }
 
-    /// Runs `initialize` and the paged `tools/list` in the background.
-    pub fn start(self: &Arc<Self>, vision: Option<(String, String)>) {
+    /// Runs `initialize` and the paged `tools/list` in the background (retried once on failure).
+    /// `vision` gives the vision URL and a fresh token for each `initialize`.
+    pub fn start(self: &Arc<Self>, vision: Option<VisionGrant>) {
+        *self.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            if let Err(e) = this.discover(vision).await {
-                tracing::warn!("device MCP start-up failed: {e}");
+            for attempt in 1..=STARTUP_ATTEMPTS {
+                match this.discover(vision.as_deref()).await {
+                    Ok(()) => break,
+                    Err(McpCallError::Disconnected) => break,
+                    Err(e) if attempt < STARTUP_ATTEMPTS => {
+                        tracing::info!("device MCP start-up failed ({e}); trying once more");
+                        this.metrics.limit_hit("device_mcp_timeout_ms");
+                    }
+                    Err(e) => {
+                        tracing::warn!("device MCP start-up failed twice ({e}); going on without device tools");
+                        this.metrics.limit_hit("device_mcp_timeout_ms");
+                    }
+                }
             }
             this.ready.send_replace(true);
         });
     }
 
-    async fn discover(&self, vision: Option<(String, String)>) -> Result<(), McpCallError> {
+    async fn discover(
+        &self,
+        vision: Option<&(dyn Fn() -> (String, String) + Send + Sync)>,
+    ) -> Result<(), McpCallError> {
+        let vision = vision.map(|grant| grant());
         let vision_ref = vision.as_ref().map(|(u, t)| (u.as_str(), t.as_str()));
-        self.request(|id| mcp::initialize(id, vision_ref), STARTUP_TIMEOUT).await?;
+        self.request(|id| mcp::initialize(id, vision_ref), self.step_timeout).await?;
         self.send(mcp::initialized_notification())?;
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
         let (mut long_names, mut over) = (0usize, false);
         for _ in 0..MAX_PAGES {
-            let result = self.request(|id| mcp::tools_list(id, cursor.as_deref()), STARTUP_TIMEOUT).await?;
+            let result = self.request(|id| mcp::tools_list(id, cursor.as_deref()), self.step_timeout).await?;
             let (page, next) = mcp::parse_tools_list(&result).map_err(|e| McpCallError::Device(e.to_string()))?;
             for tool in page {
                 if tool.name.chars().count() > self.max_name_chars {
@@ -222,11 +260,14 @@ impl McpClient {
         Ok(())
     }
 
-    /// Waits (at most `timeout`) until start-up has finished, so a turn that begins right after
-    /// the hello still sees the device's tools.
-    pub async fn wait_ready(&self, timeout: Duration) {
+    /// Waits until start-up has finished, but never past `limits.device_mcp_wait_ms` after the
+    /// start, so a turn that begins right after the hello still sees the device's tools while a
+    /// device that does not answer holds up no turn for longer than that (and later turns not at
+    /// all).
+    pub async fn wait_ready(&self) {
+        let Some(started) = *self.started.lock().unwrap_or_else(|p| p.into_inner()) else { return };
         let mut ready = self.ready.subscribe();
-        let _ = tokio::time::timeout(timeout, ready.wait_for(|done| *done)).await;
+        let _ = tokio::time::timeout_at(started + self.wait, ready.wait_for(|done| *done)).await;
     }
 
     /// The device's tools known so far.

@@ -60,6 +60,9 @@ pub struct DeviceInfo {
     pub device_id: String,
     /// `Client-Id` (a UUID).
     pub client_id: String,
+    /// Where the device is told to post camera photos (MCP `initialize`), when a vision model is
+    /// selected.
+    pub vision: Option<crate::vision::VisionOffer>,
 }
 
 /// Runs one device session to its end. `shutdown` fires when the server stops.
@@ -363,9 +366,11 @@ impl Session {
         }
         if hello.features.mcp && self.mcp.is_none() {
             let mcp = McpClient::new(self.outbox.clone(), &config.limits, Arc::clone(&self.services.metrics));
-            let vision = Some(config.server.vision_explain.clone())
-                .filter(|url| !url.is_empty())
-                .map(|url| (url, String::new()));
+            // A fresh vision token for every `initialize` sent (the retry included).
+            let vision = self.device.vision.clone().map(|offer| {
+                let device = self.device.device_id.clone();
+                Box::new(move || offer.grant(&device)) as crate::mcp::VisionGrant
+            });
             mcp.start(vision);
             self.mcp = Some(mcp);
         }

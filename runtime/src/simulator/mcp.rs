@@ -38,6 +38,23 @@ pub struct DeviceState {
     pub vision: Option<(String, Option<String>)>,
     /// How many tools the server has been sent through `tools/list` so far.
     pub tools_listed: usize,
+    /// Whether the device has a camera: it then lists [`TAKE_PHOTO`] (answered by the simulator's
+    /// reader, which posts the photo to the vision URL).
+    pub camera: bool,
+}
+
+/// The camera tool of boards with a camera.
+pub const TAKE_PHOTO: &str = "self.camera.take_photo";
+
+/// The camera tool as the firmware lists it.
+fn take_photo_json() -> Value {
+    json!({
+        "name": TAKE_PHOTO,
+        "description": "Take a photo and explain it. Use this tool after the user asks you to see something.\nArgs:\n  \
+                        `question`: The question that you want to ask about the photo.\nReturn:\n  A JSON object \
+                        that provides the photo information.",
+        "inputSchema": {"type": "object", "properties": {"question": {"type": "string"}}, "required": ["question"]},
+    })
 }
 
 impl Default for DeviceState {
@@ -48,6 +65,7 @@ impl Default for DeviceState {
             calls: Vec::new(),
             vision: None,
             tools_listed: 0,
+            camera: false,
         }
     }
 }
@@ -127,7 +145,7 @@ pub fn handle_request(state: &mut DeviceState, msg: &Value) -> Option<Value> {
     let id = json_valueint(msg.get("id")?)?;
     let outcome = match method {
         "initialize" => Ok(initialize(state, params)),
-        "tools/list" => tools_list(params).inspect(|page| {
+        "tools/list" => tools_list(state.camera, params).inspect(|page| {
             state.tools_listed += page.get("tools").and_then(Value::as_array).map_or(0, Vec::len);
         }),
         "tools/call" => tools_call(state, params),
@@ -163,22 +181,26 @@ fn initialize(state: &mut DeviceState, params: Option<&Value>) -> Value {
     })
 }
 
-fn tools_list(params: Option<&Value>) -> Result<Value, String> {
+fn tools_list(camera: bool, params: Option<&Value>) -> Result<Value, String> {
+    let mut all: Vec<Value> = TOOLS.iter().map(Tool::to_json).collect();
+    if camera {
+        all.push(take_photo_json());
+    }
     let cursor = params.and_then(|p| p.get("cursor")).and_then(Value::as_str).unwrap_or("");
     let start = if cursor.is_empty() {
         0
     } else {
-        match TOOLS.iter().position(|t| t.name == cursor) {
+        match all.iter().position(|t| t["name"] == cursor) {
             Some(i) => i,
             // The firmware skips every tool looking for the cursor, ends with an empty page and
             // reports it as a size error with an empty tool name.
             None => return Err("Failed to add tool  because of payload size limit".into()),
         }
     };
-    let page: Vec<Value> = TOOLS.iter().skip(start).take(TOOLS_PAGE_SIZE).map(Tool::to_json).collect();
+    let page: Vec<Value> = all.iter().skip(start).take(TOOLS_PAGE_SIZE).cloned().collect();
     let mut result = json!({"tools": page});
-    if let Some(next) = TOOLS.get(start + TOOLS_PAGE_SIZE) {
-        result["nextCursor"] = Value::from(next.name);
+    if let Some(next) = all.get(start + TOOLS_PAGE_SIZE) {
+        result["nextCursor"] = next["name"].clone();
     }
     Ok(result)
 }
@@ -292,6 +314,19 @@ mod tests {
         let bad = handle_request(&mut s, &req).unwrap();
         assert!(bad["error"]["message"].as_str().unwrap().contains("payload size limit"));
         assert!(bad["error"].get("code").is_none());
+    }
+
+    #[test]
+    fn a_camera_adds_the_photo_tool_on_the_last_page() {
+        let mut s = DeviceState { camera: true, ..DeviceState::default() };
+        let req =
+            json!({"jsonrpc":"2.0","id":3,"method":"tools/list","params":{"cursor":"self.screen.set_brightness"}});
+        let page = handle_request(&mut s, &req).unwrap();
+        let tools = page["result"]["tools"].as_array().unwrap();
+        assert_eq!(tools.len(), 2);
+        assert_eq!(tools[1]["name"], TAKE_PHOTO);
+        assert_eq!(tools[1]["inputSchema"]["required"][0], "question");
+        assert!(page["result"].get("nextCursor").is_none());
     }
 
     #[test]

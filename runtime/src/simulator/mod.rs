@@ -74,6 +74,15 @@ pub struct SimConfig {
     pub mcp: bool,
     /// Whether the hello carries `audio_params` (`false` = a lenient browser-style hello).
     pub hello_audio_params: bool,
+    /// MCP requests left unanswered, from the first (`usize::MAX`: a device whose MCP server never
+    /// answers, though its hello says `features.mcp`). 0 = answer all, as the firmware does.
+    pub mcp_ignore_requests: usize,
+    /// How long each MCP answer takes (a slow device). Zero = at once, as the firmware does.
+    pub mcp_reply_delay: Duration,
+    /// The camera's photo (a JPEG): with one, the device lists `self.camera.take_photo`, and a
+    /// call of it posts this photo and the call's `question` to the vision URL of `initialize`,
+    /// answering with the response body, as the firmware does.
+    pub camera: Option<Arc<Vec<u8>>>,
 }
 
 impl Default for SimConfig {
@@ -86,6 +95,9 @@ impl Default for SimConfig {
             protocol_version: 1,
             mcp: true,
             hello_audio_params: true,
+            mcp_ignore_requests: 0,
+            mcp_reply_delay: Duration::ZERO,
+            camera: None,
         }
     }
 }
@@ -175,7 +187,19 @@ struct Shared {
     downlink_rate: u32,
     downlink_frame_ms: u32,
     mcp: DeviceState,
+    /// MCP requests received so far (answered or not).
+    mcp_requests: usize,
     protocol_errors: Vec<String>,
+}
+
+/// How the simulated device's MCP server answers (from [`SimConfig`]).
+#[derive(Debug, Clone)]
+struct McpBehaviour {
+    enabled: bool,
+    ignore: usize,
+    delay: Duration,
+    /// The photo, and the `Device-Id` and `Client-Id` it is posted with.
+    camera: Option<(Arc<Vec<u8>>, String, String)>,
 }
 
 fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
@@ -304,13 +328,20 @@ impl SimDevice {
             session_id: hello.session_id,
             downlink_rate: hello.sample_rate,
             downlink_frame_ms: hello.frame_duration,
-            mcp: DeviceState::default(),
+            mcp: DeviceState { camera: cfg.camera.is_some(), ..DeviceState::default() },
+            mcp_requests: 0,
             protocol_errors,
         }));
         let (sink, stream) = ws.split();
         let (out, out_rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write_loop(sink, out_rx));
-        let reader = tokio::spawn(read_loop(stream, version, cfg.mcp, Arc::clone(&shared), events_tx, out.clone()));
+        let behaviour = McpBehaviour {
+            enabled: cfg.mcp,
+            ignore: cfg.mcp_ignore_requests,
+            delay: cfg.mcp_reply_delay,
+            camera: cfg.camera.clone().map(|photo| (photo, cfg.device_id.clone(), cfg.client_id.clone())),
+        };
+        let reader = tokio::spawn(read_loop(stream, version, behaviour, Arc::clone(&shared), events_tx, out.clone()));
         let encoder = Mutex::new(UplinkEncoder::new()?);
         Ok(SimDevice {
             cfg,
@@ -370,6 +401,14 @@ impl SimDevice {
     /// The full simulated MCP state (volume, brightness, calls, vision URL).
     pub fn mcp_state(&self) -> DeviceState {
         lock(&self.shared).mcp.clone()
+    }
+
+    /// Does what the firmware's `self.camera.take_photo` does after capturing: POSTs `question`
+    /// and the JPEG `photo` to the vision URL and token the server gave in MCP `initialize`
+    /// ([`post_photo`]). An error when no vision URL was given.
+    pub async fn take_photo(&self, question: &str, photo: &[u8]) -> anyhow::Result<(u16, String)> {
+        let (url, token) = self.mcp_state().vision.context("the server announced no capabilities.vision")?;
+        post_photo(&url, token.as_deref(), &self.cfg.device_id, &self.cfg.client_id, question, photo).await
     }
 
     /// Server messages the firmware would have rejected: text that is not a JSON object with a
@@ -570,6 +609,94 @@ impl SimDevice {
     }
 }
 
+/// A `tools/call` of the camera tool, to be answered once the photo is explained.
+struct PhotoCall {
+    id: Value,
+    question: String,
+    vision: Option<(String, Option<String>)>,
+}
+
+/// The camera call in `payload`, if it is one (with the vision URL and token of `initialize`).
+fn photo_call(payload: &Value, vision: Option<(String, Option<String>)>) -> Option<PhotoCall> {
+    let is_call = payload.get("method").and_then(Value::as_str) == Some("tools/call")
+        && payload.pointer("/params/name").and_then(Value::as_str) == Some(mcp::TAKE_PHOTO);
+    let id = payload.get("id").filter(|id| id.is_number())?.clone();
+    let question = payload.pointer("/params/arguments/question").and_then(Value::as_str).unwrap_or("").to_owned();
+    is_call.then_some(PhotoCall { id, question, vision })
+}
+
+impl PhotoCall {
+    /// Posts the photo like `Esp32Camera::Explain` and returns the JSON-RPC reply: the response
+    /// body as the tool's text on HTTP 200, an error otherwise.
+    async fn run(self, photo: &[u8], device_id: &str, client_id: &str) -> Value {
+        let outcome = match &self.vision {
+            None => Err("Camera explain URL is not set".to_string()),
+            Some((url, token)) => {
+                match post_photo(url, token.as_deref(), device_id, client_id, &self.question, photo).await {
+                    Ok((200, body)) => Ok(body),
+                    Ok((status, _)) => Err(format!("Failed to upload photo, status code: {status}")),
+                    Err(e) => Err(format!("Failed to connect to explain URL: {e}")),
+                }
+            }
+        };
+        match outcome {
+            Ok(text) => serde_json::json!({"jsonrpc": "2.0", "id": self.id,
+                "result": {"content": [{"type": "text", "text": text}], "isError": false}}),
+            Err(message) => serde_json::json!({"jsonrpc": "2.0", "id": self.id, "error": {"message": message}}),
+        }
+    }
+}
+
+/// The multipart boundary of the simulated camera upload (any fixed string, as on the firmware).
+pub const PHOTO_BOUNDARY: &str = "----ESP32_CAMERA_BOUNDARY";
+
+/// The body of the firmware's camera upload (device-protocol.md §4.3): a `question` field, then a
+/// `file` field `camera.jpg` of type `image/jpeg`, with [`PHOTO_BOUNDARY`].
+pub fn photo_form(question: &str, photo: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(photo.len() + 512);
+    body.extend_from_slice(
+        format!(
+            "--{PHOTO_BOUNDARY}\r\nContent-Disposition: form-data; name=\"question\"\r\n\r\n{question}\r\n\
+             --{PHOTO_BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"camera.jpg\"\r\n\
+             Content-Type: image/jpeg\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(photo);
+    body.extend_from_slice(format!("\r\n--{PHOTO_BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+/// POSTs a photo the way the firmware does (device-protocol.md §4.3): `multipart/form-data`
+/// ([`photo_form`]) sent with `Transfer-Encoding: chunked` in small pieces, `Device-Id`,
+/// `Client-Id`, and `Authorization: Bearer <token>` when there is a token. Returns the HTTP status
+/// and the body (which the firmware hands back verbatim as the tool's result).
+pub async fn post_photo(
+    url: &str,
+    token: Option<&str>,
+    device_id: &str,
+    client_id: &str,
+    question: &str,
+    photo: &[u8],
+) -> anyhow::Result<(u16, String)> {
+    let body = photo_form(question, photo);
+    // The firmware writes the form piece by piece with chunked encoding: no Content-Length.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body.chunks(1024).map(|c| Ok(c.to_vec())).collect();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+    let mut request = client
+        .post(url)
+        .header("Device-Id", device_id)
+        .header("Client-Id", client_id)
+        .header("Content-Type", format!("multipart/form-data; boundary={PHOTO_BOUNDARY}"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)));
+    if let Some(token) = token.filter(|t| !t.is_empty()) {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    let response = request.send().await.with_context(|| format!("posting the photo to {url}"))?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await?))
+}
+
 /// Samples in `duration` of 16 kHz audio, rounded up to whole uplink frames.
 fn silence_samples(duration: Duration) -> usize {
     let frames = duration.as_millis().div_ceil(u128::from(UPLINK_FRAME_MS));
@@ -649,7 +776,7 @@ async fn write_loop(mut sink: SplitSink<Ws, Message>, mut rx: mpsc::UnboundedRec
 async fn read_loop(
     mut stream: SplitStream<Ws>,
     version: ProtocolVersion,
-    mcp_enabled: bool,
+    mcp: McpBehaviour,
     shared: Arc<Mutex<Shared>>,
     events: mpsc::UnboundedSender<(Instant, SimEvent)>,
     out: mpsc::UnboundedSender<Outgoing>,
@@ -679,7 +806,7 @@ async fn read_loop(
                         continue;
                     }
                 };
-                on_json(&value, mcp_enabled, &shared, &out);
+                on_json(&value, &mcp, &shared, &out);
                 let _ = events.send((at, SimEvent::Json(value)));
             }
             Message::Binary(data) => match frame::decode(version, &data) {
@@ -701,7 +828,7 @@ async fn read_loop(
 
 /// What the firmware does with one JSON message before the application sees it: a later hello
 /// updates the session, `mcp` goes to the MCP server.
-fn on_json(v: &Value, mcp_enabled: bool, shared: &Mutex<Shared>, out: &mpsc::UnboundedSender<Outgoing>) {
+fn on_json(v: &Value, mcp: &McpBehaviour, shared: &Mutex<Shared>, out: &mpsc::UnboundedSender<Outgoing>) {
     match v.get("type").and_then(Value::as_str) {
         None => lock(shared).protocol_errors.push(format!("message without a string type: {v}")),
         Some("hello") => match parse_server_hello(v) {
@@ -713,18 +840,42 @@ fn on_json(v: &Value, mcp_enabled: bool, shared: &Mutex<Shared>, out: &mpsc::Unb
             }
             Err(e) => lock(shared).protocol_errors.push(e.to_string()),
         },
-        Some("mcp") if mcp_enabled => {
+        Some("mcp") if mcp.enabled => {
             let Some(payload) = v.get("payload").filter(|p| p.is_object()) else {
                 lock(shared).protocol_errors.push(format!("mcp message without an object payload: {v}"));
                 return;
             };
             let (reply, session_id) = {
                 let mut s = lock(shared);
+                s.mcp_requests += 1;
+                if s.mcp_requests <= mcp.ignore {
+                    return;
+                }
+                if let Some(photo) = &mcp.camera
+                    && let Some(call) = photo_call(payload, s.mcp.vision.clone())
+                {
+                    s.mcp.calls.push((mcp::TAKE_PHOTO.to_string(), payload["params"]["arguments"].clone()));
+                    let (session_id, out, photo) = (s.session_id.clone(), out.clone(), photo.clone());
+                    tokio::spawn(async move {
+                        let reply = call.run(&photo.0, &photo.1, &photo.2).await;
+                        let text = format!(r#"{{"session_id":{},"type":"mcp","payload":{reply}}}"#, quote(&session_id));
+                        let _ = out.send(Outgoing::Send(Message::text(text)));
+                    });
+                    return;
+                }
                 (mcp::handle_request(&mut s.mcp, payload), s.session_id.clone())
             };
             if let Some(reply) = reply {
                 let text = format!(r#"{{"session_id":{},"type":"mcp","payload":{reply}}}"#, quote(&session_id));
-                let _ = out.send(Outgoing::Send(Message::text(text)));
+                if mcp.delay.is_zero() {
+                    let _ = out.send(Outgoing::Send(Message::text(text)));
+                } else {
+                    let (out, delay) = (out.clone(), mcp.delay);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = out.send(Outgoing::Send(Message::text(text)));
+                    });
+                }
             }
         }
         Some(_) => {}
@@ -792,23 +943,26 @@ mod tests {
             downlink_rate: 24000,
             downlink_frame_ms: 60,
             mcp: DeviceState::default(),
+            mcp_requests: 0,
             protocol_errors: Vec::new(),
         });
         let (out, mut rx) = mpsc::unbounded_channel();
+        let on = McpBehaviour { enabled: true, ignore: 0, delay: Duration::ZERO, camera: None };
+        let off = McpBehaviour { enabled: false, ..on.clone() };
         let req = json!({"type":"mcp","payload":{"jsonrpc":"2.0","id":7,"method":"tools/call",
             "params":{"name":"self.audio_speaker.set_volume","arguments":{"volume":20}}}});
-        on_json(&req, true, &shared, &out);
+        on_json(&req, &on, &shared, &out);
         let Ok(Outgoing::Send(Message::Text(text))) = rx.try_recv() else { panic!("no reply") };
         let v: Value = serde_json::from_str(text.as_str()).unwrap();
         assert!(text.as_str().starts_with(r#"{"session_id":"s1","type":"mcp","payload":"#));
         assert_eq!(v["payload"]["id"], 7);
         assert_eq!(lock(&shared).mcp.volume, 20);
         // Without MCP (old firmware) nothing is answered; a later hello updates the session.
-        on_json(&req, false, &shared, &out);
+        on_json(&req, &off, &shared, &out);
         assert!(rx.try_recv().is_err());
-        on_json(&json!({"type":"hello","transport":"websocket","session_id":"s2"}), true, &shared, &out);
+        on_json(&json!({"type":"hello","transport":"websocket","session_id":"s2"}), &on, &shared, &out);
         assert_eq!(lock(&shared).session_id, "s2");
-        on_json(&json!({"state":"start"}), true, &shared, &out);
+        on_json(&json!({"state":"start"}), &on, &shared, &out);
         assert_eq!(lock(&shared).protocol_errors.len(), 1);
     }
 
