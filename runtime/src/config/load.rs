@@ -1696,4 +1696,59 @@ TTS:
         assert!(problems[0].contains("\"vosk\" is not supported here; use sensevoice_onnx"), "{problems:?}");
         assert!(problems[1].contains("\"cozecn\" is not supported here"), "{problems:?}");
     }
+
+    /// No secret of any remote entry shows in what may be printed of a provider: its resolved
+    /// spec's `Debug` and its `check-config` summary.
+    #[test]
+    fn no_entry_prints_its_secrets() {
+        const SECRET: &str = "SeCrEt-0123456789";
+        let repo = include_str!("../../../config.yaml");
+        let document: serde_yaml_ng::Value = serde_yaml_ng::from_str(repo).expect("config.yaml parses");
+        let mut checked = 0;
+        let mut leaks = Vec::new();
+        for section in ["ASR", "LLM", "TTS"] {
+            let entries = document.get(section).and_then(|v| v.as_mapping()).cloned().unwrap_or_default();
+            for (name, entry) in &entries {
+                let (Some(name), Some(map)) = (name.as_str(), entry.as_mapping()) else { continue };
+                let kind = map.get("type").and_then(|v| v.as_str()).unwrap_or_default();
+                if matches!(kind, "fun_local" | "sherpa_onnx_local" | "whisper_onnx" | "sensevoice_onnx" | "piper") {
+                    continue;
+                }
+                let secrets: Vec<&str> = map
+                    .keys()
+                    .filter_map(|k| k.as_str())
+                    .filter(|k| {
+                        // (`appkey`: Aliyun's project id, not a secret)
+                        (k.ends_with("key") && *k != "appkey")
+                            || k.ends_with("token")
+                            || k.contains("secret")
+                            || k.contains("password")
+                    })
+                    .collect();
+                if secrets.is_empty() {
+                    continue;
+                }
+                let mut overrides = format!("selected_module:\n  {section}: {name}\n{section}:\n  {name}:\n");
+                for key in &secrets {
+                    overrides.push_str(&format!("    {key}: \"{SECRET}\"\n"));
+                }
+                let loaded = load_files(repo, Some(&overrides)).unwrap_or_else(|e| panic!("{section}.{name}: {e}"));
+                let providers = &loaded.config.providers;
+                let ((_, summary), debug) = match section {
+                    "ASR" => (providers.asr.describe(), format!("{:?}", providers.asr)),
+                    "LLM" => (providers.llm.describe(), format!("{:?}", providers.llm)),
+                    _ => (providers.tts.describe(), format!("{:?}", providers.tts)),
+                };
+                if debug.contains(SECRET) {
+                    leaks.push(format!("{section}.{name} (Debug)"));
+                }
+                if summary.contains(SECRET) {
+                    leaks.push(format!("{section}.{name} (summary: {summary})"));
+                }
+                checked += 1;
+            }
+        }
+        assert!(leaks.is_empty(), "secrets printed by {leaks:#?}");
+        assert!(checked >= 25, "{checked} entries with secrets checked");
+    }
 }

@@ -779,7 +779,7 @@ pub struct SileroVadConfig {
 }
 
 /// `ASR.<name>` with `type: openai`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OpenAiAsrConfig {
     /// Bearer token.
@@ -797,7 +797,7 @@ pub struct OpenAiAsrConfig {
 }
 
 /// `LLM.<name>` with `type: openai`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OpenAiLlmConfig {
     /// Bearer token.
@@ -820,7 +820,7 @@ pub struct OpenAiLlmConfig {
 
 /// `VLLM.<name>` with `type: openai`: an OpenAI-compatible vision chat model (the Python
 /// server's only VLLM type; `url` is read as `base_url`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct VllmConfig {
     /// Bearer token.
@@ -838,7 +838,7 @@ pub struct VllmConfig {
 }
 
 /// `TTS.<name>` with `type: openai`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OpenAiTtsConfig {
     /// Bearer token.
@@ -938,4 +938,37 @@ pub struct PiperConfig {
     pub espeak: String,
     /// ONNX Runtime intra-op threads for this model.
     pub threads: u16,
+}
+
+impl std::fmt::Debug for OpenAiAsrConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        debug_without_key(self, f)
+    }
+}
+
+impl std::fmt::Debug for OpenAiLlmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        debug_without_key(self, f)
+    }
+}
+
+impl std::fmt::Debug for OpenAiTtsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        debug_without_key(self, f)
+    }
+}
+
+/// `Debug` of a provider entry with its `api_key` hidden (`***` when set).
+fn debug_without_key<T: Serialize>(value: &T, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    let mut json = serde_json::to_value(value).map_err(|_| std::fmt::Error)?;
+    if let Some(key) = json.get_mut("api_key").filter(|k| k.as_str().is_some_and(|k| !k.is_empty())) {
+        *key = "***".into();
+    }
+    write!(f, "{json}")
+}
+
+impl std::fmt::Debug for VllmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        debug_without_key(self, f)
+    }
 }

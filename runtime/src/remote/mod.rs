@@ -153,9 +153,9 @@ pub(crate) async fn ws_connect(
     use tokio_tungstenite::tungstenite;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-    let mut request = url
-        .into_client_request()
-        .map_err(|e| ProviderError::Config(format!("{what}: the URL `{url}` is not a WebSocket URL: {e}")))?;
+    let mut request = url.into_client_request().map_err(|e| {
+        ProviderError::Config(format!("{what}: the URL `{}` is not a WebSocket URL: {e}", url_without_query(url)))
+    })?;
     for (name, value) in headers {
         let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| ProviderError::Config(format!("{what}: header name `{name}` is invalid")))?;
