@@ -5,8 +5,8 @@
 //! and the memory per connected client are measured with a minimal tool server written here from
 //! the hosted endpoint's protocol.
 //!
-//! The Python side: `XIAOZHI_MCP_PYTHON` names a Python that has `xiaozhi-mcp` and `mcp`
-//! installed; without it, a venv is made in a temporary directory and both are installed from PyPI.
+//! The Python side: `XIAOZHI_MCP_PYTHON` names a Python that has `xiaozhi-mcp` and `mcp` 1.x
+//! (`mcp.server.fastmcp`; 2.x renamed it) installed; without it, a venv is made in a temporary directory and both are installed from PyPI.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -68,7 +68,7 @@ async fn python() -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
     anyhow::ensure!(status.success(), "python3 -m venv failed");
     let python = venv.join("bin/python");
     let status = tokio::process::Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "xiaozhi-mcp==0.0.1", "mcp"])
+        .args(["-m", "pip", "install", "--quiet", "xiaozhi-mcp==0.0.1", "mcp<2"])
         .status()
         .await?;
     anyhow::ensure!(status.success(), "pip install xiaozhi-mcp mcp failed");
@@ -261,7 +261,7 @@ async fn endpoint_merges_replaces_bounds_and_measures() -> anyhow::Result<()> {
     let mock = MockOpenAi::start(MockScript::default()).await?;
     let server = TestServer::start(
         &mock,
-        "limits:\n  mcp_endpoint_clients_per_token: 300\n  mcp_endpoint_call_timeout_ms: 300\n",
+        "limits:\n  mcp_endpoint_clients_per_token: 300\n  mcp_endpoint_call_timeout_ms: 1000\n",
     )
     .await?;
     let store = server.store().await?;

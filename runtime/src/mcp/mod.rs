@@ -397,7 +397,7 @@ impl McpClient {
         // by an aborted turn) is announced to the peer when `announce_cancel` is set.
         let mut guard = RequestGuard { client: self, id, answered: false };
         let outcome = tokio::time::timeout(timeout, rx).await;
-        guard.answered = !matches!(outcome, Err(_));
+        guard.answered = outcome.is_ok();
         drop(guard);
         match outcome {
             Err(_) => Err(McpCallError::Timeout(timeout)),
