@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use xiaozhi_e2e::harness::TestServer;
 use xiaozhi_e2e::mock::{MockOpenAi, MockScript};
 use xiaozhi_server::mcp::endpoint;
@@ -205,7 +206,9 @@ async fn measure(tool: &endpoint::EndpointTool, n: usize) -> anyhow::Result<Stri
 /// A minimal tool server written from the hosted endpoint's protocol: answers `initialize`,
 /// `tools/list` (two pages), `tools/call` and `ping`; records cancellations.
 async fn raw_tool_server(url: &str, name: &str, tools: &[&str]) -> anyhow::Result<RawServer> {
-    let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+    // A small read buffer (the default is 128 KiB), so the memory figure is mostly the server's.
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
     let (mut tx, mut rx) = ws.split();
     let name = name.to_owned();
     let tools: Vec<Value> = tools
