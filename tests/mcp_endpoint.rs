@@ -52,8 +52,10 @@ struct Group(tokio::process::Child);
 
 impl Drop for Group {
     fn drop(&mut self) {
-        if let Some(pid) = self.0.id() {
-            let _ = std::process::Command::new("kill").arg("-KILL").arg(format!("-{pid}")).status();
+        // The child leads its own process group (`process_group(0)`): the bridge and the server
+        // it started go together.
+        if let Some(pid) = self.0.id().filter(|&pid| pid > 1) {
+            let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
         }
     }
 }
@@ -377,4 +379,28 @@ fn rss_kib() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
     pages * 4
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_turn_cancels_its_endpoint_call() -> anyhow::Result<()> {
+    let mock = MockOpenAi::start(MockScript::default().tool("slow", "echo", json!({"sleep": 1}), "😊 Done.")).await?;
+    let server = TestServer::start(&mock, "").await?;
+    let store = server.store().await?;
+    let token = endpoint::issue(&store, Some(DEVICE_A)).await?;
+    let tool_server = raw_tool_server(&endpoint_url(&server, &token), "slow", &["echo"]).await?;
+    wait_tools(&server, DEVICE_A, &["echo"], Duration::from_secs(5)).await?;
+    let device = server.device(DEVICE_A, 1).await?;
+    device.detect("a slow one please").await?;
+    // The call reaches the tool server, which never answers; the user aborts the turn.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(tool_server.cancelled.lock().unwrap().is_empty(), "cancelled before the abort");
+    device.abort().await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tool_server.cancelled.lock().unwrap().is_empty() {
+        anyhow::ensure!(Instant::now() < deadline, "the aborted turn's call was not cancelled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tool_server.task.abort();
+    server.server.shutdown().await;
+    Ok(())
 }
