@@ -47,10 +47,13 @@
 //!   signing, `xunfei` URL signing) and `pyconf`, the Python file's loosely typed values.
 //! - [`text`]: sentence segmentation, emoji → emotion, markdown and `<think>` cleaning.
 //! - [`mcp`]: the MCP client that talks to the device's tools over the session (its start-up
-//!   bounded: a silent device is retried once, and never holds up a turn for long).
+//!   bounded: a silent device is retried once, and never holds up a turn for long);
+//!   [`mcp::endpoint`]: the MCP endpoint, where tool servers connect by WebSocket with a token
+//!   (issued by the `mcp-token` subcommand, kept hashed in the store) and their tools are offered
+//!   to the token's devices, with the same client.
 //! - [`vision`]: the camera's photos explained by the selected `VLLM`: the tokens devices get in
 //!   MCP `initialize`, and the model call behind `POST /mcp/vision/explain` ([`http::vision`]).
-//! - [`tools`]: the one registry of tools offered to the LLM.
+//! - [`tools`]: the one registry of tools offered to the LLM (extension, device and endpoint tools).
 //! - [`memory`]: conversation memory through a memory extension (into the prompt, saved at the end).
 //! - [`extensions`]: the WebAssembly extension host (tool, intent and memory components).
 //! - [`metrics`]: Prometheus metrics of the server (`GET /metrics`).

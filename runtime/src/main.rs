@@ -1,5 +1,5 @@
 //! The `xiaozhi-server` command line: `serve` (default), `simulate`, `token`, `check-config`,
-//! `test-provider`, `bind`, `revoke`, `data`, `bench`, `health`. No logic lives here; each
+//! `test-provider`, `bind`, `revoke`, `mcp-token`, `data`, `bench`, `health`. No logic lives here; each
 //! subcommand calls into the library.
 
 use std::path::PathBuf;
@@ -60,6 +60,9 @@ enum Command {
         #[arg(long)]
         device_id: String,
     },
+    /// Issue, revoke or list the tokens tool servers connect to the MCP endpoint with.
+    #[command(subcommand)]
+    McpToken(McpTokenCommand),
     /// Export, import or inspect what the store holds about devices (memory, chat history).
     #[command(subcommand)]
     Data(store::cli::DataCommand),
@@ -73,6 +76,24 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         timeout: u64,
     },
+}
+
+/// `mcp-token` subcommands.
+#[derive(Subcommand)]
+enum McpTokenCommand {
+    /// Issue a token and print it (shown once: only its hash is stored).
+    Issue {
+        /// Only this device (`Device-Id`) sees the tools; default: every device.
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Revoke a token, given as itself or as the id `list` shows.
+    Revoke {
+        /// The token or its id.
+        token: String,
+    },
+    /// List the issued tokens: id, who sees the tools, when issued.
+    List,
 }
 
 fn main() -> ExitCode {
@@ -98,6 +119,7 @@ fn main() -> ExitCode {
         Command::Revoke { device_id } => {
             runtime().and_then(|rt| rt.block_on(revoke(&source, &cli.data_dir, &device_id)))
         }
+        Command::McpToken(command) => runtime().and_then(|rt| rt.block_on(mcp_token(&source, &cli.data_dir, command))),
         Command::Data(command) => {
             init_logging("warn");
             runtime().and_then(|rt| rt.block_on(store::cli::run(command, &source, &cli.data_dir)))
@@ -184,6 +206,32 @@ async fn revoke(source: &ConfigSource, data_dir: &std::path::Path, device_id: &s
     let lifetime = config.server.auth.expire_seconds.unwrap_or(auth::DEFAULT_EXPIRE_SECONDS);
     auth::revoke(state.as_ref(), device_id, now, std::time::Duration::from_secs(lifetime)).await?;
     println!("tokens of {device_id} issued until now are revoked");
+    Ok(())
+}
+
+/// `mcp-token`: the MCP endpoint's tokens, in the store the configuration names.
+async fn mcp_token(source: &ConfigSource, data_dir: &std::path::Path, command: McpTokenCommand) -> anyhow::Result<()> {
+    use xiaozhi_server::mcp::endpoint;
+    let config = config::load(source)?.config;
+    let state = store::open(&config.store, data_dir).await?;
+    match command {
+        McpTokenCommand::Issue { device } => {
+            let device = device.map(|d| d.trim().to_owned()).filter(|d| !d.is_empty());
+            let token = endpoint::issue(state.as_ref(), device.as_deref()).await?;
+            println!("{token}");
+            let path = config.server.mcp_endpoint_path.trim_end_matches('/');
+            eprintln!("connect tool servers to ws://<host>:{}{path}/?token={token}", config.server.port);
+        }
+        McpTokenCommand::Revoke { token } => match endpoint::revoke(state.as_ref(), &token).await? {
+            0 => anyhow::bail!("no such token (give the token or the id `mcp-token list` shows)"),
+            _ => println!("revoked"),
+        },
+        McpTokenCommand::List => {
+            for t in endpoint::list(state.as_ref()).await? {
+                println!("{}\t{}\tissued {}", t.id, t.scope, t.issued);
+            }
+        }
+    }
     Ok(())
 }
 

@@ -1,8 +1,9 @@
 //! The accept loops, routing, the WebSocket upgrade and graceful shutdown.
 //!
 //! Two listeners (`server.port` for devices, `server.http_port` for OTA) share one router: a
-//! WebSocket upgrade on `/xiaozhi/v1/` becomes a device session, everything else goes to
-//! [`crate::http::route`]. This module never parses frames or audio.
+//! WebSocket upgrade on `/xiaozhi/v1/` becomes a device session, one on
+//! `server.mcp_endpoint_path` a tool server of the MCP endpoint ([`crate::mcp::endpoint`]: token
+//! checked before the upgrade), everything else goes to [`crate::http::route`]. This module never parses frames or audio.
 //!
 //! Start-up order: load and validate the config, load the ONNX Runtime library and the VAD model,
 //! build the providers, bind, serve. A config change (file watcher) rebuilds the providers for
@@ -63,6 +64,7 @@ pub struct RunningServer {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     _watcher: Option<config::watch::ConfigWatcher>,
+    mcp_endpoint: Arc<crate::mcp::endpoint::Hub>,
 }
 
 impl RunningServer {
@@ -71,6 +73,11 @@ impl RunningServer {
         self.shutdown.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+    }
+
+    /// The tool servers connected to the MCP endpoint.
+    pub fn mcp_endpoint(&self) -> Arc<crate::mcp::endpoint::Hub> {
+        Arc::clone(&self.mcp_endpoint)
     }
 
     /// A token that fires when the server shuts down.
@@ -117,6 +124,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     let state = Arc::clone(&services.store);
     let metrics = Arc::clone(&services.metrics);
     let (config_tx, config_rx) = watch::channel(Arc::clone(&config));
+    let mcp_endpoint = Arc::clone(&services.mcp_endpoint);
     let (services_tx, services_rx) = watch::channel(Arc::new(services));
 
     let (key, generated) = crate::auth::resolve_key(config.auth_key());
@@ -186,7 +194,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     tasks.spawn(accept_loop(ws_listener, Arc::clone(&app), Port::WebSocket));
     tasks.spawn(accept_loop(http_listener, Arc::clone(&app), Port::Http));
     tracing::info!("WebSocket on ws://{ws_addr}{WS_PATH}/, OTA on http://{http_addr}/xiaozhi/ota/");
-    Ok(RunningServer { ws_addr, http_addr, shutdown, tasks, _watcher: watcher })
+    Ok(RunningServer { ws_addr, http_addr, shutdown, tasks, _watcher: watcher, mcp_endpoint })
 }
 
 /// Starts the WebAssembly extension host, loads the extension folders and watches them. A host
@@ -340,8 +348,83 @@ async fn handle(mut req: Request<Incoming>, app: Arc<App>, peer: SocketAddr, por
     if (path == WS_PATH || path.starts_with(&format!("{WS_PATH}/"))) && is_websocket_upgrade(&req) {
         return upgrade(req, app, peer).await;
     }
+    if port == Port::WebSocket
+        && is_endpoint_path(path, &app.http.config.borrow().server.mcp_endpoint_path)
+        && is_websocket_upgrade(&req)
+    {
+        return endpoint_upgrade(req, app, peer).await;
+    }
     req.extensions_mut().insert(Caller { peer, admin_port: port == Port::Http });
     http::route(req, &app.http).await
+}
+
+/// Whether `path` is the MCP endpoint's (`configured`, with or without a trailing `/`).
+fn is_endpoint_path(path: &str, configured: &str) -> bool {
+    let configured = configured.trim_end_matches('/');
+    !configured.is_empty() && path.trim_end_matches('/') == configured
+}
+
+/// A tool server connecting to the MCP endpoint: its `token` (query) is checked and a place
+/// reserved before the upgrade.
+async fn endpoint_upgrade(req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    use crate::mcp::endpoint;
+    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).map(|k| ws::accept_key(k.as_bytes())) else {
+        return text_response(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    let token = req.uri().query().and_then(|q| form_pairs(q).find(|(k, _)| k == "token").map(|(_, v)| v));
+    let scope = match endpoint::lookup(app.http.store.as_ref(), token.as_deref().unwrap_or_default()).await {
+        Ok(Some(scope)) => scope,
+        Ok(None) => {
+            tracing::warn!(%peer, "MCP endpoint: refused a missing or unknown token");
+            return text_response(StatusCode::UNAUTHORIZED, "unknown MCP endpoint token");
+        }
+        Err(e) => {
+            tracing::warn!(%peer, "MCP endpoint: the store cannot check the token: {e}");
+            return text_response(StatusCode::SERVICE_UNAVAILABLE, "the token cannot be checked now");
+        }
+    };
+    let services = Arc::clone(&app.services.borrow());
+    let limits = services.config.limits.clone();
+    let hash = endpoint::token_hash(token.as_deref().unwrap_or_default());
+    let slot = match services.mcp_endpoint.reserve(&hash, &limits) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            tracing::warn!(%peer, "MCP endpoint: refused: {refusal}");
+            services.metrics.limit_hit(match refusal {
+                endpoint::Refusal::Full => "mcp_endpoint_clients",
+                endpoint::Refusal::TokenFull => "mcp_endpoint_clients_per_token",
+            });
+            let status = match refusal {
+                endpoint::Refusal::Full => StatusCode::SERVICE_UNAVAILABLE,
+                endpoint::Refusal::TokenFull => StatusCode::TOO_MANY_REQUESTS,
+            };
+            return text_response(status, &refusal.to_string());
+        }
+    };
+    let mut req = req;
+    let upgrade = hyper::upgrade::on(&mut req);
+    let shutdown = app.shutdown.clone();
+    app.tasks.spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                endpoint::serve(upgraded, slot, scope, limits, Arc::clone(&services.metrics), shutdown).await;
+            }
+            Err(e) => tracing::warn!("MCP endpoint upgrade from {peer} failed: {e}"),
+        }
+    });
+    switching_protocols(&key)
+}
+
+fn switching_protocols(key: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(key) {
+        headers.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    response
 }
 
 fn is_websocket_upgrade(req: &Request<Incoming>) -> bool {
@@ -473,16 +556,7 @@ async fn upgrade(mut req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) ->
         let (connection, outbox) = ws::open(upgraded, framing, &limits, Arc::clone(&services.metrics)).await;
         session::run(connection, outbox, device, services, app2.shutdown.clone()).await;
     });
-
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(&key) {
-        headers.insert(SEC_WEBSOCKET_ACCEPT, v);
-    }
-    response
+    switching_protocols(&key)
 }
 
 #[cfg(test)]
@@ -497,5 +571,13 @@ mod tests {
         assert_eq!(pairs[2].1, "Bearer t.1");
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
+    }
+
+    #[test]
+    fn endpoint_path_matches_with_or_without_slash() {
+        assert!(is_endpoint_path("/mcp_endpoint/mcp/", "/mcp_endpoint/mcp"));
+        assert!(is_endpoint_path("/mcp_endpoint/mcp", "/mcp_endpoint/mcp/"));
+        assert!(!is_endpoint_path("/mcp_endpoint/mcpx", "/mcp_endpoint/mcp"));
+        assert!(!is_endpoint_path("/", ""));
     }
 }

@@ -31,6 +31,8 @@ pub struct Services {
     pub vad: Arc<VadBatcher>,
     /// The WebAssembly extensions (tools, intent, memory), when the host could start.
     pub extensions: Option<Arc<Registry>>,
+    /// The tool servers connected to the MCP endpoint (carried over every rebuild).
+    pub mcp_endpoint: Arc<crate::mcp::endpoint::Hub>,
     /// Encoded fixed phrases, shared by all sessions and kept across config changes.
     pub phrases: Arc<PhraseCache>,
     /// The server's encoding load, shared by every session's speaker.
@@ -76,6 +78,8 @@ pub struct ModelCache {
     encoder_load: Arc<EncoderLoad>,
     /// The extension registry: created once at start-up, carried over every rebuild.
     pub extensions: Option<Arc<Registry>>,
+    /// The tool servers connected to the MCP endpoint (carried over every rebuild).
+    pub mcp_endpoint: Arc<crate::mcp::endpoint::Hub>,
     store: Arc<dyn Store>,
     instance: Arc<str>,
     metrics: Arc<Metrics>,
@@ -92,6 +96,7 @@ impl ModelCache {
             phrases: Arc::default(),
             encoder_load: Arc::default(),
             extensions: None,
+            mcp_endpoint: Arc::default(),
             store,
             instance,
             metrics,
@@ -151,6 +156,7 @@ impl Services {
             vad,
             vad_config,
             extensions: cache.extensions.clone(),
+            mcp_endpoint: Arc::clone(&cache.mcp_endpoint),
             phrases: Arc::clone(&cache.phrases),
             encoder_load: Arc::clone(&cache.encoder_load),
             voice_key,

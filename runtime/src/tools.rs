@@ -1,12 +1,14 @@
 //! The one registry of tools offered to the LLM in a turn, and what a tool call does.
 //!
-//! The tools are the server's WebAssembly extension tools and the device's MCP tools.
+//! The tools are the server's WebAssembly extension tools, the device's MCP tools and the tools
+//! of the servers connected to the MCP endpoint that the device may see ([`crate::mcp::endpoint`]).
 //! Name-clash rule: names are unique in what the LLM sees. Extension tools keep their names (the
 //! registry's snapshot at the start of the turn; in id order, a later extension offering a name
 //! already taken is skipped for that name, with a warning). Device tools are exposed under their
 //! sanitized names (`self.audio_speaker.set_volume` → `self_audio_speaker_set_volume`); a device
 //! tool whose name is taken by an extension tool, or two device names that sanitize alike, keep
-//! both: the later one gets a numeric suffix, logged — never silently dropped.
+//! both: the later one gets a numeric suffix, logged — never silently dropped. Endpoint tools come
+//! last, in connection order, under the same rule (suffixes handed out in linear time).
 //!
 //! A tool call ends in a [`ToolAction`] that mirrors the Python server's `ActionResponse`.
 //! One tool is special, as in the Python server where the plugin rewrites the connection's
@@ -20,6 +22,7 @@ use serde_json::Value;
 
 use crate::extensions::{ExtensionScope, Kind, ToolAction as ExtAction, ToolResult};
 use crate::llm::ToolSpec;
+use crate::mcp::endpoint::{EndpointTool, Hub};
 use crate::mcp::{DeviceTool, McpClient, UniqueNames};
 
 /// The tool whose `response` with a `result` replaces the session's system prompt (the built-in
@@ -63,6 +66,15 @@ pub struct ToolBox {
     extensions: Option<ExtensionScope>,
     /// `Intent.<x>.functions`: extension ids or tool names offered; `None` offers every tool.
     functions: Option<Arc<[String]>>,
+    /// The MCP endpoint's tool servers and the device whose turn this is.
+    endpoint: Option<(Arc<Hub>, Arc<str>)>,
+}
+
+/// The tools of one turn, under the names the LLM sees.
+struct Listing {
+    extensions: Vec<ToolSpec>,
+    device: Vec<(String, DeviceTool)>,
+    endpoint: Vec<(String, EndpointTool)>,
 }
 
 impl ToolBox {
@@ -74,7 +86,13 @@ impl ToolBox {
         extensions: Option<ExtensionScope>,
         functions: Option<Arc<[String]>>,
     ) -> Self {
-        Self { mcp, extensions, functions }
+        Self { mcp, extensions, functions, endpoint: None }
+    }
+
+    /// Also offers the tools of the MCP endpoint's servers that `device_id` may see.
+    pub fn with_endpoint(mut self, hub: Arc<Hub>, device_id: &str) -> Self {
+        self.endpoint = Some((hub, Arc::from(device_id)));
+        self
     }
 
     /// Whether the extension `id`'s tool `name` is offered.
@@ -93,8 +111,9 @@ impl ToolBox {
         if let Some(mcp) = &self.mcp {
             mcp.wait_ready().await;
         }
-        let (mut specs, device) = self.listing();
-        specs.extend(device.into_iter().map(|(name, t)| ToolSpec {
+        let Listing { extensions: mut specs, device, endpoint } = self.listing();
+        let endpoint = endpoint.into_iter().map(|(name, t)| (name, t.tool));
+        specs.extend(device.into_iter().chain(endpoint).map(|(name, t)| ToolSpec {
             name,
             description: t.description,
             parameters: t.input_schema,
@@ -104,8 +123,8 @@ impl ToolBox {
 
     /// The one place that names the tools, so that [`ToolBox::specs`] and [`ToolBox::call`] agree:
     /// the extension tools (a name offered twice goes to the first extension), then the device
-    /// tools with the names they are exposed under.
-    fn listing(&self) -> (Vec<ToolSpec>, Vec<(String, DeviceTool)>) {
+    /// tools with the names they are exposed under, then the endpoint's tools.
+    fn listing(&self) -> Listing {
         let mut names = UniqueNames::default();
         let mut specs: Vec<ToolSpec> = Vec::new();
         if let Some(ext) = &self.extensions {
@@ -134,7 +153,14 @@ impl ToolBox {
                 device.push((name, t));
             }
         }
-        (specs, device)
+        let mut endpoint = Vec::new();
+        if let Some((hub, device_id)) = &self.endpoint {
+            for t in hub.tools_for(device_id) {
+                let name = names.take(&t.tool.exposed);
+                endpoint.push((name, t));
+            }
+        }
+        Listing { extensions: specs, device, endpoint }
     }
 
     /// Runs the tool the LLM called `name` with `arguments` (JSON text).
@@ -161,13 +187,17 @@ impl ToolBox {
                 Err(e) => ToolAction::Error(format!("{name} failed: {e}")),
             };
         }
-        let Some(mcp) = &self.mcp else {
+        let Listing { device, endpoint, .. } = self.listing();
+        let outcome = if let Some((_, tool)) = device.into_iter().find(|(exposed, _)| exposed == name)
+            && let Some(mcp) = &self.mcp
+        {
+            mcp.call(&tool.name, args, timeout).await
+        } else if let Some((_, t)) = endpoint.into_iter().find(|(exposed, _)| exposed == name) {
+            t.client.call_bounded(&t.tool.name, args, timeout).await
+        } else {
             return ToolAction::Error(format!("no tool named {name}"));
         };
-        let Some((_, tool)) = self.listing().1.into_iter().find(|(exposed, _)| exposed == name) else {
-            return ToolAction::Error(format!("no tool named {name}"));
-        };
-        match mcp.call(&tool.name, args, timeout).await {
+        match outcome {
             Ok(text) => action_from_device_text(text),
             Err(e) => ToolAction::Error(format!("{name} failed: {e}")),
         }

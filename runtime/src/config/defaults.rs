@@ -146,6 +146,7 @@ impl Default for ServerConfig {
             auth_key: String::new(),
             mqtt_gateway: String::new(),
             admin_token: String::new(),
+            mcp_endpoint_path: "/mcp_endpoint/mcp".into(),
         }
     }
 }
@@ -271,6 +272,11 @@ impl Default for LimitsConfig {
             vision_requests: 8,
             device_mcp_wait_ms: 500,
             device_mcp_timeout_ms: 2000,
+            mcp_endpoint_clients: 256,
+            mcp_endpoint_clients_per_token: 16,
+            mcp_endpoint_tools: 128,
+            mcp_endpoint_message_bytes: 1024 * 1024,
+            mcp_endpoint_call_timeout_ms: 30_000,
         }
     }
 }

@@ -213,7 +213,11 @@ const SETTING_NOTES: &[(&str, bool, &str)] = &[
     ("enable_websocket_ping", false, "the WebSocket layer answers ping frames; no JSON ping/pong"),
     ("tts_audio_send_delay", false, "audio is paced in real time (audio.prebuffer_frames)"),
     ("module_test", false, "use `xiaozhi-server test-provider <KIND>.<name>`"),
-    ("mcp_endpoint", false, "the MCP endpoint is not served yet"),
+    (
+        "mcp_endpoint",
+        false,
+        "not connected to: tool servers connect to the built-in endpoint instead (server.mcp_endpoint_path, `mcp-token issue`)",
+    ),
     ("context_providers", false, "dynamic prompt context is not fetched"),
     ("voiceprint", false, "no speaker identification"),
     ("prompt_template", false, "the prompt is used as it is, with the local time appended"),

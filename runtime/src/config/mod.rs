@@ -127,6 +127,9 @@ pub struct ServerConfig {
     /// Token for the admin routes (`/metrics`, `/xiaozhi/extensions*`) on the HTTP port, sent as
     /// `Authorization: Bearer <token>`; empty = those routes answer loopback callers only.
     pub admin_token: String,
+    /// Path of the MCP endpoint on the WebSocket port: tool servers connect to
+    /// `ws://<host>:<port><path>/?token=<token>` (tokens from `xiaozhi-server mcp-token issue`).
+    pub mcp_endpoint_path: String,
 }
 
 /// `server.auth:` — device tokens.
@@ -350,6 +353,19 @@ pub struct LimitsConfig {
     /// Milliseconds the device has to answer each request of the MCP start-up (`initialize`, each
     /// `tools/list` page); a start-up that fails is retried once, then given up.
     pub device_mcp_timeout_ms: u64,
+    /// Tool servers connected to the MCP endpoint at once, over all tokens; more are refused (503).
+    pub mcp_endpoint_clients: usize,
+    /// Tool servers connected at once under one MCP endpoint token; more are refused (429).
+    pub mcp_endpoint_clients_per_token: usize,
+    /// Most tools taken from one tool server on the MCP endpoint (the rest of its list is ignored).
+    pub mcp_endpoint_tools: usize,
+    /// Largest JSON-RPC message a tool server on the MCP endpoint may send, bytes; a larger one
+    /// closes its socket.
+    pub mcp_endpoint_message_bytes: usize,
+    /// Milliseconds a tool server on the MCP endpoint has to answer one request (`initialize`, a
+    /// `tools/list` page, `ping`, `tools/call`); a call given up is announced with
+    /// `notifications/cancelled`.
+    pub mcp_endpoint_call_timeout_ms: u64,
 }
 
 /// The store backends.

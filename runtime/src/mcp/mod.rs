@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
@@ -33,6 +33,8 @@ use crate::config::LimitsConfig;
 use crate::connection::{Outbound, Outbox, SendError};
 use crate::metrics::Metrics;
 use crate::protocol::mcp::{self, McpIncoming};
+
+pub mod endpoint;
 
 /// How many times the start-up exchange is run before the session goes on without device tools.
 const STARTUP_ATTEMPTS: usize = 2;
@@ -137,9 +139,25 @@ pub enum McpCallError {
 
 type Pending = HashMap<u64, oneshot::Sender<Result<Value, String>>>;
 
-/// MCP client state of one session.
+/// Where a client's JSON-RPC messages go.
+enum Sink {
+    /// The device's own session socket (`type: mcp` envelopes).
+    Device(Outbox),
+    /// A tool server connected to the MCP endpoint: one JSON-RPC message per text frame, through
+    /// a bounded queue to the socket's writer.
+    Socket(tokio::sync::mpsc::Sender<String>),
+}
+
+/// MCP client state of one session (or of one MCP endpoint socket, [`endpoint`]).
 pub struct McpClient {
-    outbox: Outbox,
+    sink: Sink,
+    /// Set when the socket is gone: nothing more is sent, waiting requests end at once.
+    closed: AtomicBool,
+    /// Whether a request given up (timed out, or its caller gone: an aborted turn) is announced
+    /// with `notifications/cancelled` (the endpoint's tool servers; the firmware ignores it).
+    announce_cancel: bool,
+    /// `serverInfo.name` from the `initialize` answer.
+    server_name: Mutex<Option<String>>,
     /// Most tools taken from the device, and their longest name.
     max_tools: usize,
     max_name_chars: usize,
@@ -164,7 +182,10 @@ impl McpClient {
     /// A client that sends through `outbox`, taking at most what `limits` allow.
     pub fn new(outbox: Outbox, limits: &LimitsConfig, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
-            outbox,
+            sink: Sink::Device(outbox),
+            closed: AtomicBool::new(false),
+            announce_cancel: false,
+            server_name: Mutex::new(None),
             max_tools: limits.device_tools,
             max_name_chars: limits.tool_name_chars,
             step_timeout: Duration::from_millis(limits.device_mcp_timeout_ms),
@@ -176,6 +197,58 @@ impl McpClient {
             tools: Mutex::new(Arc::from(Vec::new())),
             ready: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// A client for a tool server on the MCP endpoint: messages go to `socket` (its writer),
+    /// at most `max_tools` tools are taken, each start-up request waits at most `step_timeout`.
+    pub fn for_socket(
+        socket: tokio::sync::mpsc::Sender<String>,
+        max_tools: usize,
+        max_name_chars: usize,
+        step_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            sink: Sink::Socket(socket),
+            closed: AtomicBool::new(false),
+            announce_cancel: true,
+            server_name: Mutex::new(None),
+            max_tools,
+            max_name_chars,
+            step_timeout,
+            wait: Duration::ZERO,
+            started: Mutex::new(None),
+            metrics,
+            next_id: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            tools: Mutex::new(Arc::from(Vec::new())),
+            ready: tokio::sync::watch::Sender::new(false),
+        })
+    }
+
+    /// Runs `initialize` and the paged `tools/list` once, in the caller's task (the endpoint
+    /// registers a tool server's tools only once they are listed).
+    pub async fn handshake(&self) -> Result<(), McpCallError> {
+        let outcome = self.discover(None).await;
+        self.ready.send_replace(true);
+        outcome
+    }
+
+    /// `serverInfo.name` of the peer, once `initialize` was answered.
+    pub fn server_name(&self) -> Option<String> {
+        self.server_name.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sends a JSON-RPC `ping` and waits (bounded) for its answer.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), McpCallError> {
+        self.request(|id| serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "ping"}), timeout).await.map(|_| ())
+    }
+
+    /// The socket is gone: every waiting request ends with [`McpCallError::Disconnected`] and
+    /// nothing more is sent.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Runs `initialize` and the paged `tools/list` in the background (retried once on failure).
@@ -208,7 +281,9 @@ impl McpClient {
     ) -> Result<(), McpCallError> {
         let vision = vision.map(|grant| grant());
         let vision_ref = vision.as_ref().map(|(u, t)| (u.as_str(), t.as_str()));
-        self.request(|id| mcp::initialize(id, vision_ref), self.step_timeout).await?;
+        let init = self.request(|id| mcp::initialize(id, vision_ref), self.step_timeout).await?;
+        let name = init.pointer("/serverInfo/name").and_then(Value::as_str).map(str::to_owned);
+        *self.server_name.lock().unwrap_or_else(|p| p.into_inner()) = name;
         self.send(mcp::initialized_notification())?;
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
@@ -301,16 +376,29 @@ impl McpClient {
         mcp::call_result_text(&result).map_err(|e| McpCallError::Device(e.to_string()))
     }
 
+    /// Calls a tool with this client's own request timeout (the MCP endpoint's
+    /// `limits.mcp_endpoint_call_timeout_ms`, never more than `cap`).
+    pub async fn call_bounded(&self, name: &str, arguments: Value, cap: Duration) -> Result<String, McpCallError> {
+        self.call(name, arguments, self.step_timeout.min(cap)).await
+    }
+
     async fn request(&self, build: impl FnOnce(u64) -> Value, timeout: Duration) -> Result<Value, McpCallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(McpCallError::Disconnected);
+        }
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
         if let Err(e) = self.send(build(id)) {
             self.forget(id);
             return Err(e);
         }
+        // Forgets the request however this ends; one given up (timed out, or this future dropped
+        // by an aborted turn) is announced to the peer when `announce_cancel` is set.
+        let mut guard = RequestGuard { client: self, id, answered: false };
         let outcome = tokio::time::timeout(timeout, rx).await;
-        self.forget(id);
+        guard.answered = outcome.is_ok();
+        drop(guard);
         match outcome {
             Err(_) => Err(McpCallError::Timeout(timeout)),
             Ok(Err(_)) => Err(McpCallError::Disconnected),
@@ -324,10 +412,37 @@ impl McpClient {
     }
 
     fn send(&self, payload: Value) -> Result<(), McpCallError> {
-        self.outbox.send(Outbound::Mcp(payload)).map_err(|e| match e {
-            SendError::Gone => McpCallError::Disconnected,
-            SendError::TooLarge(_) => McpCallError::Device(format!("the request is too large to send: {e}")),
-        })
+        if self.closed.load(Ordering::Acquire) {
+            return Err(McpCallError::Disconnected);
+        }
+        match &self.sink {
+            Sink::Device(outbox) => outbox.send(Outbound::Mcp(payload)).map_err(|e| match e {
+                SendError::Gone => McpCallError::Disconnected,
+                SendError::TooLarge(_) => McpCallError::Device(format!("the request is too large to send: {e}")),
+            }),
+            Sink::Socket(socket) => socket.try_send(payload.to_string()).map_err(|e| match e {
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => McpCallError::Disconnected,
+                tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                    McpCallError::Device("the tool server is not reading its socket".into())
+                }
+            }),
+        }
+    }
+}
+
+/// Removes a request from the waiting ones when its future ends or is dropped.
+struct RequestGuard<'a> {
+    client: &'a McpClient,
+    id: u64,
+    answered: bool,
+}
+
+impl Drop for RequestGuard<'_> {
+    fn drop(&mut self) {
+        self.client.forget(self.id);
+        if !self.answered && self.client.announce_cancel {
+            let _ = self.client.send(mcp::cancelled_notification(self.id, "the call was given up"));
+        }
     }
 }
 

@@ -98,6 +98,11 @@ pub fn tools_call(id: u64, name: &str, arguments: Value) -> Value {
     request(id, "tools/call", json!({"name": name, "arguments": arguments}))
 }
 
+/// `notifications/cancelled` for our request `id`, given up (timed out or its turn aborted).
+pub fn cancelled_notification(id: u64, reason: &str) -> Value {
+    json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": id, "reason": reason}})
+}
+
 /// The `notifications/initialized` notification (no id; the device ignores notifications).
 pub fn initialized_notification() -> Value {
     json!({"jsonrpc": "2.0", "method": "notifications/initialized"})

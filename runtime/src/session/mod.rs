@@ -488,7 +488,8 @@ impl Session {
             history: self.history.clone(),
             outbox: self.outbox.clone(),
             speaker,
-            tools: ToolBox::new(self.mcp.clone(), extensions.clone(), self.services.functions.clone()),
+            tools: ToolBox::new(self.mcp.clone(), extensions.clone(), self.services.functions.clone())
+                .with_endpoint(Arc::clone(&self.services.mcp_endpoint), &self.device.device_id),
             started,
             extensions,
             prompt: self.prompt.clone(),
