@@ -976,7 +976,7 @@ impl std::fmt::Debug for OpenAiTtsConfig {
 
 /// `Debug` of a provider entry with its `api_key` hidden (`***` when set).
 fn debug_without_key<T: Serialize>(value: &T, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-    let mut json = serde_json::to_value(value).map_err(|_| std::fmt::Error)?;
+    let Ok(mut json) = serde_json::to_value(value) else { return f.write_str("{..}") };
     if let Some(key) = json.get_mut("api_key").filter(|k| k.as_str().is_some_and(|k| !k.is_empty())) {
         *key = "***".into();
     }
