@@ -156,8 +156,9 @@ impl Qwen3AsrFlash {
             .await
             .map_err(|e| request_error(&self.url, "ASR request", self.timeout, &e))?;
         let status = response.status();
-        let body =
-            read_bounded(response).await.map_err(|e| request_error(&self.url, "ASR request", self.timeout, &e))?;
+        let body = crate::remote::read_capped(response, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| request_error(&self.url, "ASR request", self.timeout, &e))?;
         if !status.is_success() {
             return Err(ProviderError::Status {
                 url: self.url.clone(),
@@ -180,18 +181,6 @@ impl super::Asr for Qwen3AsrFlash {
             Err(_) => Err(ProviderError::Timeout { what: "ASR request".into(), seconds: self.timeout.as_secs() }),
         }
     }
-}
-
-/// The answer's body, at most [`MAX_ANSWER_BYTES`].
-async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        body.extend_from_slice(&chunk);
-        if body.len() > MAX_ANSWER_BYTES {
-            break;
-        }
-    }
-    Ok(body)
 }
 
 /// `code: message` of an OpenAI-style `{"error": {...}}` body (or of its SSE events).

@@ -23,6 +23,9 @@ use tokio::sync::Mutex;
 
 use super::{ProviderError, body_start, request_error};
 
+/// Most bytes of a `CreateToken` answer read (the real one is a few hundred).
+const MAX_TOKEN_ANSWER_BYTES: usize = 64 * 1024;
+
 /// The `CreateToken` endpoint (region cn-shanghai serves the tokens of every region).
 pub(crate) const DEFAULT_TOKEN_URL: &str = "https://nls-meta.cn-shanghai.aliyuncs.com/";
 
@@ -177,7 +180,9 @@ impl TokenSource {
         let response =
             self.client.get(&url).send().await.map_err(|e| request_error(&shown, &what, self.timeout, &e))?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| request_error(&shown, &what, self.timeout, &e))?;
+        let body = super::read_capped(response, MAX_TOKEN_ANSWER_BYTES)
+            .await
+            .map_err(|e| request_error(&shown, &what, self.timeout, &e))?;
         let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let token = parsed["Token"]["Id"].as_str().filter(|t| !t.trim().is_empty());
         match token {

@@ -108,6 +108,19 @@ pub(crate) fn streaming_client(timeout: Duration) -> Result<Client, ProviderErro
         .map_err(|e| ProviderError::Config(format!("cannot build the HTTP client: {}", error_chain(&e))))
 }
 
+/// Reads an answer's body, at most `cap` bytes: a longer body is cut there (and then fails to
+/// parse), so a provider cannot make us hold more.
+pub(crate) async fn read_capped(mut response: Response, cap: usize) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        body.extend_from_slice(&chunk[..chunk.len().min(cap.saturating_sub(body.len()) + 1)]);
+        if body.len() > cap {
+            break;
+        }
+    }
+    Ok(body)
+}
+
 /// The message of an error followed by its sources (reqwest's own message is terse).
 pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut message = err.to_string();

@@ -232,7 +232,7 @@ impl DoubaoTts {
             .await
             .map_err(|e| request_error(&self.url, "TTS.doubao request", self.timeout, &e))?;
         let status = response.status().as_u16();
-        let body = read_capped(response, MAX_ANSWER_BYTES)
+        let body = crate::remote::read_capped(response, MAX_ANSWER_BYTES)
             .await
             .map_err(|e| request_error(&self.url, "TTS.doubao request", self.timeout, &e))?;
         let answer = parse_answer(&self.url, status, &body)?;
@@ -243,18 +243,6 @@ impl DoubaoTts {
 /// A ratio setting as JSON (1.0 when unset).
 fn ratio(value: Option<f32>) -> Value {
     value.and_then(crate::remote::json_f32).unwrap_or(json!(1.0))
-}
-
-/// Reads an answer's body, at most `cap` bytes (the rest is cut off and fails to parse).
-async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        body.extend_from_slice(&chunk);
-        if body.len() > cap {
-            break;
-        }
-    }
-    Ok(body)
 }
 
 /// The vendor's answer: the base64 audio of a success, else the error with the vendor's code and
