@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::future::join_all;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::audio::AudioClip;
@@ -341,8 +341,9 @@ enum Sentence {
     Writing {
         /// The sentence's text, piece by piece.
         pieces: mpsc::Receiver<String>,
-        /// The text sent so far (the whole sentence once `pieces` is closed): the subtitle.
-        text: Arc<std::sync::Mutex<String>>,
+        /// The text written so far: the subtitle. Its sender closes when the sentence is complete
+        /// (or the thinking side ends), so waiting for that gives the whole sentence.
+        text: watch::Receiver<String>,
     },
 }
 
@@ -352,7 +353,7 @@ const WRITING_PIECES: usize = 64;
 /// The sentence being written to a text-streaming TTS (see [`Sentences::written`]).
 struct Writing {
     tx: mpsc::Sender<String>,
-    text: Arc<std::sync::Mutex<String>>,
+    text: watch::Sender<String>,
 }
 
 impl Writing {
@@ -360,31 +361,39 @@ impl Writing {
     /// rewrite the end of the text as more arrives (a markdown mark completed): only the part
     /// past what both share is new.
     async fn grow(&self, now: &str) {
-        let piece = {
-            let mut sent = self.text.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut piece = String::new();
+        self.text.send_if_modified(|sent| {
             if now.len() <= sent.len() || !now.starts_with(sent.as_str()) {
-                return;
+                return false;
             }
-            let piece = now.get(sent.len()..).unwrap_or_default().to_owned();
+            piece = now.get(sent.len()..).unwrap_or_default().to_owned();
             sent.push_str(&piece);
-            piece
-        };
-        let _ = self.tx.send(piece).await;
+            true
+        });
+        if !piece.is_empty() {
+            // A TTS that failed has dropped its end: the text still grows for the subtitle.
+            let _ = self.tx.send(piece).await;
+        }
     }
 
     /// The sentence is complete as `whole`: its last piece goes out and the pieces end.
     async fn complete(self, whole: &str) {
-        let piece = {
-            let mut sent = self.text.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let shared = common_prefix(&sent, whole);
-            let piece = whole.get(shared..).unwrap_or_default().to_owned();
-            *sent = whole.to_owned();
-            piece
-        };
+        let mut piece = String::new();
+        self.text.send_modify(|sent| {
+            let shared = common_prefix(sent, whole);
+            piece = whole.get(shared..).unwrap_or_default().to_owned();
+            whole.clone_into(sent);
+        });
         if !piece.is_empty() {
             let _ = self.tx.send(piece).await;
         }
     }
+}
+
+/// The whole text of a sentence being written, once its writer has completed it.
+async fn whole_text(text: &mut watch::Receiver<String>) -> String {
+    while text.changed().await.is_ok() {}
+    text.borrow().clone()
 }
 
 /// The length in bytes of the longest common prefix of `a` and `b` (on a char boundary).
@@ -430,8 +439,8 @@ impl Sentences {
         }
         if writing.is_none() {
             let (tx, pieces) = mpsc::channel(WRITING_PIECES);
-            let text = Arc::new(std::sync::Mutex::new(String::new()));
-            let _ = self.tx.send(Sentence::Writing { pieces, text: Arc::clone(&text) }).await;
+            let (text, subtitle) = watch::channel(String::new());
+            let _ = self.tx.send(Sentence::Writing { pieces, text: subtitle }).await;
             *writing = Some(Writing { tx, text });
         }
         if let Some(open) = writing {
@@ -445,7 +454,7 @@ impl Sentences {
         match (writing.take(), rest) {
             (Some(open), Some(rest)) => open.complete(&rest).await,
             (Some(open), None) => {
-                let so_far = open.text.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+                let so_far = open.text.borrow().clone();
                 open.complete(&so_far).await;
             }
             (None, Some(rest)) => self.reply(rest).await,
@@ -488,11 +497,18 @@ async fn voice(ctx: &TurnContext, mut sentences: mpsc::Receiver<Sentence>) {
                 let started = start_speaking(ctx, &text, ctx.services.tts.speak(&text), timeout).await;
                 (text, started)
             }
-            Sentence::Writing { pieces, text } => {
+            Sentence::Writing { pieces, mut text } => {
                 let started =
                     start_speaking(ctx, "(being written)", ctx.services.tts.speak_text(pieces), timeout).await;
-                // The subtitle: the whole sentence when it is complete, else what is written so far.
-                let text = text.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+                let text = match started {
+                    // Playing: the subtitle is what is written by the first audio.
+                    Some(_) => text.borrow().clone(),
+                    // Failed: the sentence is shown whole once it is written (or the turn ends).
+                    None => tokio::select! {
+                        () = ctx.cancel.cancelled() => text.borrow().clone(),
+                        whole = whole_text(&mut text) => whole,
+                    },
+                };
                 (text, started)
             }
         };
@@ -678,6 +694,23 @@ mod tests {
         // Joined, the pieces are exactly the sentences a whole-sentence TTS gets.
         let whole = feed(false, &deltas).await;
         assert_eq!(whole, vec![Ok("Once upon a time there was 3.5 cats".into()), Ok("And a dog".into())]);
+    }
+
+    #[tokio::test]
+    async fn a_sentence_whose_tts_failed_at_once_still_gets_its_whole_subtitle() {
+        let (tx, mut rx) = mpsc::channel(32);
+        let sentences = Sentences { tx, max_chars: 300, streams_text: true };
+        let mut splitter = sentences.splitter();
+        let mut writing = None;
+        sentences.written(&mut splitter, "Hello", &mut writing).await;
+        let Some(Sentence::Writing { pieces, mut text }) = rx.recv().await else { panic!("no sentence being written") };
+        // The TTS fails on its first piece and drops its end; the subtitle is not complete yet.
+        drop(pieces);
+        assert_eq!(*text.borrow(), "Hello");
+        let subtitle = tokio::spawn(async move { whole_text(&mut text).await });
+        sentences.written(&mut splitter, " there", &mut writing).await;
+        sentences.flush(&mut splitter, &mut writing).await;
+        assert_eq!(subtitle.await.expect("subtitle"), "Hello there");
     }
 
     #[test]
