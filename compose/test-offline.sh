@@ -51,6 +51,7 @@ done
 work="$(mktemp -d /var/tmp/xiaozhi-offline-test.XXXXXX)"
 mock=xiaozhi-offline-test-mock
 deployments=()
+dockerd_pid=""
 cleanup() {
     local status=$?
     if [[ "${KEEP:-0}" == 1 ]]; then
@@ -61,10 +62,43 @@ cleanup() {
     for d in "${deployments[@]}"; do
         (cd "$d" && docker-compose down -v --remove-orphans >/dev/null 2>&1) || true
     done
+    stop_dockerd
     rm -rf "$work"
     exit $status
 }
 trap cleanup EXIT
+
+# The Docker engine: the machine's own service when it answers (it may still be starting: wait up
+# to 60 s); else, as root, a dockerd started here for the test and stopped at its end (SIGTERM,
+# 20 s grace, then SIGKILL), so that a machine whose service was not started still runs the test.
+stop_dockerd() {
+    [[ -n "$dockerd_pid" ]] || return 0
+    kill -TERM "$dockerd_pid" 2>/dev/null || return 0
+    for _ in $(seq 40); do
+        kill -0 "$dockerd_pid" 2>/dev/null || return 0
+        sleep 0.5
+    done
+    kill -KILL "$dockerd_pid" 2>/dev/null || true
+}
+docker_up() { docker info >/dev/null 2>&1; }
+wait_docker() {
+    local seconds=$1
+    for _ in $(seq $((seconds * 2))); do
+        docker_up && return 0
+        [[ -z "$dockerd_pid" ]] || kill -0 "$dockerd_pid" 2>/dev/null || return 1
+        sleep 0.5
+    done
+    return 1
+}
+if ! wait_docker 60; then
+    ((EUID == 0)) && command -v dockerd >/dev/null && ! pgrep -x dockerd >/dev/null ||
+        fail "the Docker engine is not reachable (docker info) and cannot be started here"
+    step "starting a Docker engine for the test (the machine's service is not running)"
+    dockerd >"$work/dockerd.log" 2>&1 &
+    dockerd_pid=$!
+    wait_docker 90 || fail "the Docker engine did not start; its log ends with:
+$(tail -n 20 "$work/dockerd.log")"
+fi
 trap 'echo "test-offline: FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 step "host tools: simulator and mock providers"
