@@ -9,7 +9,6 @@
 //! (`mcp.server.fastmcp`; 2.x renamed it) installed; without it, a venv is made in a temporary directory and both are installed from PyPI.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use xiaozhi_e2e::harness::TestServer;
 use xiaozhi_e2e::mock::{MockOpenAi, MockScript};
+use xiaozhi_e2e::python::{Group, python_with};
 use xiaozhi_server::mcp::endpoint;
 
 const REPLY_WAIT: Duration = Duration::from_secs(20);
@@ -47,52 +47,21 @@ else:
 mcp.run(transport="stdio")
 "#;
 
-/// A child process group killed when dropped, so no process a test starts outlives it.
-struct Group(tokio::process::Child);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        // The child leads its own process group (`process_group(0)`): the bridge and the server
-        // it started go together.
-        if let Some(pid) = self.0.id().filter(|&pid| pid > 1) {
-            let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
-        }
-    }
-}
-
 /// A Python with `xiaozhi-mcp` and `mcp`, and the temporary venv that holds it (if one was made).
 async fn python() -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
-    if let Ok(python) = std::env::var("XIAOZHI_MCP_PYTHON") {
-        return Ok((PathBuf::from(python), None));
-    }
-    let dir = tempfile::tempdir()?;
-    let venv = dir.path().join("venv");
-    let status = tokio::process::Command::new("python3").arg("-m").arg("venv").arg(&venv).status().await?;
-    anyhow::ensure!(status.success(), "python3 -m venv failed");
-    let python = venv.join("bin/python");
-    let status = tokio::process::Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "xiaozhi-mcp==0.0.1", "mcp<2"])
-        .status()
-        .await?;
-    anyhow::ensure!(status.success(), "pip install xiaozhi-mcp mcp failed");
-    Ok((python, Some(dir)))
+    python_with(&["xiaozhi-mcp==0.0.1", "mcp<2"]).await
 }
 
 /// Runs the bridge as a user would: `MCP_ENDPOINT=<url> python -m xiaozhi_mcp server.py`.
 fn bridge(python: &PathBuf, script: &PathBuf, url: &str, toolset: &str) -> anyhow::Result<Group> {
-    let child = tokio::process::Command::new(python)
-        .args(["-m", "xiaozhi_mcp"])
-        .arg(script)
-        .env("MCP_ENDPOINT", url)
-        .env("TOOLSET", toolset)
-        .current_dir(script.parent().expect("script dir"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()?;
-    Ok(Group(child))
+    Group::spawn(
+        tokio::process::Command::new(python)
+            .args(["-m", "xiaozhi_mcp"])
+            .arg(script)
+            .env("MCP_ENDPOINT", url)
+            .env("TOOLSET", toolset)
+            .current_dir(script.parent().expect("script dir")),
+    )
 }
 
 fn endpoint_url(server: &TestServer, token: &str) -> String {

@@ -50,10 +50,13 @@
 //!   bounded: a silent device is retried once, and never holds up a turn for long);
 //!   [`mcp::endpoint`]: the MCP endpoint, where tool servers connect by WebSocket with a token
 //!   (issued by the `mcp-token` subcommand, kept hashed in the store) and their tools are offered
-//!   to the token's devices, with the same client.
+//!   to the token's devices, with the same client; [`mcp::servers`]: the MCP servers of
+//!   `data/.mcp_server_settings.json` (stdio, streamable HTTP, HTTP+SSE) on `rmcp`, supervised
+//!   and restarted with back-off, the file re-read as it changes.
 //! - [`vision`]: the camera's photos explained by the selected `VLLM`: the tokens devices get in
 //!   MCP `initialize`, and the model call behind `POST /mcp/vision/explain` ([`http::vision`]).
-//! - [`tools`]: the one registry of tools offered to the LLM (extension, device and endpoint tools).
+//! - [`tools`]: the one registry of tools offered to the LLM (extension, device, settings-file MCP
+//!   server and endpoint tools).
 //! - [`memory`]: conversation memory through a memory extension (into the prompt, saved at the end).
 //! - [`extensions`]: the WebAssembly extension host (tool, intent and memory components).
 //! - [`metrics`]: Prometheus metrics of the server (`GET /metrics`).

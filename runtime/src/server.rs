@@ -65,6 +65,7 @@ pub struct RunningServer {
     tasks: TaskTracker,
     _watcher: Option<config::watch::ConfigWatcher>,
     mcp_endpoint: Arc<crate::mcp::endpoint::Hub>,
+    mcp_servers: Arc<crate::mcp::servers::McpServers>,
 }
 
 impl RunningServer {
@@ -78,6 +79,11 @@ impl RunningServer {
     /// The tool servers connected to the MCP endpoint.
     pub fn mcp_endpoint(&self) -> Arc<crate::mcp::endpoint::Hub> {
         Arc::clone(&self.mcp_endpoint)
+    }
+
+    /// The MCP servers of `data/.mcp_server_settings.json`.
+    pub fn mcp_servers(&self) -> Arc<crate::mcp::servers::McpServers> {
+        Arc::clone(&self.mcp_servers)
     }
 
     /// A token that fires when the server shuts down.
@@ -125,6 +131,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     let metrics = Arc::clone(&services.metrics);
     let (config_tx, config_rx) = watch::channel(Arc::clone(&config));
     let mcp_endpoint = Arc::clone(&services.mcp_endpoint);
+    let mcp_servers = Arc::clone(&services.mcp_servers);
     let (services_tx, services_rx) = watch::channel(Arc::new(services));
 
     let (key, generated) = crate::auth::resolve_key(config.auth_key());
@@ -190,11 +197,12 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         drop(config_tx);
         None
     };
+    mcp_servers.watch(&options.data_dir, config_rx.clone(), shutdown.clone(), &tasks);
     tasks.spawn(rebuild_services_on_change(config_rx, services_tx, cache, shutdown.clone()));
     tasks.spawn(accept_loop(ws_listener, Arc::clone(&app), Port::WebSocket));
     tasks.spawn(accept_loop(http_listener, Arc::clone(&app), Port::Http));
     tracing::info!("WebSocket on ws://{ws_addr}{WS_PATH}/, OTA on http://{http_addr}/xiaozhi/ota/");
-    Ok(RunningServer { ws_addr, http_addr, shutdown, tasks, _watcher: watcher, mcp_endpoint })
+    Ok(RunningServer { ws_addr, http_addr, shutdown, tasks, _watcher: watcher, mcp_endpoint, mcp_servers })
 }
 
 /// Starts the WebAssembly extension host, loads the extension folders and watches them. A host

@@ -33,6 +33,8 @@ pub struct Services {
     pub extensions: Option<Arc<Registry>>,
     /// The tool servers connected to the MCP endpoint (carried over every rebuild).
     pub mcp_endpoint: Arc<crate::mcp::endpoint::Hub>,
+    /// The MCP servers of `data/.mcp_server_settings.json` (carried over every rebuild).
+    pub mcp_servers: Arc<crate::mcp::servers::McpServers>,
     /// Encoded fixed phrases, shared by all sessions and kept across config changes.
     pub phrases: Arc<PhraseCache>,
     /// The server's encoding load, shared by every session's speaker.
@@ -80,6 +82,8 @@ pub struct ModelCache {
     pub extensions: Option<Arc<Registry>>,
     /// The tool servers connected to the MCP endpoint (carried over every rebuild).
     pub mcp_endpoint: Arc<crate::mcp::endpoint::Hub>,
+    /// The MCP servers of `data/.mcp_server_settings.json` (carried over every rebuild).
+    pub mcp_servers: Arc<crate::mcp::servers::McpServers>,
     store: Arc<dyn Store>,
     instance: Arc<str>,
     metrics: Arc<Metrics>,
@@ -97,6 +101,7 @@ impl ModelCache {
             encoder_load: Arc::default(),
             extensions: None,
             mcp_endpoint: Arc::default(),
+            mcp_servers: Arc::default(),
             store,
             instance,
             metrics,
@@ -157,6 +162,7 @@ impl Services {
             vad_config,
             extensions: cache.extensions.clone(),
             mcp_endpoint: Arc::clone(&cache.mcp_endpoint),
+            mcp_servers: Arc::clone(&cache.mcp_servers),
             phrases: Arc::clone(&cache.phrases),
             encoder_load: Arc::clone(&cache.encoder_load),
             voice_key,

@@ -1,14 +1,16 @@
 //! The one registry of tools offered to the LLM in a turn, and what a tool call does.
 //!
-//! The tools are the server's WebAssembly extension tools, the device's MCP tools and the tools
+//! The tools are the server's WebAssembly extension tools, the device's MCP tools, the tools of
+//! the MCP servers of `data/.mcp_server_settings.json` ([`crate::mcp::servers`]) and the tools
 //! of the servers connected to the MCP endpoint that the device may see ([`crate::mcp::endpoint`]).
 //! Name-clash rule: names are unique in what the LLM sees. Extension tools keep their names (the
 //! registry's snapshot at the start of the turn; in id order, a later extension offering a name
 //! already taken is skipped for that name, with a warning). Device tools are exposed under their
 //! sanitized names (`self.audio_speaker.set_volume` → `self_audio_speaker_set_volume`); a device
 //! tool whose name is taken by an extension tool, or two device names that sanitize alike, keep
-//! both: the later one gets a numeric suffix, logged — never silently dropped. Endpoint tools come
-//! last, in connection order, under the same rule (suffixes handed out in linear time).
+//! both: the later one gets a numeric suffix, logged — never silently dropped. The settings file's
+//! servers' tools come next (servers in name order), then the endpoint's, in connection order,
+//! under the same rule (suffixes handed out in linear time).
 //!
 //! A tool call ends in a [`ToolAction`] that mirrors the Python server's `ActionResponse`.
 //! One tool is special, as in the Python server where the plugin rewrites the connection's
@@ -23,6 +25,7 @@ use serde_json::Value;
 use crate::extensions::{ExtensionScope, Kind, ToolAction as ExtAction, ToolResult};
 use crate::llm::ToolSpec;
 use crate::mcp::endpoint::{EndpointTool, Hub};
+use crate::mcp::servers::{McpServers, ServerTool};
 use crate::mcp::{DeviceTool, McpClient, UniqueNames};
 
 /// The tool whose `response` with a `result` replaces the session's system prompt (the built-in
@@ -68,12 +71,15 @@ pub struct ToolBox {
     functions: Option<Arc<[String]>>,
     /// The MCP endpoint's tool servers and the device whose turn this is.
     endpoint: Option<(Arc<Hub>, Arc<str>)>,
+    /// The MCP servers of the settings file, and the longest a call to one may take.
+    servers: Option<(Arc<McpServers>, Duration)>,
 }
 
 /// The tools of one turn, under the names the LLM sees.
 struct Listing {
     extensions: Vec<ToolSpec>,
     device: Vec<(String, DeviceTool)>,
+    servers: Vec<(String, ServerTool)>,
     endpoint: Vec<(String, EndpointTool)>,
 }
 
@@ -86,7 +92,14 @@ impl ToolBox {
         extensions: Option<ExtensionScope>,
         functions: Option<Arc<[String]>>,
     ) -> Self {
-        Self { mcp, extensions, functions, endpoint: None }
+        Self { mcp, extensions, functions, endpoint: None, servers: None }
+    }
+
+    /// Also offers the tools of the settings file's MCP servers; a call to one waits at most
+    /// `call_timeout` (and never more than the turn's tool timeout).
+    pub fn with_servers(mut self, servers: Arc<McpServers>, call_timeout: Duration) -> Self {
+        self.servers = Some((servers, call_timeout));
+        self
     }
 
     /// Also offers the tools of the MCP endpoint's servers that `device_id` may see.
@@ -111,9 +124,10 @@ impl ToolBox {
         if let Some(mcp) = &self.mcp {
             mcp.wait_ready().await;
         }
-        let Listing { extensions: mut specs, device, endpoint } = self.listing();
+        let Listing { extensions: mut specs, device, servers, endpoint } = self.listing();
+        let servers = servers.into_iter().map(|(name, t)| (name, t.tool));
         let endpoint = endpoint.into_iter().map(|(name, t)| (name, t.tool));
-        specs.extend(device.into_iter().chain(endpoint).map(|(name, t)| ToolSpec {
+        specs.extend(device.into_iter().chain(servers).chain(endpoint).map(|(name, t)| ToolSpec {
             name,
             description: t.description,
             parameters: t.input_schema,
@@ -123,7 +137,8 @@ impl ToolBox {
 
     /// The one place that names the tools, so that [`ToolBox::specs`] and [`ToolBox::call`] agree:
     /// the extension tools (a name offered twice goes to the first extension), then the device
-    /// tools with the names they are exposed under, then the endpoint's tools.
+    /// tools with the names they are exposed under, then the settings file's servers' tools, then
+    /// the endpoint's tools.
     fn listing(&self) -> Listing {
         let mut names = UniqueNames::default();
         let mut specs: Vec<ToolSpec> = Vec::new();
@@ -153,6 +168,13 @@ impl ToolBox {
                 device.push((name, t));
             }
         }
+        let mut servers = Vec::new();
+        if let Some((hub, _)) = &self.servers {
+            for t in hub.tools() {
+                let name = names.take(&t.tool.exposed);
+                servers.push((name, t));
+            }
+        }
         let mut endpoint = Vec::new();
         if let Some((hub, device_id)) = &self.endpoint {
             for t in hub.tools_for(device_id) {
@@ -160,7 +182,7 @@ impl ToolBox {
                 endpoint.push((name, t));
             }
         }
-        Listing { extensions: specs, device, endpoint }
+        Listing { extensions: specs, device, servers, endpoint }
     }
 
     /// Runs the tool the LLM called `name` with `arguments` (JSON text).
@@ -187,13 +209,16 @@ impl ToolBox {
                 Err(e) => ToolAction::Error(format!("{name} failed: {e}")),
             };
         }
-        let Listing { device, endpoint, .. } = self.listing();
+        let Listing { device, servers, endpoint, .. } = self.listing();
         let outcome = if let Some((_, tool)) = device.into_iter().find(|(exposed, _)| exposed == name)
             && let Some(mcp) = &self.mcp
         {
-            mcp.call(&tool.name, args, timeout).await
+            mcp.call(&tool.name, args, timeout).await.map_err(|e| e.to_string())
+        } else if let Some((_, t)) = servers.into_iter().find(|(exposed, _)| exposed == name) {
+            let cap = self.servers.as_ref().map_or(timeout, |(_, cap)| timeout.min(*cap));
+            t.call(args, cap).await.map_err(|e| e.to_string())
         } else if let Some((_, t)) = endpoint.into_iter().find(|(exposed, _)| exposed == name) {
-            t.client.call_bounded(&t.tool.name, args, timeout).await
+            t.client.call_bounded(&t.tool.name, args, timeout).await.map_err(|e| e.to_string())
         } else {
             return ToolAction::Error(format!("no tool named {name}"));
         };

@@ -11,6 +11,7 @@ pub mod harness;
 pub mod jpeg;
 pub mod mock;
 pub mod providers;
+pub mod python;
 pub mod raw;
 pub mod speech;
 pub mod vendors;

@@ -277,6 +277,11 @@ impl Default for LimitsConfig {
             mcp_endpoint_tools: 128,
             mcp_endpoint_message_bytes: 1024 * 1024,
             mcp_endpoint_call_timeout_ms: 30_000,
+            mcp_servers: 32,
+            mcp_server_tools: 128,
+            mcp_server_start_timeout_ms: 10_000,
+            mcp_server_call_timeout_ms: 30_000,
+            mcp_server_restart_ms: 1000,
         }
     }
 }

@@ -366,6 +366,19 @@ pub struct LimitsConfig {
     /// `tools/list` page, `ping`, `tools/call`); a call given up is announced with
     /// `notifications/cancelled`.
     pub mcp_endpoint_call_timeout_ms: u64,
+    /// MCP servers of `data/.mcp_server_settings.json` run at once; later entries are skipped.
+    pub mcp_servers: usize,
+    /// Most tools taken from one MCP server of the settings file (the rest are ignored).
+    pub mcp_server_tools: usize,
+    /// Milliseconds an MCP server of the settings file has to start, answer `initialize` and
+    /// list its tools.
+    pub mcp_server_start_timeout_ms: u64,
+    /// Milliseconds an MCP server of the settings file has to answer one `tools/call` (never
+    /// more than `tool_call_timeout`); a call given up is announced with `notifications/cancelled`.
+    pub mcp_server_call_timeout_ms: u64,
+    /// Milliseconds before an MCP server that went away is started again; doubles per failure up
+    /// to 60 s, and resets once a connection has lasted 60 s.
+    pub mcp_server_restart_ms: u64,
 }
 
 /// The store backends.

@@ -35,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::protocol::mcp::{self, McpIncoming};
 
 pub mod endpoint;
+pub mod servers;
 
 /// How many times the start-up exchange is run before the session goes on without device tools.
 const STARTUP_ATTEMPTS: usize = 2;

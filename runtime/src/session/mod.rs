@@ -489,7 +489,11 @@ impl Session {
             outbox: self.outbox.clone(),
             speaker,
             tools: ToolBox::new(self.mcp.clone(), extensions.clone(), self.services.functions.clone())
-                .with_endpoint(Arc::clone(&self.services.mcp_endpoint), &self.device.device_id),
+                .with_endpoint(Arc::clone(&self.services.mcp_endpoint), &self.device.device_id)
+                .with_servers(
+                    Arc::clone(&self.services.mcp_servers),
+                    std::time::Duration::from_millis(self.services.config.limits.mcp_server_call_timeout_ms),
+                ),
             started,
             extensions,
             prompt: self.prompt.clone(),
