@@ -55,6 +55,8 @@
 //!   and restarted with back-off, the file re-read as it changes.
 //! - [`vision`]: the camera's photos explained by the selected `VLLM`: the tokens devices get in
 //!   MCP `initialize`, and the model call behind `POST /mcp/vision/explain` ([`http::vision`]).
+//! - [`agents`]: per-device settings: agents (overrides merged over the configuration) and their
+//!   devices, kept in the store; the providers of each agent in use built once.
 //! - [`tools`]: the one registry of tools offered to the LLM (extension, device, settings-file MCP
 //!   server and endpoint tools).
 //! - [`memory`]: conversation memory through a memory extension (into the prompt, saved at the end).
@@ -68,6 +70,7 @@
 //! - [`simulator`]: a device simulator that speaks the firmware's protocol (used by the
 //!   `simulate` subcommand and by the end-to-end tests).
 
+pub mod agents;
 pub mod asr;
 pub mod audio;
 pub mod auth;

@@ -1,5 +1,5 @@
 //! The `xiaozhi-server` command line: `serve` (default), `simulate`, `token`, `check-config`,
-//! `test-provider`, `bind`, `revoke`, `mcp-token`, `data`, `bench`, `health`. No logic lives here; each
+//! `test-provider`, `bind`, `revoke`, `agent`, `mcp-token`, `data`, `bench`, `health`. No logic lives here; each
 //! subcommand calls into the library.
 
 use std::path::PathBuf;
@@ -60,6 +60,9 @@ enum Command {
         #[arg(long)]
         device_id: String,
     },
+    /// Create, change, list and delete agents (per-device settings), and assign them to devices.
+    #[command(subcommand)]
+    Agent(xiaozhi_server::agents::cli::AgentCommand),
     /// Issue, revoke or list the tokens tool servers connect to the MCP endpoint with.
     #[command(subcommand)]
     McpToken(McpTokenCommand),
@@ -118,6 +121,10 @@ fn main() -> ExitCode {
         Command::Bind { code } => runtime().and_then(|rt| rt.block_on(bind(&source, &cli.data_dir, &code))),
         Command::Revoke { device_id } => {
             runtime().and_then(|rt| rt.block_on(revoke(&source, &cli.data_dir, &device_id)))
+        }
+        Command::Agent(command) => {
+            init_logging("warn");
+            runtime().and_then(|rt| rt.block_on(xiaozhi_server::agents::cli::run(command, &source, &cli.data_dir)))
         }
         Command::McpToken(command) => runtime().and_then(|rt| rt.block_on(mcp_token(&source, &cli.data_dir, command))),
         Command::Data(command) => {

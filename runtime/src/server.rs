@@ -94,6 +94,8 @@ impl RunningServer {
 
 struct App {
     services: watch::Receiver<Arc<Services>>,
+    /// The services of each agent in use, over the current ones.
+    agents: Arc<crate::agents::AgentServices<Services>>,
     http: HttpContext,
     /// The port the HTTP listener really bound (the vision URL devices are given).
     http_port: u16,
@@ -130,6 +132,14 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     let state = Arc::clone(&services.store);
     let metrics = Arc::clone(&services.metrics);
     let (config_tx, config_rx) = watch::channel(Arc::clone(&config));
+    // One model cache for the configuration's rebuilds and the agents' builds (each on a blocking
+    // thread, one at a time).
+    let cache = Arc::new(std::sync::Mutex::new(cache));
+    let agent_cache = Arc::clone(&cache);
+    let agents = Arc::new(crate::agents::AgentServices::new(Box::new(move |_base: &Arc<Services>, config| {
+        let mut cache = agent_cache.lock().unwrap_or_else(|p| p.into_inner());
+        Services::build(Arc::new(config), &mut cache).map(Arc::new).map_err(|e| e.to_string())
+    })));
     let mcp_endpoint = Arc::clone(&services.mcp_endpoint);
     let mcp_servers = Arc::clone(&services.mcp_servers);
     let (services_tx, services_rx) = watch::channel(Arc::new(services));
@@ -160,6 +170,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     let tasks = TaskTracker::new();
     let app = Arc::new(App {
         services: services_rx,
+        agents,
         http: HttpContext {
             config: config_rx.clone(),
             data_dir: options.data_dir.clone(),
@@ -252,7 +263,7 @@ fn instance_name(config: &Config) -> String {
 async fn rebuild_services_on_change(
     mut config_rx: watch::Receiver<Arc<Config>>,
     services_tx: watch::Sender<Arc<Services>>,
-    mut cache: ModelCache,
+    cache: Arc<std::sync::Mutex<ModelCache>>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -262,24 +273,41 @@ async fn rebuild_services_on_change(
         }
         let config = Arc::clone(&config_rx.borrow_and_update());
         // Loading a model file is blocking work: keep it off the async worker threads.
+        let cache = Arc::clone(&cache);
         let built = tokio::task::spawn_blocking(move || {
-            let result = Services::build(config, &mut cache);
-            (result, cache)
+            Services::build(config, &mut cache.lock().unwrap_or_else(|p| p.into_inner()))
         })
         .await;
         match built {
-            Ok((Ok(services), back)) => {
-                cache = back;
+            Ok(Ok(services)) => {
                 let _ = services_tx.send(Arc::new(services));
                 tracing::info!("config applied: new sessions use the new settings");
             }
-            Ok((Err(e), back)) => {
-                cache = back;
+            Ok(Err(e)) => {
                 tracing::warn!("config change not applied, keeping the previous providers: {e}");
             }
             Err(e) => {
                 tracing::error!("provider rebuild panicked: {e}");
                 return;
+            }
+        }
+    }
+}
+
+impl App {
+    /// The services a device's session starts with: its agent's ([`crate::agents`]) over `base`,
+    /// or `base` when it has none (or the store cannot say: logged).
+    async fn services_for(&self, base: Arc<Services>, device_id: &str) -> Arc<Services> {
+        match crate::agents::of_device(base.store.as_ref(), device_id).await {
+            Ok(None) => base,
+            Ok(Some(agent)) => {
+                tracing::debug!(device = %device_id, agent = %agent.id, "the session starts with its agent's settings");
+                let config = Arc::clone(&base.config);
+                self.agents.for_agent(&base, &config, &agent).await
+            }
+            Err(e) => {
+                tracing::warn!(device = %device_id, "the device's agent cannot be read ({e}); using the configuration");
+                base
             }
         }
     }
@@ -560,6 +588,7 @@ async fn upgrade(mut req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) ->
             }
         };
         let services = Arc::clone(&app2.services.borrow());
+        let services = app2.services_for(services, &device.device_id).await;
         let limits = services.config.limits.clone();
         let (connection, outbox) = ws::open(upgraded, framing, &limits, Arc::clone(&services.metrics)).await;
         session::run(connection, outbox, device, services, app2.shutdown.clone()).await;

@@ -181,6 +181,19 @@ pub fn load_selecting(source: &ConfigSource, kind: &str, name: &str) -> Result<L
     from_mapping(merged)
 }
 
+/// `config` with `overrides` deep-merged over it (maps merge, lists and scalars replace), resolved
+/// and checked as [`load`] does: an agent's settings on top of the loaded configuration.
+pub fn with_overrides(config: &Config, overrides: Mapping) -> Result<Config, ConfigError> {
+    let Ok(Value::Mapping(mut document)) = serde_yaml_ng::to_value(config) else {
+        return Err(ConfigError::Invalid {
+            path: String::new(),
+            message: "the configuration does not serialize".into(),
+        });
+    };
+    deep_merge(&mut document, overrides);
+    from_mapping(document).map(|loaded| loaded.config)
+}
+
 /// The merged document of both files as the loader sees it before typing it: nulls removed and
 /// the Python server's placeholders cleared (for the migration report).
 pub fn merged_document(source: &ConfigSource) -> Result<Mapping, ConfigError> {

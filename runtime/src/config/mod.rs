@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use load::{ConfigError, ConfigSource, Loaded, load, load_str};
+pub use load::{ConfigError, ConfigSource, Loaded, load, load_str, with_overrides};
 
 /// The whole configuration, as read from YAML (see `config.yaml` at the repository root for the
 /// documented defaults).
