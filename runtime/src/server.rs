@@ -181,6 +181,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
             metrics,
             new_devices: Arc::new(http::limit::RateLimit::new()),
             vision: Arc::new(http::vision::Gate::default()),
+            console: Arc::default(),
         },
         http_port: http_addr.port(),
         shutdown: shutdown.clone(),
@@ -213,6 +214,12 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     tasks.spawn(accept_loop(ws_listener, Arc::clone(&app), Port::WebSocket));
     tasks.spawn(accept_loop(http_listener, Arc::clone(&app), Port::Http));
     tracing::info!("WebSocket on ws://{ws_addr}{WS_PATH}/, OTA on http://{http_addr}/xiaozhi/ota/");
+    let console_path = config.console.path.trim_end_matches('/');
+    if config.console.password.is_empty() {
+        tracing::info!("the console is off: set console.password in data/.config.yaml to turn it on");
+    } else {
+        tracing::info!("console API on http://{http_addr}{console_path}/api/ (sign in with console.password)");
+    }
     Ok(RunningServer { ws_addr, http_addr, shutdown, tasks, _watcher: watcher, mcp_endpoint, mcp_servers })
 }
 

@@ -118,6 +118,7 @@ impl Default for Config {
             plugins: BTreeMap::new(),
             store: StoreConfig::default(),
             limits: LimitsConfig::default(),
+            console: ConsoleConfig::default(),
             providers: Providers::default(),
         }
     }
@@ -283,6 +284,12 @@ impl Default for LimitsConfig {
             mcp_server_call_timeout_ms: 30_000,
             mcp_server_restart_ms: 1000,
         }
+    }
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self { password: String::new(), path: "/console".into(), session_hours: 12 }
     }
 }
 

@@ -96,6 +96,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// The bound on every per-device and per-caller resource (README "Limits and security").
     pub limits: LimitsConfig,
+    /// The console (its sign-in and JSON API) on the HTTP port.
+    pub console: ConsoleConfig,
     /// The selected providers, typed; filled by [`load()`], never read from YAML.
     #[serde(skip)]
     pub providers: Providers,
@@ -130,6 +132,28 @@ pub struct ServerConfig {
     /// Path of the MCP endpoint on the WebSocket port: tool servers connect to
     /// `ws://<host>:<port><path>/?token=<token>` (tokens from `xiaozhi-server mcp-token issue`).
     pub mcp_endpoint_path: String,
+}
+
+/// `console:` — the console on the HTTP port; off while `password` is empty.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConsoleConfig {
+    /// The password that signs in; empty: the console is off.
+    pub password: String,
+    /// Where it answers on the HTTP port (`/console`: `http://<host>:8003/console/`).
+    pub path: String,
+    /// Hours a sign-in lasts.
+    pub session_hours: u64,
+}
+
+impl std::fmt::Debug for ConsoleConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleConfig")
+            .field("password", &if self.password.is_empty() { "" } else { "<set>" })
+            .field("path", &self.path)
+            .field("session_hours", &self.session_hours)
+            .finish()
+    }
 }
 
 /// `server.auth:` — device tokens.

@@ -53,7 +53,7 @@ impl RateLimit {
 }
 
 /// The address an event counts for: IPv4 as it is, IPv6 by its /64.
-fn block(addr: IpAddr) -> IpAddr {
+pub(super) fn block(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V4(_) => addr,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

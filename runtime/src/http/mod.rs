@@ -13,6 +13,7 @@
 //! | `POST /xiaozhi/extensions/reload` | reloads the extension folders; admin |
 //! | `GET /mcp/vision/explain` | 200 text saying whether a vision model is selected |
 //! | `POST /mcp/vision/explain` | a photo explained by the vision model ([`vision`]) |
+//! | `<console.path>/api/…` | the console's sign-in and JSON API ([`console`]); HTTP port only, off unless `console.password` is set |
 //! | `OPTIONS *` | 204 |
 //! | anything else | 404 |
 //!
@@ -28,6 +29,7 @@
 //! instead, because without it no answer can be addressed to any device.
 
 pub mod activation;
+pub mod console;
 pub mod firmware;
 pub mod limit;
 pub mod ota;
@@ -88,6 +90,8 @@ pub struct HttpContext {
     pub new_devices: Arc<limit::RateLimit>,
     /// The vision requests being served (one per device, `limits.vision_requests` in all).
     pub vision: Arc<vision::Gate>,
+    /// The console's sessions and sign-in throttle.
+    pub console: Arc<console::Console>,
 }
 
 /// Answers one plain HTTP request. Never fails: every problem is an HTTP status.
@@ -116,6 +120,9 @@ where
 {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    if method != Method::OPTIONS && console::is_console_path(&path, ctx) {
+        return console::route(req, ctx).await;
+    }
     if is_admin_route(&path)
         && let Some(refused) = refuse_admin(&req, ctx)
     {
@@ -521,6 +528,7 @@ mod tests {
             metrics: crate::metrics::Metrics::new(),
             new_devices: Arc::new(limit::RateLimit::new()),
             vision: Arc::new(vision::Gate::default()),
+            console: Arc::default(),
         };
         Fixture { _dir: dir, ctx, _tx: tx }
     }

@@ -1,0 +1,375 @@
+//! The console's sign-in and its JSON API (`<console.path>/api/…`, HTTP port only), the same
+//! operations as the `agent` subcommand. Off unless `console.password` is set.
+//!
+//! | Route | Answer |
+//! |---|---|
+//! | `POST /console/api/login` `{"password": …}` | 200 `{"csrf": …}` and the session cookie; 401 wrong password; 429 while the caller must wait |
+//! | `POST /console/api/logout` | 200; the session ends |
+//! | `GET /console/api/session` | 200 `{"csrf": …}` of the caller's session |
+//! | `GET /console/api/agents` | 200 `{"agents": [{…agent, "devices": […]}]}` |
+//! | `PUT /console/api/agents/<id>` agent JSON | 200 the saved agent; 400 with the reason it is refused |
+//! | `DELETE /console/api/agents/<id>` | 200; its devices go back to the configuration's settings |
+//! | `PUT /console/api/devices/<device id>/agent` `{"agent": id or null}` | 200 |
+//!
+//! **Sessions**: a sign-in sets `xz_console=<256 random bits>; HttpOnly; SameSite=Strict;
+//! Path=<console.path>` (`Secure` too when the request came through HTTPS, `X-Forwarded-Proto:
+//! https`), valid `console.session_hours`; at most [`MAX_SESSIONS`] at once (a new one ends the
+//! oldest). Every API call but the sign-in needs the cookie (else 401), and every call that
+//! changes something (POST, PUT, DELETE) also the session's CSRF token in `X-CSRF-Token` (else
+//! 403), so another site cannot act through a signed-in browser.
+//!
+//! **Sign-in throttling**: after the n-th wrong password in a row from one address (IPv6 by its
+//! /64), that address must wait 2^(n-1) s (at most [`MAX_WAIT`]) before its next try; a try
+//! before then is answered 429 with `Retry-After`, without looking at the password. At most
+//! [`MAX_ADDRESSES`] addresses are tracked; when all are waiting, unknown addresses wait too.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use http_body_util::Full;
+use hyper::body::Body;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::limit::block;
+use super::{Caller, HttpContext, json_response, read_body, same_secret};
+use crate::agents::{self, Agent, AgentError};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "xz_console";
+
+/// Most console sessions at once.
+pub const MAX_SESSIONS: usize = 64;
+
+/// Longest wait imposed after wrong passwords.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Most addresses whose wrong passwords are remembered.
+pub const MAX_ADDRESSES: usize = 10_000;
+
+/// One signed-in browser.
+struct Session {
+    csrf: String,
+    expires: Instant,
+}
+
+/// Wrong passwords in a row from one address, and when it may try again.
+struct Failures {
+    count: u32,
+    next_try: Instant,
+}
+
+/// The console's sessions and sign-in throttle.
+#[derive(Default)]
+pub struct Console {
+    // std Mutexes: held for one map operation, never across an await.
+    sessions: Mutex<HashMap<String, Session>>,
+    failures: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console").finish_non_exhaustive()
+    }
+}
+
+impl Console {
+    /// How long `addr` must still wait before trying a password, if at all.
+    fn must_wait(&self, addr: IpAddr, now: Instant) -> Option<Duration> {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = failures.get(&block(addr)) {
+            return (f.next_try > now).then(|| f.next_try - now);
+        }
+        if failures.len() >= MAX_ADDRESSES {
+            failures.retain(|_, f| f.next_try > now);
+            if failures.len() >= MAX_ADDRESSES {
+                return Some(Duration::from_secs(1));
+            }
+        }
+        None
+    }
+
+    /// A wrong password from `addr`: the wait before its next try.
+    fn failed(&self, addr: IpAddr, now: Instant) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = failures.entry(block(addr)).or_insert(Failures { count: 0, next_try: now });
+        entry.count = entry.count.saturating_add(1);
+        let wait = Duration::from_secs(1u64 << (entry.count - 1).min(6)).min(MAX_WAIT);
+        entry.next_try = now + wait;
+        wait
+    }
+
+    /// A new session; returns its id and CSRF token.
+    fn sign_in(&self, addr: IpAddr, lifetime: Duration, now: Instant) -> (String, String) {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&block(addr));
+        let id = hex::encode(rand::random::<[u8; 32]>());
+        let csrf = hex::encode(rand::random::<[u8; 32]>());
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.retain(|_, s| s.expires > now);
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(oldest) = sessions.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| k.clone())
+        {
+            sessions.remove(&oldest);
+        }
+        sessions.insert(id.clone(), Session { csrf: csrf.clone(), expires: now + lifetime });
+        (id, csrf)
+    }
+
+    /// The CSRF token of the live session `id`.
+    fn csrf_of(&self, id: &str, now: Instant) -> Option<String> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.get(id).filter(|s| s.expires > now).map(|s| s.csrf.clone())
+    }
+
+    fn sign_out(&self, id: &str) {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+}
+
+/// Whether `path` is the console's (`<console.path>` or under it).
+pub fn is_console_path(path: &str, ctx: &HttpContext) -> bool {
+    let base = ctx.config.borrow().console.path.trim_end_matches('/').to_owned();
+    !base.is_empty() && (path == base || path.starts_with(&format!("{base}/")))
+}
+
+/// Answers a request under `<console.path>`.
+pub async fn route<B>(req: Request<B>, ctx: &HttpContext) -> Response<Full<Bytes>>
+where
+    B: Body,
+    B::Data: Buf,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (password, base, hours) = {
+        let config = ctx.config.borrow();
+        (
+            config.console.password.clone(),
+            config.console.path.trim_end_matches('/').to_owned(),
+            config.console.session_hours,
+        )
+    };
+    let Some(caller) = req.extensions().get::<Caller>().copied().filter(|c| c.admin_port) else {
+        return error(StatusCode::NOT_FOUND, "not found");
+    };
+    if password.is_empty() {
+        return error(StatusCode::NOT_FOUND, "the console is off: set console.password to turn it on");
+    }
+    let now = Instant::now();
+    let path = req.uri().path().strip_prefix(base.as_str()).unwrap_or_default().to_owned();
+    let method = req.method().clone();
+    if (method.clone(), path.as_str()) == (Method::POST, "/api/login") {
+        return login(req, ctx, caller, &password, &base, Duration::from_secs(hours.saturating_mul(3600)), now).await;
+    }
+    let cookie = session_cookie(&req);
+    let Some(csrf) = cookie.as_deref().and_then(|id| ctx.console.csrf_of(id, now)) else {
+        return error(StatusCode::UNAUTHORIZED, "sign in first (POST api/login)");
+    };
+    if method != Method::GET && method != Method::HEAD {
+        let given = req.headers().get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if !same_secret(given, &csrf) {
+            tracing::warn!(peer = %caller.peer, "console: refused a {method} without the session's CSRF token");
+            return error(StatusCode::FORBIDDEN, "missing or wrong X-CSRF-Token");
+        }
+    }
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["api", "session"]) => json_response(StatusCode::OK, &json!({"csrf": csrf})),
+        (&Method::POST, ["api", "logout"]) => {
+            if let Some(id) = cookie {
+                ctx.console.sign_out(&id);
+            }
+            let mut response = json_response(StatusCode::OK, &json!({"success": true}));
+            let expired = format!("{COOKIE}=; Path={base}; HttpOnly; SameSite=Strict; Max-Age=0");
+            if let Ok(value) = HeaderValue::from_str(&expired) {
+                response.headers_mut().insert(header::SET_COOKIE, value);
+            }
+            response
+        }
+        (&Method::GET, ["api", "agents"]) => list_agents(ctx).await,
+        (&Method::PUT, ["api", "agents", id]) => {
+            let id = (*id).to_owned();
+            match read_json(req, ctx).await {
+                Ok(body) => put_agent(ctx, &id, body).await,
+                Err(refused) => refused,
+            }
+        }
+        (&Method::DELETE, ["api", "agents", id]) => {
+            answer(agents::delete(ctx.store.as_ref(), id).await.map(|()| json!({})))
+        }
+        (&Method::PUT, ["api", "devices", device, "agent"]) => {
+            let device = (*device).to_owned();
+            match read_json(req, ctx).await {
+                Ok(body) => {
+                    let agent = body.get("agent").and_then(Value::as_str).map(str::to_owned);
+                    answer(agents::assign(ctx.store.as_ref(), &device, agent.as_deref()).await.map(|()| json!({})))
+                }
+                Err(refused) => refused,
+            }
+        }
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+async fn login<B>(
+    req: Request<B>,
+    ctx: &HttpContext,
+    caller: Caller,
+    password: &str,
+    base: &str,
+    lifetime: Duration,
+    now: Instant,
+) -> Response<Full<Bytes>>
+where
+    B: Body,
+    B::Data: Buf,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let addr = caller.peer.ip();
+    if let Some(wait) = ctx.console.must_wait(addr, now) {
+        let mut response = error(StatusCode::TOO_MANY_REQUESTS, "too many wrong passwords: wait before trying again");
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        return response;
+    }
+    let https = req.headers().get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let body = match read_json(req, ctx).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    let given = body.get("password").and_then(Value::as_str).unwrap_or_default();
+    if !same_secret(given, password) {
+        let wait = ctx.console.failed(addr, now);
+        tracing::warn!(peer = %caller.peer, "console: wrong password; the next try in {wait:?}");
+        return error(StatusCode::UNAUTHORIZED, "wrong password");
+    }
+    let (id, csrf) = ctx.console.sign_in(addr, lifetime, now);
+    tracing::info!(peer = %caller.peer, "console: signed in");
+    let mut response = json_response(StatusCode::OK, &json!({"csrf": csrf}));
+    let secure = if https { "; Secure" } else { "" };
+    let cookie =
+        format!("{COOKIE}={id}; Path={base}; HttpOnly; SameSite=Strict; Max-Age={}{secure}", lifetime.as_secs());
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// The console session id in the request's cookies.
+fn session_cookie<B>(req: &Request<B>) -> Option<String> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+async fn read_json<B>(req: Request<B>, ctx: &HttpContext) -> Result<Value, Response<Full<Bytes>>>
+where
+    B: Body,
+    B::Data: Buf,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (parts, body) = req.into_parts();
+    let bytes = read_body(&parts.headers, body, ctx).await.map_err(super::body_error)?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(value @ Value::Object(_)) => Ok(value),
+        _ => Err(error(StatusCode::BAD_REQUEST, "the body is not a JSON object")),
+    }
+}
+
+async fn list_agents(ctx: &HttpContext) -> Response<Full<Bytes>> {
+    let store = ctx.store.as_ref();
+    let listed = async {
+        let mut out = Vec::new();
+        for agent in agents::list(store).await? {
+            let devices = agents::devices(store, &agent.id).await?;
+            let mut value = serde_json::to_value(&agent).unwrap_or_default();
+            value["devices"] = json!(devices);
+            out.push(value);
+        }
+        Ok::<_, crate::store::StoreError>(out)
+    };
+    answer(listed.await.map(|agents| json!({"agents": agents})).map_err(AgentError::from))
+}
+
+async fn put_agent(ctx: &HttpContext, id: &str, mut body: Value) -> Response<Full<Bytes>> {
+    body["id"] = Value::String(id.to_owned());
+    let agent: Agent = match serde_json::from_value(body) {
+        Ok(agent) => agent,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("not an agent: {e}")),
+    };
+    let config = ctx.config.borrow().clone();
+    answer(
+        agents::put(ctx.store.as_ref(), &config, agent)
+            .await
+            .map(|saved| serde_json::to_value(saved).unwrap_or_default()),
+    )
+}
+
+fn answer(result: Result<Value, AgentError>) -> Response<Full<Bytes>> {
+    match result {
+        Ok(value) => json_response(StatusCode::OK, &value),
+        Err(AgentError::Invalid(message)) => error(StatusCode::BAD_REQUEST, &message),
+        Err(e @ AgentError::NotFound(_)) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(AgentError::Store(e)) => {
+            tracing::warn!("console: the store failed: {e}");
+            error(StatusCode::SERVICE_UNAVAILABLE, "the store is not available now")
+        }
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json_response(status, &json!({"success": false, "message": message}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_passwords_double_the_wait_per_address() {
+        let console = Console::default();
+        let now = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(console.must_wait(a, now), None);
+        assert_eq!(console.failed(a, now), Duration::from_secs(1));
+        assert_eq!(console.must_wait(a, now), Some(Duration::from_secs(1)));
+        let later = now + Duration::from_secs(1);
+        assert_eq!(console.must_wait(a, later), None);
+        assert_eq!(console.failed(a, later), Duration::from_secs(2));
+        let mut t = later;
+        for _ in 0..10 {
+            t += MAX_WAIT;
+            console.failed(a, t);
+        }
+        assert_eq!(console.must_wait(a, t), Some(MAX_WAIT));
+        // Another address is not slowed; the same /64 is.
+        assert_eq!(console.must_wait("192.0.2.2".parse().unwrap(), t), None);
+        console.failed("2001:db8::1".parse().unwrap(), t);
+        assert!(console.must_wait("2001:db8::ffff".parse().unwrap(), t).is_some());
+        // A sign-in clears the address.
+        console.sign_in(a, Duration::from_secs(60), t);
+        assert_eq!(console.must_wait(a, t), None);
+    }
+
+    #[test]
+    fn sessions_expire_and_are_bounded() {
+        let console = Console::default();
+        let now = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let (first, csrf) = console.sign_in(a, Duration::from_secs(10), now);
+        assert_eq!(console.csrf_of(&first, now), Some(csrf));
+        assert_eq!(console.csrf_of(&first, now + Duration::from_secs(11)), None);
+        for i in 0..MAX_SESSIONS {
+            console.sign_in(a, Duration::from_secs(100 + i as u64), now);
+        }
+        assert_eq!(console.sessions.lock().unwrap().len(), MAX_SESSIONS);
+        assert_eq!(console.csrf_of(&first, now), None, "the oldest session ended");
+    }
+}
