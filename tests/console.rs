@@ -2,7 +2,9 @@
 //! and repeated tries are slowed (429 with Retry-After, the password not even looked at); the
 //! session cookie is HttpOnly and SameSite=Strict; a change without the CSRF token is refused; an
 //! agent created and assigned through the API gives the device's next session its prompt (seen at
-//! the mock LLM); the WebSocket port has no console; signing out ends the session.
+//! the mock LLM); a device is bound by the activation code its OTA check got, and its history
+//! and memory show, search, change and clear; the WebSocket port has no console; signing out
+//! ends the session.
 
 use std::time::Duration;
 
@@ -48,7 +50,8 @@ async fn the_console_is_off_by_default() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_is_throttled_changes_need_csrf_and_an_agent_reaches_the_device() -> anyhow::Result<()> {
     let mock = MockOpenAi::start(MockScript::default()).await?;
-    let server = TestServer::start(&mock, &format!("console:\n  password: {PASSWORD}\n")).await?;
+    let server =
+        TestServer::start(&mock, &format!("console:\n  password: {PASSWORD}\nactivation:\n  enabled: true\n")).await?;
     let http = reqwest::Client::new();
     let base = format!("http://{}/console", server.server.http_addr);
 
@@ -100,12 +103,64 @@ async fn sign_in_is_throttled_changes_need_csrf_and_an_agent_reaches_the_device(
     assert_eq!(listed["agents"][0]["id"], "captain");
     assert_eq!(listed["agents"][0]["devices"], json!([DEVICE]));
 
+    // The device's OTA check shows an activation code; binding it in the console lets it in.
+    let ota: Value = http
+        .post(server.ota_url())
+        .header("Device-Id", DEVICE)
+        .header("Client-Id", xiaozhi_server::simulator::DEFAULT_CLIENT_ID)
+        .json(&json!({"application": {"version": "2.4.2"}}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let code = ota["activation"]["code"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(code.len(), 6, "{ota}");
+    let wrong = console.request(reqwest::Method::POST, "/api/devices/bind", true).json(&json!({"code": "000000"}));
+    assert_eq!(wrong.send().await?.status(), StatusCode::NOT_FOUND);
+    let bound = console.request(reqwest::Method::POST, "/api/devices/bind", true).json(&json!({"code": code}));
+    assert_eq!(bound.send().await?.json::<Value>().await?["device"], DEVICE);
+
     let mut device = server.device(DEVICE, 1).await?;
     let before = mock.requests().len();
     device.detect("who are you").await?;
     device.collect_reply(Duration::from_secs(20)).await?;
     let system = mock.system_prompts(before).into_iter().next().unwrap_or_default();
     assert!(system.contains("Captain Console"), "{system}");
+
+    // The device list: bound, its agent, online on this instance.
+    let devices: Value = console.request(reqwest::Method::GET, "/api/devices", false).send().await?.json().await?;
+    let listed = devices["devices"].as_array().and_then(|d| d.iter().find(|d| d["id"] == DEVICE).cloned());
+    let listed = listed.ok_or_else(|| anyhow::anyhow!("{DEVICE} is not listed: {devices}"))?;
+    assert_eq!((listed["bound"].clone(), listed["agent"].clone()), (json!(true), json!("captain")), "{listed}");
+    assert!(listed["online"].is_string(), "{listed}");
+
+    // History: searched, then cleared (once the turn is stored).
+    let history =
+        |q: &str| console.request(reqwest::Method::GET, &format!("/api/devices/{DEVICE}/history?q={q}"), false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut found: Value = history("WHO+ARE").send().await?.json().await?;
+    while found["history"].as_array().is_none_or(|h| h.is_empty()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        found = history("WHO+ARE").send().await?.json().await?;
+    }
+    assert_eq!(found["history"][0]["message"]["content"], "who are you", "{found}");
+    let none: Value = history("zebra").send().await?.json().await?;
+    assert_eq!(none["history"], json!([]));
+    let cleared = console.request(reqwest::Method::DELETE, &format!("/api/devices/{DEVICE}/history"), true);
+    assert_eq!(cleared.send().await?.status(), StatusCode::OK);
+    let all: Value = history("").send().await?.json().await?;
+    assert_eq!(all["history"], json!([]));
+
+    // Memory: set, shown, cleared.
+    let memory_path = format!("/api/devices/{DEVICE}/memory");
+    let set = console.request(reqwest::Method::PUT, &format!("{memory_path}/mem_local_short/memory"), true);
+    assert_eq!(set.json(&json!({"value": "likes tea"})).send().await?.status(), StatusCode::OK);
+    let memory: Value = console.request(reqwest::Method::GET, &memory_path, false).send().await?.json().await?;
+    assert_eq!(memory["memory"]["mem_local_short"]["memory"], "likes tea");
+    let forgot: Value = console.request(reqwest::Method::DELETE, &memory_path, true).send().await?.json().await?;
+    assert_eq!(forgot["deleted"], 1);
+    let memory: Value = console.request(reqwest::Method::GET, &memory_path, false).send().await?.json().await?;
+    assert_eq!(memory["memory"], json!({}));
 
     // Signed out, the cookie opens nothing.
     let out = console.request(reqwest::Method::POST, "/api/logout", true).send().await?;

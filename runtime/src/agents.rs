@@ -268,16 +268,21 @@ pub async fn of_device(store: &dyn Store, device: &str) -> Result<Option<Agent>,
     get(store, &String::from_utf8_lossy(&id)).await
 }
 
-/// The devices assigned to the agent `id`, sorted.
-pub async fn devices(store: &dyn Store, id: &str) -> Result<Vec<String>, StoreError> {
+/// Every assignment: (device id, agent id), by device.
+pub async fn assignments(store: &dyn Store) -> Result<Vec<(String, String)>, StoreError> {
     let mut out = Vec::new();
     for key in store.keys(DEVICE_PREFIX).await? {
-        if store.get(&key).await?.is_some_and(|v| v == id.as_bytes()) {
-            out.push(key.trim_start_matches(DEVICE_PREFIX).to_owned());
+        if let Some(agent) = store.get(&key).await? {
+            out.push((key.trim_start_matches(DEVICE_PREFIX).to_owned(), String::from_utf8_lossy(&agent).into_owned()));
         }
     }
     out.sort();
     Ok(out)
+}
+
+/// The devices assigned to the agent `id`, sorted.
+pub async fn devices(store: &dyn Store, id: &str) -> Result<Vec<String>, StoreError> {
+    Ok(assignments(store).await?.into_iter().filter(|(_, agent)| agent == id).map(|(device, _)| device).collect())
 }
 
 /// Builds the services of one agent over the base services (blocking: may load models).

@@ -499,14 +499,14 @@ fn identity_field(req: &Request<Incoming>, header: &str) -> Option<String> {
     form_pairs(query).find(|(k, _)| k.eq_ignore_ascii_case(header) || k.eq_ignore_ascii_case(&alt)).map(|(_, v)| v)
 }
 
-fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+pub(crate) fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     query.split('&').filter_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         Some((percent_decode(k)?, percent_decode(v)?))
     })
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -139,6 +139,17 @@ async fn write<T: Serialize>(
     Ok(store.set(key, &bytes, ttl).await?)
 }
 
+/// The devices that are bound.
+pub async fn bound_devices(store: &dyn Store) -> Result<Vec<String>, ActivationError> {
+    let prefix = binding_key("");
+    Ok(store.keys(&prefix).await?.iter().filter_map(|k| k.strip_prefix(&prefix)).map(crate::store::unsegment).collect())
+}
+
+/// Unbinds `device_id` (it is asked to activate again at its next OTA check when activation is on).
+pub async fn unbind(store: &dyn Store, device_id: &str) -> Result<(), ActivationError> {
+    Ok(store.delete(&binding_key(device_id)).await?)
+}
+
 /// The binding of `device_id`, if it is bound.
 pub async fn binding(store: &dyn Store, device_id: &str) -> Result<Option<BoundDevice>, ActivationError> {
     read(store, &binding_key(device_id)).await

@@ -10,6 +10,16 @@
 //! | `PUT /console/api/agents/<id>` agent JSON | 200 the saved agent; 400 with the reason it is refused |
 //! | `DELETE /console/api/agents/<id>` | 200; its devices go back to the configuration's settings |
 //! | `PUT /console/api/devices/<device id>/agent` `{"agent": id or null}` | 200 |
+//! | `GET /console/api/devices` | 200 `{"devices": [{"id", "online", "bound", "agent"}]}`: every device bound, assigned or with stored memory or history |
+//! | `POST /console/api/devices/bind` `{"code": …}` | 200 `{"device": …}`: the device showing that activation code is bound; 404 unknown code |
+//! | `DELETE /console/api/devices/<id>/binding` | 200; it must activate again (when activation is on) |
+//! | `POST /console/api/devices/<id>/revoke` | 200; the tokens issued to it so far stop working |
+//! | `GET /console/api/devices/<id>/history?q=<text>` | 200 `{"history": […]}`, only messages containing `q` (any case) when given |
+//! | `DELETE /console/api/devices/<id>/history` | 200; its chat history is gone |
+//! | `GET /console/api/devices/<id>/export` | 200 its memory and history, as `xiaozhi-server data export` writes them |
+//! | `GET /console/api/devices/<id>/memory` | 200 `{"memory": {extension: {key: value}}}` |
+//! | `PUT /console/api/devices/<id>/memory/<extension>/<key>` `{"value": …}` | 200 |
+//! | `DELETE /console/api/devices/<id>/memory` | 200 `{"deleted": n}`: every key/value of the device |
 //!
 //! **Sessions**: a sign-in sets `xz_console=<256 random bits>; HttpOnly; SameSite=Strict;
 //! Path=<console.path>` (`Secure` too when the request came through HTTPS, `X-Forwarded-Proto:
@@ -174,7 +184,13 @@ where
             return error(StatusCode::FORBIDDEN, "missing or wrong X-CSRF-Token");
         }
     }
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // Segments percent-decoded (a device id may come as `aa%3Abb…`).
+    let decoded: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|s| crate::server::percent_decode(s).unwrap_or_else(|| s.to_owned()))
+        .collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     match (&method, segments.as_slice()) {
         (&Method::GET, ["api", "session"]) => json_response(StatusCode::OK, &json!({"csrf": csrf})),
         (&Method::POST, ["api", "logout"]) => {
@@ -209,8 +225,134 @@ where
                 Err(refused) => refused,
             }
         }
+        (&Method::GET, ["api", "devices"]) => answer(list_devices(ctx).await),
+        (&Method::POST, ["api", "devices", "bind"]) => match read_json(req, ctx).await {
+            Ok(body) => {
+                let code = body.get("code").and_then(Value::as_str).unwrap_or_default().trim().to_owned();
+                match crate::http::activation::bind(ctx.store.as_ref(), &code).await {
+                    Ok(device) => json_response(StatusCode::OK, &json!({"device": device})),
+                    Err(e @ crate::http::activation::ActivationError::UnknownCode(_)) => {
+                        error(StatusCode::NOT_FOUND, &e.to_string())
+                    }
+                    Err(e) => store_failed(&e),
+                }
+            }
+            Err(refused) => refused,
+        },
+        (&Method::DELETE, ["api", "devices", device, "binding"]) => {
+            match crate::http::activation::unbind(ctx.store.as_ref(), device).await {
+                Ok(()) => json_response(StatusCode::OK, &json!({})),
+                Err(e) => store_failed(&e),
+            }
+        }
+        (&Method::POST, ["api", "devices", device, "revoke"]) => {
+            let lifetime =
+                ctx.config.borrow().server.auth.expire_seconds.unwrap_or(crate::auth::DEFAULT_EXPIRE_SECONDS);
+            let now = crate::store::now_ms() / 1000;
+            match crate::auth::revoke(ctx.store.as_ref(), device, now, Duration::from_secs(lifetime)).await {
+                Ok(()) => json_response(StatusCode::OK, &json!({})),
+                Err(e) => store_failed(&e),
+            }
+        }
+        (&Method::GET, ["api", "devices", device, "history"]) => {
+            let query = req.uri().query().unwrap_or_default().to_owned();
+            let needle = url_query(&query, "q").map(|q| q.to_lowercase());
+            match crate::store::history(ctx.store.as_ref(), device).await {
+                Ok(history) => {
+                    let matching: Vec<_> = history
+                        .into_iter()
+                        .filter(|entry| {
+                            needle.as_ref().is_none_or(|needle| {
+                                serde_json::to_string(&entry.message)
+                                    .unwrap_or_default()
+                                    .to_lowercase()
+                                    .contains(needle)
+                            })
+                        })
+                        .collect();
+                    json_response(StatusCode::OK, &json!({"history": matching}))
+                }
+                Err(e) => store_failed(&e),
+            }
+        }
+        (&Method::DELETE, ["api", "devices", device, "history"]) => {
+            match ctx.store.delete(&crate::store::history_key(device)).await {
+                Ok(()) => json_response(StatusCode::OK, &json!({})),
+                Err(e) => store_failed(&e),
+            }
+        }
+        (&Method::GET, ["api", "devices", device, "export"]) => {
+            match crate::store::export_device(ctx.store.as_ref(), device).await {
+                Ok(export) => json_response(StatusCode::OK, &serde_json::to_value(export).unwrap_or_default()),
+                Err(e) => store_failed(&e),
+            }
+        }
+        (&Method::GET, ["api", "devices", device, "memory"]) => {
+            match crate::store::export_device(ctx.store.as_ref(), device).await {
+                Ok(export) => json_response(StatusCode::OK, &json!({"memory": export.kv})),
+                Err(e) => store_failed(&e),
+            }
+        }
+        (&Method::PUT, ["api", "devices", device, "memory", extension, key]) => {
+            let key = crate::store::kv_key(extension, device, key);
+            match read_json(req, ctx).await {
+                Ok(body) => match body.get("value").and_then(Value::as_str) {
+                    Some(value) if value.len() <= crate::agents::MAX_PROMPT_BYTES => {
+                        match ctx.store.set(&key, value.as_bytes(), None).await {
+                            Ok(()) => json_response(StatusCode::OK, &json!({})),
+                            Err(e) => store_failed(&e),
+                        }
+                    }
+                    Some(_) => error(StatusCode::BAD_REQUEST, "a memory value is at most 16 KiB"),
+                    None => error(StatusCode::BAD_REQUEST, "the body needs a string \"value\""),
+                },
+                Err(refused) => refused,
+            }
+        }
+        (&Method::DELETE, ["api", "devices", device, "memory"]) => {
+            match crate::store::forget_device_kv(ctx.store.as_ref(), device).await {
+                Ok(deleted) => json_response(StatusCode::OK, &json!({"deleted": deleted})),
+                Err(e) => store_failed(&e),
+            }
+        }
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+/// Every device the store knows (bound, assigned an agent, or with memory or history), with
+/// where it is connected now, whether it is bound and its agent.
+async fn list_devices(ctx: &HttpContext) -> Result<Value, AgentError> {
+    let store = ctx.store.as_ref();
+    let mut ids = crate::store::known_devices(store).await?;
+    let bound: std::collections::BTreeSet<String> = crate::http::activation::bound_devices(store)
+        .await
+        .map_err(|e| AgentError::Invalid(e.to_string()))?
+        .into_iter()
+        .collect();
+    let assigned: HashMap<String, String> = agents::assignments(store).await?.into_iter().collect();
+    ids.extend(bound.iter().cloned());
+    ids.extend(assigned.keys().cloned());
+    let mut devices = Vec::with_capacity(ids.len());
+    for id in ids {
+        let online = crate::store::device_instance(store, &id).await?;
+        devices.push(json!({
+            "id": id,
+            "online": online,
+            "bound": bound.contains(&id),
+            "agent": assigned.get(&id),
+        }));
+    }
+    Ok(json!({"devices": devices}))
+}
+
+/// The value of `name` in a URL query (percent-decoded, `+` as a space).
+fn url_query(query: &str, name: &str) -> Option<String> {
+    crate::server::form_pairs(query).find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+fn store_failed(e: &dyn std::fmt::Display) -> Response<Full<Bytes>> {
+    tracing::warn!("console: the store failed: {e}");
+    error(StatusCode::SERVICE_UNAVAILABLE, "the store is not available now")
 }
 
 async fn login<B>(

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Subcommand;
 
-use super::{DeviceExport, device_instance, export_device, import_device, unsegment};
+use super::{DeviceExport, device_instance, export_device, import_device};
 use crate::config::{self, ConfigSource};
 
 /// What `xiaozhi-server data` does.
@@ -79,18 +79,7 @@ pub async fn run(command: DataCommand, source: &ConfigSource, data_dir: &std::pa
             eprintln!("imported {} history message(s) for {}", export.history.len(), export.device_id);
         }
         DataCommand::Devices => {
-            let mut devices = std::collections::BTreeSet::new();
-            for key in store.keys("kv/").await? {
-                if let Some(device) = key.split('/').nth(2) {
-                    devices.insert(unsegment(device));
-                }
-            }
-            for key in store.keys("history/").await? {
-                if let Some(device) = key.strip_prefix("history/") {
-                    devices.insert(unsegment(device));
-                }
-            }
-            for device in devices {
+            for device in super::known_devices(store.as_ref()).await? {
                 println!("{device}");
             }
         }

@@ -240,6 +240,35 @@ fn decode_value(text: &str) -> Result<Vec<u8>, StoreError> {
     }
 }
 
+/// The devices the store holds memory or chat history for.
+pub async fn known_devices(store: &dyn Store) -> Result<std::collections::BTreeSet<String>, StoreError> {
+    let mut devices = std::collections::BTreeSet::new();
+    for key in store.keys("kv/").await? {
+        if let Some(device) = key.split('/').nth(2) {
+            devices.insert(unsegment(device));
+        }
+    }
+    for key in store.keys("history/").await? {
+        if let Some(device) = key.strip_prefix("history/") {
+            devices.insert(unsegment(device));
+        }
+    }
+    Ok(devices)
+}
+
+/// Deletes every extension key/value of `device_id` (its memory) and returns how many.
+pub async fn forget_device_kv(store: &dyn Store, device_id: &str) -> Result<usize, StoreError> {
+    let device = segment(device_id);
+    let mut deleted = 0;
+    for key in store.keys("kv/").await? {
+        if key.split('/').nth(2) == Some(device.as_str()) {
+            store.delete(&key).await?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
 /// Collects everything stored about `device_id`.
 pub async fn export_device(store: &dyn Store, device_id: &str) -> Result<DeviceExport, StoreError> {
     let mut export = DeviceExport { device_id: device_id.to_owned(), ..DeviceExport::default() };
