@@ -162,6 +162,22 @@ async fn sign_in_is_throttled_changes_need_csrf_and_an_agent_reaches_the_device(
     let memory: Value = console.request(reqwest::Method::GET, &memory_path, false).send().await?.json().await?;
     assert_eq!(memory["memory"], json!({}));
 
+    // Live figures count the turn; MCP endpoint tokens are issued, listed and revoked.
+    let figures: Value = console.request(reqwest::Method::GET, "/api/figures", false).send().await?.json().await?;
+    assert!(figures["turns"]["answered"].as_f64().is_some_and(|n| n >= 1.0), "{figures}");
+    assert!(figures["first_audio"]["count"].as_f64().is_some_and(|n| n >= 1.0), "{figures}");
+    let issued = console.request(reqwest::Method::POST, "/api/mcp-tokens", true).json(&json!({"device": DEVICE}));
+    let token = issued.send().await?.json::<Value>().await?["token"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(token.len(), 64);
+    let tokens: Value = console.request(reqwest::Method::GET, "/api/mcp-tokens", false).send().await?.json().await?;
+    assert_eq!(tokens["tokens"][0]["device"], DEVICE, "{tokens}");
+    let id = tokens["tokens"][0]["id"].as_str().unwrap_or_default().to_owned();
+    let revoked = console.request(reqwest::Method::DELETE, &format!("/api/mcp-tokens/{id}"), true).send().await?;
+    assert_eq!(revoked.status(), StatusCode::OK);
+    let extensions: Value =
+        console.request(reqwest::Method::GET, "/api/extensions", false).send().await?.json().await?;
+    assert!(extensions["extensions"].as_array().is_some_and(|e| !e.is_empty()), "{extensions}");
+
     // Signed out, the cookie opens nothing.
     let out = console.request(reqwest::Method::POST, "/api/logout", true).send().await?;
     assert_eq!(out.status(), StatusCode::OK);

@@ -202,6 +202,53 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// The live figures the console shows: sessions open and opened, turns running and finished
+    /// (by outcome), and the first-audio latency (count, mean, and the 50th and 90th percentiles
+    /// as the upper bound of the histogram bucket they fall in).
+    pub fn live(&self) -> serde_json::Value {
+        let text = self.render();
+        let mut turns = serde_json::Map::new();
+        let (mut sum, mut count) = (0.0, 0.0);
+        let mut buckets: Vec<(f64, f64)> = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((name, value)) = line.rsplit_once(' ') else { continue };
+            let Ok(value) = value.parse::<f64>() else { continue };
+            if let Some(labels) = name.strip_prefix("xiaozhi_turns_total{") {
+                let outcome = labels.split('"').nth(1).unwrap_or("other");
+                turns.insert(outcome.to_owned(), serde_json::json!(value));
+            } else if name == "xiaozhi_turn_first_audio_seconds_sum" {
+                sum = value;
+            } else if name == "xiaozhi_turn_first_audio_seconds_count" {
+                count = value;
+            } else if let Some(labels) = name.strip_prefix("xiaozhi_turn_first_audio_seconds_bucket{") {
+                let le = labels.split('"').nth(1).unwrap_or("+Inf");
+                buckets.push((le.parse().unwrap_or(f64::INFINITY), value));
+            }
+        }
+        let quantile =
+            |q: f64| {
+                buckets
+                    .iter()
+                    .find(|(_, cumulative)| count > 0.0 && *cumulative >= q * count)
+                    .map(|(le, _)| {
+                        if le.is_finite() { serde_json::json!((le * 1000.0).round()) } else { serde_json::json!(null) }
+                    })
+                    .unwrap_or(serde_json::Value::Null)
+            };
+        serde_json::json!({
+            "sessions": self.sessions.get(),
+            "sessions_opened": self.sessions_total.get(),
+            "turns_active": self.turns_active.get(),
+            "turns": turns,
+            "first_audio": {
+                "count": count,
+                "mean_ms": if count > 0.0 { serde_json::json!((sum / count * 1000.0).round()) } else { serde_json::Value::Null },
+                "p50_ms_at_most": quantile(0.5),
+                "p90_ms_at_most": quantile(0.9),
+            },
+        })
+    }
 }
 
 /// Decrements a gauge when dropped: a session or turn counts as open exactly while its guard lives.
@@ -225,6 +272,29 @@ impl Drop for GaugeGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_figures_come_from_the_metrics() {
+        let metrics = Metrics::new();
+        let _session = GaugeGuard::new(&metrics.sessions);
+        metrics.sessions_total.inc();
+        for outcome in ["answered", "answered", "cancelled"] {
+            metrics.turns.get_or_create(&TurnLabels { outcome }).inc();
+        }
+        for seconds in [0.1, 0.2, 0.3, 2.0] {
+            metrics.first_audio.observe(seconds);
+        }
+        let live = metrics.live();
+        assert_eq!(live["sessions"], 1);
+        assert_eq!(live["sessions_opened"], 1);
+        assert_eq!(live["turns"]["answered"], 2.0);
+        assert_eq!(live["turns"]["cancelled"], 1.0);
+        assert_eq!(live["first_audio"]["count"], 4.0);
+        assert_eq!(live["first_audio"]["mean_ms"], 650.0);
+        let p50 = live["first_audio"]["p50_ms_at_most"].as_f64().expect("p50");
+        let p90 = live["first_audio"]["p90_ms_at_most"].as_f64().expect("p90");
+        assert!((200.0..=400.0).contains(&p50) && p90 >= 2000.0, "{live}");
+    }
 
     #[test]
     fn renders_openmetrics_text() {

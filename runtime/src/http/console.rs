@@ -20,6 +20,9 @@
 //! | `GET /console/api/devices/<id>/memory` | 200 `{"memory": {extension: {key: value}}}` |
 //! | `PUT /console/api/devices/<id>/memory/<extension>/<key>` `{"value": …}` | 200 |
 //! | `DELETE /console/api/devices/<id>/memory` | 200 `{"deleted": n}`: every key/value of the device |
+//! | `GET /console/api/figures` | 200 live figures: sessions, turns by outcome, first-audio latency ([`crate::metrics::Metrics::live`]) |
+//! | `GET /console/api/extensions`, `POST /console/api/extensions/reload` | what the extensions serve (status, last error, grants); reload the folders |
+//! | `GET /console/api/mcp-tokens`, `POST /console/api/mcp-tokens` `{"device": id or null}`, `DELETE /console/api/mcp-tokens/<id>` | the MCP endpoint's tokens: list, issue (shown once), revoke |
 //!
 //! **Sessions**: a sign-in sets `xz_console=<256 random bits>; HttpOnly; SameSite=Strict;
 //! Path=<console.path>` (`Secure` too when the request came through HTTPS, `X-Forwarded-Proto:
@@ -312,6 +315,51 @@ where
         (&Method::DELETE, ["api", "devices", device, "memory"]) => {
             match crate::store::forget_device_kv(ctx.store.as_ref(), device).await {
                 Ok(deleted) => json_response(StatusCode::OK, &json!({"deleted": deleted})),
+                Err(e) => store_failed(&e),
+            }
+        }
+        (&Method::GET, ["api", "figures"]) => json_response(StatusCode::OK, &ctx.metrics.live()),
+        (&Method::GET, ["api", "extensions"]) => match &ctx.extensions {
+            Some(registry) => json_response(StatusCode::OK, &json!({"extensions": registry.status()})),
+            None => error(StatusCode::SERVICE_UNAVAILABLE, "the extension host is not running"),
+        },
+        (&Method::POST, ["api", "extensions", "reload"]) => match &ctx.extensions {
+            Some(registry) => {
+                let serving = registry.reload().await;
+                json_response(StatusCode::OK, &json!({"serving": serving, "extensions": registry.status()}))
+            }
+            None => error(StatusCode::SERVICE_UNAVAILABLE, "the extension host is not running"),
+        },
+        (&Method::GET, ["api", "mcp-tokens"]) => match crate::mcp::endpoint::list(ctx.store.as_ref()).await {
+            Ok(tokens) => {
+                let tokens: Vec<Value> = tokens
+                    .into_iter()
+                    .map(|t| {
+                        let device = match t.scope {
+                            crate::mcp::endpoint::Scope::All => Value::Null,
+                            crate::mcp::endpoint::Scope::Device(device) => Value::String(device),
+                        };
+                        json!({"id": t.id, "device": device, "issued": t.issued})
+                    })
+                    .collect();
+                json_response(StatusCode::OK, &json!({"tokens": tokens}))
+            }
+            Err(e) => store_failed(&e),
+        },
+        (&Method::POST, ["api", "mcp-tokens"]) => match read_json(req, ctx).await {
+            Ok(body) => {
+                let device = body.get("device").and_then(Value::as_str).map(str::trim).filter(|d| !d.is_empty());
+                match crate::mcp::endpoint::issue(ctx.store.as_ref(), device).await {
+                    Ok(token) => json_response(StatusCode::OK, &json!({"token": token})),
+                    Err(e) => store_failed(&e),
+                }
+            }
+            Err(refused) => refused,
+        },
+        (&Method::DELETE, ["api", "mcp-tokens", id]) => {
+            match crate::mcp::endpoint::revoke(ctx.store.as_ref(), id).await {
+                Ok(0) => error(StatusCode::NOT_FOUND, "no such token"),
+                Ok(_) => json_response(StatusCode::OK, &json!({})),
                 Err(e) => store_failed(&e),
             }
         }
