@@ -178,6 +178,23 @@ async fn sign_in_is_throttled_changes_need_csrf_and_an_agent_reaches_the_device(
         console.request(reqwest::Method::GET, "/api/extensions", false).send().await?.json().await?;
     assert!(extensions["extensions"].as_array().is_some_and(|e| !e.is_empty()), "{extensions}");
 
+    // Firmware: uploaded under a name OTA understands, listed, offered to an older device, deleted.
+    let image = vec![0xE9u8; 4096];
+    let upload = console.request(reqwest::Method::PUT, "/api/firmware/bread-compact-wifi_9.9.9.bin", true);
+    assert_eq!(upload.body(image.clone()).send().await?.status(), StatusCode::OK);
+    let badly_named = console.request(reqwest::Method::PUT, "/api/firmware/evil.sh", true).body(image.clone());
+    assert_eq!(badly_named.send().await?.status(), StatusCode::BAD_REQUEST);
+    let images: Value = console.request(reqwest::Method::GET, "/api/firmware", false).send().await?.json().await?;
+    assert_eq!(
+        images["images"],
+        json!([{"name": "bread-compact-wifi_9.9.9.bin", "model": "bread-compact-wifi", "version": "9.9.9", "bytes": 4096}])
+    );
+    let download =
+        http.get(format!("http://{}/xiaozhi/ota/download/bread-compact-wifi_9.9.9.bin", server.server.http_addr));
+    assert_eq!(download.send().await?.bytes().await?.len(), 4096);
+    let deleted = console.request(reqwest::Method::DELETE, "/api/firmware/bread-compact-wifi_9.9.9.bin", true);
+    assert_eq!(deleted.send().await?.status(), StatusCode::OK);
+
     // Signed out, the cookie opens nothing.
     let out = console.request(reqwest::Method::POST, "/api/logout", true).send().await?;
     assert_eq!(out.status(), StatusCode::OK);

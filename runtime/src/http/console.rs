@@ -22,6 +22,7 @@
 //! | `DELETE /console/api/devices/<id>/memory` | 200 `{"deleted": n}`: every key/value of the device |
 //! | `GET /console/api/figures` | 200 live figures: sessions, turns by outcome, first-audio latency ([`crate::metrics::Metrics::live`]) |
 //! | `GET /console/api/extensions`, `POST /console/api/extensions/reload` | what the extensions serve (status, last error, grants); reload the folders |
+//! | `GET /console/api/firmware`, `PUT /console/api/firmware/<model>_<version>.bin` (the image as the body, at most [`MAX_FIRMWARE_BYTES`]), `DELETE /console/api/firmware/<name>` | the firmware images OTA offers (`data/bin/`): list, upload (written whole, then renamed into place), delete |
 //! | `GET /console/api/mcp-tokens`, `POST /console/api/mcp-tokens` `{"device": id or null}`, `DELETE /console/api/mcp-tokens/<id>` | the MCP endpoint's tokens: list, issue (shown once), revoke |
 //!
 //! **Sessions**: a sign-in sets `xz_console=<256 random bits>; HttpOnly; SameSite=Strict;
@@ -54,6 +55,9 @@ use crate::agents::{self, Agent, AgentError};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "xz_console";
+
+/// Largest firmware image uploaded, bytes (an ESP32 app partition is at most a few MiB).
+pub const MAX_FIRMWARE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Most console sessions at once.
 pub const MAX_SESSIONS: usize = 64;
@@ -318,6 +322,46 @@ where
                 Err(e) => store_failed(&e),
             }
         }
+        (&Method::GET, ["api", "firmware"]) => {
+            let images: Vec<Value> = super::firmware::images(&ctx.data_dir.join("bin"))
+                .into_iter()
+                .map(|(name, bytes)| {
+                    let (model, version) = super::firmware::model_and_version(&name).unwrap_or_default();
+                    json!({"name": name, "model": model, "version": version, "bytes": bytes})
+                })
+                .collect();
+            json_response(StatusCode::OK, &json!({"images": images}))
+        }
+        (&Method::PUT, ["api", "firmware", name]) => {
+            if super::firmware::model_and_version(name).is_none() {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "an image is named <board type>_<version>.bin, e.g. bread-compact-wifi_2.4.3.bin",
+                );
+            }
+            let name = (*name).to_owned();
+            let (parts, body) = req.into_parts();
+            match super::read_body_limited(&parts.headers, body, ctx, MAX_FIRMWARE_BYTES).await {
+                Ok(bytes) if bytes.is_empty() => error(StatusCode::BAD_REQUEST, "the image is empty"),
+                Ok(bytes) => match save_image(&ctx.data_dir.join("bin"), &name, &bytes).await {
+                    Ok(()) => json_response(StatusCode::OK, &json!({"name": name, "bytes": bytes.len()})),
+                    Err(e) => {
+                        tracing::warn!("console: cannot save firmware {name}: {e}");
+                        error(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot save the image: {e}"))
+                    }
+                },
+                Err(e) => super::body_error(e),
+            }
+        }
+        (&Method::DELETE, ["api", "firmware", name]) => {
+            match super::firmware::resolve_image(&ctx.data_dir.join("bin"), name) {
+                Ok(path) => match tokio::fs::remove_file(path).await {
+                    Ok(()) => json_response(StatusCode::OK, &json!({})),
+                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                },
+                Err(_) => error(StatusCode::NOT_FOUND, "no such image"),
+            }
+        }
         (&Method::GET, ["api", "figures"]) => json_response(StatusCode::OK, &ctx.metrics.live()),
         (&Method::GET, ["api", "extensions"]) => match &ctx.extensions {
             Some(registry) => json_response(StatusCode::OK, &json!({"extensions": registry.status()})),
@@ -391,6 +435,15 @@ async fn list_devices(ctx: &HttpContext) -> Result<Value, AgentError> {
         }));
     }
     Ok(json!({"devices": devices}))
+}
+
+/// Writes an uploaded image whole beside its place, then renames it there, so OTA never offers a
+/// half-written file.
+async fn save_image(bin_dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    tokio::fs::create_dir_all(bin_dir).await?;
+    let partial = bin_dir.join(format!(".{name}.part"));
+    tokio::fs::write(&partial, bytes).await?;
+    tokio::fs::rename(&partial, bin_dir.join(name)).await
 }
 
 /// The value of `name` in a URL query (percent-decoded, `+` as a space).

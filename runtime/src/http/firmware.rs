@@ -64,6 +64,31 @@ pub fn newest_image(bin_dir: &Path, model: &str, current: &str) -> Option<(Strin
         .max_by(|(a, _), (b, _)| compare_versions(a, b))
 }
 
+/// The model and version an image name offers (`{model}_{version}.bin`, a dotted numeric
+/// version), if it is one OTA can offer.
+pub fn model_and_version(name: &str) -> Option<(&str, &str)> {
+    if !is_valid_image_name(name) {
+        return None;
+    }
+    let (model, version) = name.strip_suffix(".bin")?.rsplit_once('_')?;
+    (!model.is_empty() && is_strict_version(version)).then_some((model, version))
+}
+
+/// The images in `bin_dir` OTA can offer: name and size, by name.
+pub fn images(bin_dir: &Path) -> Vec<(String, u64)> {
+    let Ok(entries) = std::fs::read_dir(bin_dir) else { return Vec::new() };
+    let mut out: Vec<(String, u64)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let meta = e.metadata().ok().filter(std::fs::Metadata::is_file)?;
+            let name = e.file_name().into_string().ok()?;
+            model_and_version(&name).is_some().then_some((name, meta.len()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Why an image cannot be served.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ImageError {
@@ -91,6 +116,15 @@ pub fn resolve_image(bin_dir: &Path, name: &str) -> Result<PathBuf, ImageError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_names_give_model_and_version() {
+        assert_eq!(model_and_version("bread-compact-wifi_2.4.3.bin"), Some(("bread-compact-wifi", "2.4.3")));
+        assert_eq!(model_and_version("a_b_1.0.bin"), Some(("a_b", "1.0")));
+        for bad in ["a.bin", "_1.0.bin", "a_1.x.bin", "a_1.0.txt", "../a_1.0.bin"] {
+            assert_eq!(model_and_version(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn validates_names() {
