@@ -264,6 +264,8 @@ fn check_config(source: &ConfigSource) -> anyhow::Result<()> {
         .and_then(|d| serde_yaml_ng::from_value(d.clone()).ok())
         .unwrap_or_else(|| config::ExtensionsConfig::default().dirs);
     println!("{}", config::migrate::report(&document, &config::migrate::installed_extensions(&dirs)));
+    let data_dir = source.override_path.parent().unwrap_or(std::path::Path::new("data"));
+    println!("{}", xiaozhi_server::mcp::servers::report(data_dir));
     match config::load(source) {
         Ok(loaded) => {
             for warning in &loaded.warnings {

@@ -194,6 +194,53 @@ fn parse_entry(entry: &Value) -> Result<ServerSpec, String> {
     Err("neither \"command\" (stdio) nor \"url\" (HTTP) is set".into())
 }
 
+/// The migration report's lines for the settings file in `data_dir` (`check-config`): each entry
+/// and whether it runs here (a stdio command is looked up on `PATH`, as it would be started).
+pub fn report(data_dir: &Path) -> String {
+    let path = data_dir.join(SETTINGS_FILE);
+    let mut out = format!("MCP servers ({}):\n", path.display());
+    let text = match std::fs::metadata(&path) {
+        Err(_) => return out + "  none (no settings file)\n",
+        Ok(meta) if meta.len() > MAX_SETTINGS_BYTES => {
+            return out + &format!("  not read: over {MAX_SETTINGS_BYTES} bytes\n");
+        }
+        Ok(_) => std::fs::read_to_string(&path).unwrap_or_default(),
+    };
+    let entries = match parse_settings(&text) {
+        Ok(entries) if entries.is_empty() => return out + "  none listed\n",
+        Ok(entries) => entries,
+        Err(e) => return out + &format!("  not usable: {e}\n"),
+    };
+    for (name, spec) in entries {
+        let line = match spec {
+            Err(e) => format!("not supported here: {e}"),
+            Ok(ServerSpec::Stdio { command, args, .. }) => match find_program(&command) {
+                Some(_) => format!("works: stdio, {command} {}", args.join(" ")),
+                None => format!(
+                    "works once {command:?} is installed: it is not on PATH here (stdio, {command} {})",
+                    args.join(" ")
+                ),
+            },
+            Ok(ServerSpec::Http { url, transport, .. }) => {
+                let kind = if transport == HttpTransport::Streamable { "streamable HTTP" } else { "HTTP+SSE" };
+                format!("works: {kind}, {url}")
+            }
+        };
+        out += &format!("  {name}: {line}\n");
+    }
+    out
+}
+
+/// Where `command` would be found when started: itself when it names a path, else the first
+/// `PATH` directory holding it.
+fn find_program(command: &str) -> Option<PathBuf> {
+    if command.contains('/') {
+        return Path::new(command).is_file().then(|| PathBuf::from(command));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(command)).find(|candidate| candidate.is_file())
+}
+
 /// One tool of a connected server, as offered to the LLM.
 #[derive(Clone)]
 pub struct ServerTool {
@@ -790,6 +837,24 @@ mod tests {
         assert!(matches!(&parsed[2].1, Ok(ServerSpec::Http { transport: HttpTransport::Sse, .. })));
         assert!(parsed[3].1.as_ref().is_err_and(|e| e.contains("not an http(s) URL")));
         assert!(parsed[4].1.as_ref().is_err_and(|e| e.contains("neither")));
+    }
+
+    #[test]
+    fn the_report_says_what_runs_here() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(report(dir.path()).contains("none (no settings file)"));
+        let settings = r#"{"mcpServers": {
+            "shell": {"command": "sh", "args": ["-c", "exit"]},
+            "missing": {"command": "no-such-program-xz"},
+            "web": {"url": "http://127.0.0.1:9/mcp", "type": "streamable-http"},
+            "bad": {"url": "ftp://x"}
+        }}"#;
+        std::fs::write(dir.path().join(SETTINGS_FILE), settings).unwrap();
+        let text = report(dir.path());
+        assert!(text.contains("shell: works: stdio, sh -c exit"), "{text}");
+        assert!(text.contains("missing: works once \"no-such-program-xz\" is installed"), "{text}");
+        assert!(text.contains("web: works: streamable HTTP, http://127.0.0.1:9/mcp"), "{text}");
+        assert!(text.contains("bad: not supported here"), "{text}");
     }
 
     #[test]
