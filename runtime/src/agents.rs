@@ -66,7 +66,7 @@ pub struct Agent {
     /// `selected_module.TTS`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tts: Option<String>,
-    /// The voice of the selected TTS entry ([`VOICE_KEYS`]).
+    /// The voice of the selected TTS entry (under its `voice` key, or the key the entry uses).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub voice: Option<String>,
     /// `selected_module.VLLM`.
