@@ -101,7 +101,7 @@ pub enum ServerSpec {
         command: String,
         /// Its arguments.
         args: Vec<String>,
-        /// Variables set for it, on top of [`INHERITED_ENV`].
+        /// Variables set for it, on top of the few of ours it inherits (`PATH`, `HOME`…).
         env: BTreeMap<String, String>,
         /// Its working directory (ours when unset).
         cwd: Option<PathBuf>,
