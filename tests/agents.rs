@@ -41,25 +41,6 @@ async fn turn(
     Ok((system, voice))
 }
 
-fn set(id: &str) -> SetArgs {
-    SetArgs {
-        id: id.into(),
-        name: None,
-        prompt: None,
-        prompt_file: None,
-        asr: None,
-        llm: None,
-        tts: None,
-        voice: None,
-        vllm: None,
-        memory: None,
-        intent: None,
-        tools: None,
-        language: None,
-        clear: Vec::new(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_speaks_with_its_agents_prompt_and_voice() -> anyhow::Result<()> {
     let mock = MockOpenAi::start(MockScript::default()).await?;
@@ -132,7 +113,12 @@ async fn an_agent_changed_on_one_instance_applies_on_the_other_through_redis() -
 
     // Through instance A's configuration (its store is the shared Redis), as `xiaozhi-server agent` does.
     let on_a = source(dir_a.path());
-    let args = SetArgs { prompt: Some("You are Nurse Agent.".into()), voice: Some("alloy".into()), ..set("nurse") };
+    let args = SetArgs {
+        id: "nurse".into(),
+        prompt: Some("You are Nurse Agent.".into()),
+        voice: Some("alloy".into()),
+        ..SetArgs::default()
+    };
     agents::cli::run(AgentCommand::Set(args), &on_a, dir_a.path()).await?;
     let assign = AgentCommand::Assign { device_id: DEVICE_A.into(), agent: "nurse".into() };
     agents::cli::run(assign, &on_a, dir_a.path()).await?;
@@ -145,7 +131,7 @@ async fn an_agent_changed_on_one_instance_applies_on_the_other_through_redis() -
     drop(device);
 
     // Edited on A (only the prompt: the voice stays), the next session on B has it.
-    let args = SetArgs { prompt: Some("You are Doctor Agent.".into()), ..set("nurse") };
+    let args = SetArgs { id: "nurse".into(), prompt: Some("You are Doctor Agent.".into()), ..SetArgs::default() };
     agents::cli::run(AgentCommand::Set(args), &on_a, dir_a.path()).await?;
     let mut device = server_b.device(DEVICE_A).await?;
     let (system, voice) = turn(&mock, &mut device).await?;

@@ -285,8 +285,8 @@ pub async fn devices(store: &dyn Store, id: &str) -> Result<Vec<String>, StoreEr
     Ok(assignments(store).await?.into_iter().filter(|(_, agent)| agent == id).map(|(device, _)| device).collect())
 }
 
-/// Builds the services of one agent over the base services (blocking: may load models).
-pub type BuildFn<S> = dyn Fn(&Arc<S>, Config) -> Result<Arc<S>, String> + Send + Sync;
+/// Builds the services of one agent's configuration (blocking: may load models).
+pub type BuildFn<S> = dyn Fn(Config) -> Result<Arc<S>, String> + Send + Sync;
 
 /// The providers of each agent in use, built once per (base services, agent version).
 pub struct AgentServices<S> {
@@ -324,8 +324,7 @@ impl<S: Send + Sync + 'static> AgentServices<S> {
             }
         };
         let this = Arc::clone(self);
-        let base_for_build = Arc::clone(base);
-        let built = tokio::task::spawn_blocking(move || (this.build)(&base_for_build, applied)).await;
+        let built = tokio::task::spawn_blocking(move || (this.build)(applied)).await;
         match built {
             Ok(Ok(services)) => {
                 let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
@@ -366,16 +365,6 @@ impl<S: Send + Sync + 'static> AgentServices<S> {
         }
         *used = now;
         Some(Arc::clone(services))
-    }
-
-    /// How many agents' services are kept built.
-    pub fn len(&self) -> usize {
-        self.built.lock().unwrap_or_else(|p| p.into_inner()).entries.len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -424,7 +413,7 @@ pub mod cli {
     }
 
     /// The fields of `agent set`; each given one replaces that field, `--clear` unsets fields.
-    #[derive(Debug, Clone, Args)]
+    #[derive(Debug, Clone, Default, Args)]
     pub struct SetArgs {
         /// The agent's id (`[A-Za-z0-9_-]`, 1–64 characters).
         pub id: String,

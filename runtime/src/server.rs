@@ -136,7 +136,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     // thread, one at a time).
     let cache = Arc::new(std::sync::Mutex::new(cache));
     let agent_cache = Arc::clone(&cache);
-    let agents = Arc::new(crate::agents::AgentServices::new(Box::new(move |_base: &Arc<Services>, config| {
+    let agents = Arc::new(crate::agents::AgentServices::new(Box::new(move |config| {
         let mut cache = agent_cache.lock().unwrap_or_else(|p| p.into_inner());
         Services::build(Arc::new(config), &mut cache).map(Arc::new).map_err(|e| e.to_string())
     })));

@@ -529,9 +529,12 @@ where
 async fn list_agents(ctx: &HttpContext) -> Response<Full<Bytes>> {
     let store = ctx.store.as_ref();
     let listed = async {
+        // One pass over the assignments for all agents, not one per agent.
+        let assignments = agents::assignments(store).await?;
         let mut out = Vec::new();
         for agent in agents::list(store).await? {
-            let devices = agents::devices(store, &agent.id).await?;
+            let devices: Vec<&str> =
+                assignments.iter().filter(|(_, id)| *id == agent.id).map(|(device, _)| device.as_str()).collect();
             let mut value = serde_json::to_value(&agent).unwrap_or_default();
             value["devices"] = json!(devices);
             out.push(value);

@@ -375,7 +375,7 @@ impl McpServers {
         tasks.spawn(async move {
             let mut last: Option<Vec<u8>> = None;
             loop {
-                match read_capped(&path).await {
+                match read_settings(&path).await {
                     Ok(contents) if last.as_ref() != Some(&contents) => {
                         this.apply(&path, &contents, &config, &shutdown, &spawner);
                         last = Some(contents);
@@ -464,7 +464,7 @@ impl McpServers {
 }
 
 /// The settings file, or nothing when it does not exist.
-async fn read_capped(path: &Path) -> Result<Vec<u8>, String> {
+async fn read_settings(path: &Path) -> Result<Vec<u8>, String> {
     match tokio::fs::metadata(path).await {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e.to_string()),
