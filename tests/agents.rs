@@ -2,7 +2,8 @@
 //! sessions with the agent's prompt and voice (seen at the mock LLM and TTS), other devices keep
 //! the configuration's; a changed agent applies from the next session; an agent naming an entry
 //! that does not exist is refused. Two server processes on one real `redis-server`: an agent
-//! changed through one instance's `agent` command applies to a device connected to the other.
+//! changed through one instance's `agent` command, then through its console, applies to a device
+//! connected to the other.
 
 use std::time::Duration;
 
@@ -106,9 +107,10 @@ async fn an_agent_changed_on_one_instance_applies_on_the_other_through_redis() -
         )
     };
     let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    write_override(dir_a.path(), &mock.config_override_yaml(), "", &store_yaml("server-a"))?;
+    let console = "console:\n  password: redis-console\n";
+    write_override(dir_a.path(), &mock.config_override_yaml(), "", &format!("{}{console}", store_yaml("server-a")))?;
     write_override(dir_b.path(), &mock.config_override_yaml(), "", &store_yaml("server-b"))?;
-    let (_server_a, server_b) =
+    let (server_a, server_b) =
         tokio::try_join!(ServerProcess::spawn(SERVER, dir_a.path()), ServerProcess::spawn(SERVER, dir_b.path()))?;
 
     // Through instance A's configuration (its store is the shared Redis), as `xiaozhi-server agent` does.
@@ -137,5 +139,26 @@ async fn an_agent_changed_on_one_instance_applies_on_the_other_through_redis() -
     let (system, voice) = turn(&mock, &mut device).await?;
     assert!(system.contains("Doctor Agent"), "instance B after the edit: {system}");
     assert_eq!(voice, "alloy");
+    drop(device);
+
+    // Edited in instance A's console (the JSON API its pages use), the next session on B has it.
+    let http = reqwest::Client::new();
+    let base = format!("http://{}/console", server_a.http_addr);
+    let login = http.post(format!("{base}/api/login")).json(&serde_json::json!({"password": "redis-console"}));
+    let signed_in = login.send().await?;
+    let cookie = signed_in.headers()["set-cookie"].to_str()?.split(';').next().unwrap_or_default().to_owned();
+    let csrf = signed_in.json::<serde_json::Value>().await?["csrf"].as_str().unwrap_or_default().to_owned();
+    let edited = http
+        .put(format!("{base}/api/agents/nurse"))
+        .header("Cookie", cookie)
+        .header("X-CSRF-Token", csrf)
+        .json(&serde_json::json!({"prompt": "You are Surgeon Agent.", "voice": "nova"}))
+        .send()
+        .await?;
+    assert_eq!(edited.status(), reqwest::StatusCode::OK);
+    let mut device = server_b.device(DEVICE_A).await?;
+    let (system, voice) = turn(&mock, &mut device).await?;
+    assert!(system.contains("Surgeon Agent"), "instance B after the console edit: {system}");
+    assert_eq!(voice, "nova");
     Ok(())
 }

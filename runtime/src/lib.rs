@@ -18,8 +18,10 @@
 //!   or audio.
 //! - [`http`]: the plain HTTP routes: OTA check, activation (codes, key proofs, the new-device
 //!   rate limit), firmware download, health, the vision endpoint, the admin routes (metrics, extensions) behind
-//!   the HTTP port and an admin token, and the console's sign-in and JSON API (`http::console`:
-//!   agents, devices, history, memory, firmware, figures, extensions, MCP tokens).
+//!   the HTTP port and an admin token, and the console (`http::console`: sign-in, the JSON API
+//!   for agents, devices, history, memory, firmware, figures, extensions and MCP tokens, and its
+//!   plain HTML/CSS/JS pages from `runtime/console/` built into the binary, among them the talk
+//!   page, a browser tab that is a device on the WebSocket protocol).
 //! - [`auth`]: device tokens compatible with the Python server (HMAC-SHA256) and the allow-list.
 //! - [`protocol`]: pure codecs: typed JSON messages both ways, binary frames v1/v2/v3, MCP JSON-RPC.
 //! - [`connection`]: owns the wire of one device: typed [`connection::Event`]s in, typed

@@ -180,6 +180,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
             store: state,
             metrics,
             new_devices: Arc::new(http::limit::RateLimit::new()),
+            seen_devices: Arc::new(http::limit::RateLimit::new()),
             vision: Arc::new(http::vision::Gate::default()),
             console: Arc::default(),
         },

@@ -7,6 +7,7 @@
 //! [`vendors`] holds the protocol peers of the vendors' speech and chat APIs and [`providers`]
 //! the turn their tests share.
 
+pub mod browser;
 pub mod harness;
 pub mod jpeg;
 pub mod mock;

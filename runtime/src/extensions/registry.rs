@@ -62,6 +62,39 @@ pub struct ExtensionStatus {
     pub sha256: Option<String>,
     /// The last load error, if the newest files did not load.
     pub error: Option<String>,
+    /// What the version serving now may do (its manifest checked against the operator's grant).
+    pub grant: Option<GrantSummary>,
+}
+
+/// An extension's effective grant as shown to operators: the names of the settings it reads,
+/// never their values (they may be keys).
+#[derive(Debug, Clone, Serialize)]
+pub struct GrantSummary {
+    /// Memory cap, MiB.
+    pub memory_mb: usize,
+    /// Longest single call, ms.
+    pub timeout_ms: u128,
+    /// Hosts it may reach over HTTP.
+    pub http_hosts: Vec<String>,
+    /// Whether it may use its key/value store.
+    pub kv: bool,
+    /// Whether it may use the server's LLM.
+    pub llm: bool,
+    /// The settings it reads.
+    pub config: Vec<String>,
+}
+
+impl GrantSummary {
+    fn of(grant: &super::grant::EffectiveGrant) -> Self {
+        Self {
+            memory_mb: grant.memory_bytes >> 20,
+            timeout_ms: grant.timeout.as_millis(),
+            http_hosts: grant.http_hosts.iter().cloned().collect(),
+            kv: grant.kv,
+            llm: grant.llm,
+            config: grant.config.keys().cloned().collect(),
+        }
+    }
 }
 
 struct Entry {
@@ -182,6 +215,7 @@ impl Registry {
                 serving: e.loaded.as_ref().map(|l| l.manifest.version.clone()),
                 sha256: e.loaded.as_ref().map(|l| l.wasm_sha256.clone()),
                 error: e.error.clone(),
+                grant: e.loaded.as_ref().map(|l| GrantSummary::of(&l.grant)),
             })
             .collect();
         serving

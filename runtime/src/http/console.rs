@@ -3,6 +3,7 @@
 //!
 //! | Route | Answer |
 //! |---|---|
+//! | `GET /console/` | the console's page (and `console.css`, `console.js`); `GET /console/talk.html` the talk page (`talk.js`, `capture.js`): see `runtime/console/` |
 //! | `POST /console/api/login` `{"password": …}` | 200 `{"csrf": …}` and the session cookie; 401 wrong password; 429 while the caller must wait |
 //! | `POST /console/api/logout` | 200; the session ends |
 //! | `GET /console/api/session` | 200 `{"csrf": …}` of the caller's session |
@@ -23,6 +24,7 @@
 //! | `GET /console/api/figures` | 200 live figures: sessions, turns by outcome, first-audio latency ([`crate::metrics::Metrics::live`]) |
 //! | `GET /console/api/extensions`, `POST /console/api/extensions/reload` | what the extensions serve (status, last error, grants); reload the folders |
 //! | `GET /console/api/firmware`, `PUT /console/api/firmware/<model>_<version>.bin` (the image as the body, at most [`MAX_FIRMWARE_BYTES`]), `DELETE /console/api/firmware/<name>` | the firmware images OTA offers (`data/bin/`): list, upload (written whole, then renamed into place), delete |
+//! | `POST /console/api/talk` `{"agent": id or null}` | 200 `{"url", "device_id", "client_id", "token"}`: how the talk page connects as the device `console-talk[-<agent>]`, which is given that agent (and bound, with activation on); `token` is null unless `server.auth` asks for one |
 //! | `GET /console/api/mcp-tokens`, `POST /console/api/mcp-tokens` `{"device": id or null}`, `DELETE /console/api/mcp-tokens/<id>` | the MCP endpoint's tokens: list, issue (shown once), revoke |
 //!
 //! **Sessions**: a sign-in sets `xz_console=<256 random bits>; HttpOnly; SameSite=Strict;
@@ -177,6 +179,14 @@ where
     let now = Instant::now();
     let path = req.uri().path().strip_prefix(base.as_str()).unwrap_or_default().to_owned();
     let method = req.method().clone();
+    if method == Method::GET || method == Method::HEAD {
+        if path.is_empty() {
+            return redirect(&format!("{base}/"));
+        }
+        if let Some(page) = page(&path) {
+            return page;
+        }
+    }
     if (method.clone(), path.as_str()) == (Method::POST, "/api/login") {
         return login(req, ctx, caller, &password, &base, Duration::from_secs(hours.saturating_mul(3600)), now).await;
     }
@@ -198,8 +208,13 @@ where
         .map(|s| crate::server::percent_decode(s).unwrap_or_else(|| s.to_owned()))
         .collect();
     let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned);
     match (&method, segments.as_slice()) {
         (&Method::GET, ["api", "session"]) => json_response(StatusCode::OK, &json!({"csrf": csrf})),
+        (&Method::POST, ["api", "talk"]) => match read_json(req, ctx).await {
+            Ok(body) => talk(ctx, &body, host.as_deref()).await,
+            Err(refused) => refused,
+        },
         (&Method::POST, ["api", "logout"]) => {
             if let Some(id) = cookie {
                 ctx.console.sign_out(&id);
@@ -411,6 +426,39 @@ where
     }
 }
 
+/// The talk page's device: `console-talk`, or `console-talk-<agent id>` to talk with an agent.
+pub const TALK_DEVICE: &str = "console-talk";
+
+/// The talk page's `Client-Id`.
+pub const TALK_CLIENT: &str = "console-talk-page";
+
+/// Prepares a talk page's connection: the device [`TALK_DEVICE`] (`-<agent>` when one is
+/// chosen) is given that agent (or none) and, with activation on, bound; the answer is the
+/// WebSocket URL devices are given, the ids to connect with and, when `server.auth` asks for one,
+/// a fresh token.
+async fn talk(ctx: &HttpContext, body: &Value, host: Option<&str>) -> Response<Full<Bytes>> {
+    let agent = body.get("agent").and_then(Value::as_str).map(str::trim).filter(|a| !a.is_empty());
+    let device = agent.map_or_else(|| TALK_DEVICE.to_owned(), |id| format!("{TALK_DEVICE}-{id}"));
+    let store = ctx.store.as_ref();
+    if let Err(e) = agents::assign(store, &device, agent).await {
+        return answer(Err(e));
+    }
+    let config = ctx.config.borrow().clone();
+    if config.activation.enabled
+        && let Err(e) = super::activation::bind_directly(store, &device, TALK_CLIENT).await
+    {
+        return store_failed(&e);
+    }
+    let auth = crate::auth::Authenticator::new(ctx.auth_key.to_string(), &config.server.auth);
+    let now = crate::store::now_ms() / 1000;
+    let token = auth.requires_token(&device).then(|| auth.issue(TALK_CLIENT, &device, now));
+    let url = super::ota::websocket_url(&config, host.and_then(super::ota::valid_host), ctx.ws_port);
+    json_response(
+        StatusCode::OK,
+        &json!({"url": url, "device_id": device, "client_id": TALK_CLIENT, "token": token, "agent": agent}),
+    )
+}
+
 /// Every device the store knows (bound, assigned an agent, or with memory or history), with
 /// where it is connected now, whether it is bound and its agent.
 async fn list_devices(ctx: &HttpContext) -> Result<Value, AgentError> {
@@ -427,11 +475,15 @@ async fn list_devices(ctx: &HttpContext) -> Result<Value, AgentError> {
     let mut devices = Vec::with_capacity(ids.len());
     for id in ids {
         let online = crate::store::device_instance(store, &id).await?;
+        let seen = crate::store::device_seen(store, &id).await?.unwrap_or_default();
         devices.push(json!({
             "id": id,
             "online": online,
             "bound": bound.contains(&id),
             "agent": assigned.get(&id),
+            "last_seen": Some(seen.last_seen).filter(|s| *s > 0),
+            "board": seen.board,
+            "firmware": seen.firmware,
         }));
     }
     Ok(json!({"devices": devices}))
@@ -570,6 +622,49 @@ fn answer(result: Result<Value, AgentError>) -> Response<Full<Bytes>> {
     }
 }
 
+const HTML: &str = "text/html; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+
+/// The console's pages, from `runtime/console/` built into the binary: (path under
+/// `console.path`, content type, text). Plain HTML, CSS and JavaScript, no build step.
+const PAGES: &[(&str, &str, &str)] = &[
+    ("/", HTML, include_str!("../../console/index.html")),
+    ("/console.css", "text/css; charset=utf-8", include_str!("../../console/console.css")),
+    ("/console.js", JS, include_str!("../../console/console.js")),
+    ("/talk.html", HTML, include_str!("../../console/talk.html")),
+    ("/talk.js", JS, include_str!("../../console/talk.js")),
+    ("/capture.js", JS, include_str!("../../console/capture.js")),
+];
+
+/// Where the pages may load from and connect to: this origin only, and WebSockets (the talk
+/// page's device connection, on the WebSocket port); never framed.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+    img-src 'self' data:; media-src 'self' blob:; connect-src 'self' ws: wss:; frame-ancestors 'none'; \
+    base-uri 'none'; form-action 'self'";
+
+/// A page of the console, with headers that keep it from being framed or sniffed.
+fn page(path: &str) -> Option<Response<Full<Bytes>>> {
+    let (_, content_type, text) = PAGES.iter().find(|(p, _, _)| *p == path)?;
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Some(response)
+}
+
+fn redirect(location: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
 fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     json_response(status, &json!({"success": false, "message": message}))
 }
@@ -577,6 +672,29 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_are_served_with_a_strict_policy_and_nothing_else_is() {
+        for (path, content_type, _) in PAGES {
+            let response = page(path).expect("a page");
+            assert_eq!(response.headers()[header::CONTENT_TYPE], *content_type);
+            assert!(
+                response.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap().contains("default-src 'self'")
+            );
+            assert_eq!(response.headers()[header::X_FRAME_OPTIONS], "DENY");
+        }
+        for path in ["/index.htm", "/../Cargo.toml", "/api", "/talk.js/"] {
+            assert!(page(path).is_none(), "{path}");
+        }
+        // Every file the pages load is served.
+        for (_, _, text) in PAGES {
+            for quoted in
+                text.split(['"', '\'']).filter(|s| s.ends_with(".js") || s.ends_with(".css") || s.ends_with(".html"))
+            {
+                assert!(page(&format!("/{quoted}")).is_some(), "{quoted} is referred to but not served");
+            }
+        }
+    }
 
     #[test]
     fn wrong_passwords_double_the_wait_per_address() {

@@ -88,6 +88,8 @@ pub struct HttpContext {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// New activation codes per caller address (`limits.new_devices_per_ip_per_minute`).
     pub new_devices: Arc<limit::RateLimit>,
+    /// New "seen" records (board, firmware, last seen) per caller address, at the same rate.
+    pub seen_devices: Arc<limit::RateLimit>,
     /// The vision requests being served (one per device, `limits.vision_requests` in all).
     pub vision: Arc<vision::Gate>,
     /// The console's sessions and sign-in throttle.
@@ -315,6 +317,7 @@ where
         }
     }
     let config = ctx.config.borrow().clone();
+    note_seen(ctx, &config, &request, caller).await;
     let device = request.device_id.clone();
     let serial = ota::header(&parts.headers, "serial-number");
     let decision = if config.activation.enabled {
@@ -339,6 +342,29 @@ where
             tracing::error!(%device, "OTA check task failed: {e}");
             json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"success": false, "message": "internal error"}))
         }
+    }
+}
+
+/// Keeps the board, firmware and time of an OTA check for the console's device list. A device
+/// without a record yet takes one of its address's `limits.new_devices_per_ip_per_minute` (over
+/// it, nothing is noted and the check is answered as usual), so unknown callers cannot fill the
+/// store; records expire [`crate::store::SEEN_TTL`] after the last check. A store failure is logged.
+async fn note_seen(ctx: &HttpContext, config: &Config, request: &ota::OtaRequest, caller: Option<Caller>) {
+    let store = ctx.store.as_ref();
+    let device = &request.device_id;
+    let known = match crate::store::device_seen(store, device).await {
+        Ok(seen) => seen.is_some(),
+        Err(e) => return tracing::warn!(%device, "cannot read the device's record: {e}"),
+    };
+    let peer = caller.map(|c| c.peer.ip()).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+    if !known && !ctx.seen_devices.allow(peer, config.limits.new_devices_per_ip_per_minute, std::time::Instant::now()) {
+        return;
+    }
+    let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    if let Err(e) =
+        crate::store::note_device_seen(store, device, request.model.as_deref(), request.version.as_deref(), now).await
+    {
+        tracing::warn!(%device, "cannot note the device's OTA check: {e}");
     }
 }
 
@@ -527,6 +553,7 @@ mod tests {
             store: Arc::new(crate::store::memory::MemoryStore::new()),
             metrics: crate::metrics::Metrics::new(),
             new_devices: Arc::new(limit::RateLimit::new()),
+            seen_devices: Arc::new(limit::RateLimit::new()),
             vision: Arc::new(vision::Gate::default()),
             console: Arc::default(),
         };

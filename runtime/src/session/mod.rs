@@ -559,11 +559,16 @@ impl Session {
     }
 
     /// Records in the store that this instance holds the device (`held`), or that it no longer
-    /// does, in the background; a store failure is logged and changes nothing else.
+    /// does, and when it was last seen, in the background; a store failure is logged and changes
+    /// nothing else.
     fn register(&mut self, held: bool) {
         let store = Arc::clone(&self.services.store);
         let (device, instance) = (self.device.device_id.clone(), self.services.instance.to_string());
         self.track(tokio::spawn(async move {
+            let now = crate::store::now_ms() / 1000;
+            if let Err(e) = crate::store::note_device_seen(store.as_ref(), &device, None, None, now).await {
+                tracing::warn!(device, "cannot note when the device was seen: {e}");
+            }
             let result = if held {
                 crate::store::register_device(store.as_ref(), &device, &instance, REGISTRY_TTL).await
             } else {

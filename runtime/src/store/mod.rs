@@ -136,6 +136,54 @@ pub fn device_instance_key(device_id: &str) -> String {
     format!("device/{}/instance", segment(device_id))
 }
 
+/// What the server last learnt about a device: kept [`SEEN_TTL`] after its last OTA check or
+/// session, for the console's device list.
+pub fn device_seen_key(device_id: &str) -> String {
+    format!("device/{}/seen", segment(device_id))
+}
+
+/// How long a device's [`DeviceSeen`] record outlives its last OTA check or session.
+pub const SEEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A device's board, firmware and when it was last seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSeen {
+    /// Unix seconds of its last OTA check, session start or session end.
+    pub last_seen: u64,
+    /// The board type its last OTA check reported.
+    #[serde(default)]
+    pub board: Option<String>,
+    /// The firmware version its last OTA check reported.
+    #[serde(default)]
+    pub firmware: Option<String>,
+}
+
+/// The device's [`DeviceSeen`] record, if it has one (an unreadable one counts as none).
+pub async fn device_seen(store: &dyn Store, device_id: &str) -> Result<Option<DeviceSeen>, StoreError> {
+    Ok(store.get(&device_seen_key(device_id)).await?.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+}
+
+/// Notes that the device was seen at `now` (Unix seconds), with its board and firmware when an
+/// OTA check reported them (else the ones noted before are kept).
+pub async fn note_device_seen(
+    store: &dyn Store,
+    device_id: &str,
+    board: Option<&str>,
+    firmware: Option<&str>,
+    now: u64,
+) -> Result<(), StoreError> {
+    let mut seen = device_seen(store, device_id).await?.unwrap_or_default();
+    seen.last_seen = now;
+    if let Some(board) = board {
+        seen.board = Some(board.chars().take(64).collect());
+    }
+    if let Some(firmware) = firmware {
+        seen.firmware = Some(firmware.chars().take(64).collect());
+    }
+    let bytes = serde_json::to_vec(&seen).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    store.set(&device_seen_key(device_id), &bytes, Some(SEEN_TTL)).await
+}
+
 /// One message of a device's chat history as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryEntry {
@@ -240,7 +288,7 @@ fn decode_value(text: &str) -> Result<Vec<u8>, StoreError> {
     }
 }
 
-/// The devices the store holds memory or chat history for.
+/// The devices the store holds memory, chat history or a [`DeviceSeen`] record for.
 pub async fn known_devices(store: &dyn Store) -> Result<std::collections::BTreeSet<String>, StoreError> {
     let mut devices = std::collections::BTreeSet::new();
     for key in store.keys("kv/").await? {
@@ -250,6 +298,11 @@ pub async fn known_devices(store: &dyn Store) -> Result<std::collections::BTreeS
     }
     for key in store.keys("history/").await? {
         if let Some(device) = key.strip_prefix("history/") {
+            devices.insert(unsegment(device));
+        }
+    }
+    for key in store.keys("device/").await? {
+        if let Some(device) = key.strip_prefix("device/").and_then(|k| k.strip_suffix("/seen")) {
             devices.insert(unsegment(device));
         }
     }

@@ -84,6 +84,13 @@ async fn suite(store: &dyn Store) {
     register_device(store, "aa:aa", "instance-1", Duration::from_secs(30)).await.expect("register");
     assert_eq!(device_instance(store, "aa:aa").await.expect("instance"), Some("instance-1".into()));
     assert_eq!(device_instance(store, "bb/bb").await.expect("instance"), None);
+    // What an OTA check reported is kept when a session later notes only the time.
+    note_device_seen(store, "aa:aa", Some("bread-compact-wifi"), Some("2.4.2"), 100).await.expect("seen");
+    note_device_seen(store, "aa:aa", None, None, 200).await.expect("seen again");
+    let seen = DeviceSeen { last_seen: 200, board: Some("bread-compact-wifi".into()), firmware: Some("2.4.2".into()) };
+    assert_eq!(device_seen(store, "aa:aa").await.expect("seen"), Some(seen));
+    assert!(known_devices(store).await.expect("devices").contains("aa:aa"));
+    assert_eq!(device_seen(store, "bb/bb").await.expect("not seen"), None);
 
     let export = export_device(store, "aa:aa").await.expect("export");
     assert_eq!(export.kv["mem"]["memory"], "{\"name\":\"Ann\"}");
