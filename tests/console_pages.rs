@@ -200,7 +200,11 @@ async fn the_console_pages_bind_assign_show_and_clear() -> anyhow::Result<()> {
     let shown = browser.wait_text("#new-token", |t| t.contains("shown once")).await?;
     browser.wait_text("#page tbody", |t| t.contains(DEVICE)).await?;
     browser.screenshot(&shots(), "07-mcp-tokens").await?;
-    assert_eq!(shown.rsplit(' ').next().map(str::len), Some(64), "{shown}");
+    let (first, second) = shown.split_once('\n').unwrap_or_default();
+    let token = first.rsplit(' ').next().unwrap_or_default();
+    assert_eq!(token.len(), 64, "{shown}");
+    let endpoint = format!("ws://127.0.0.1:{}/mcp_endpoint/mcp/?token={token}", server.server.ws_addr.port());
+    assert_eq!(second, endpoint, "the address a tool server connects to");
 
     // Firmware: an image uploaded from a file, listed, offered for download.
     let dir = tempfile::tempdir()?;

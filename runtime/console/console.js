@@ -280,21 +280,21 @@ async function extensionsPage() {
 }
 
 async function tokensPage() {
-  const { tokens } = await api('GET', 'mcp-tokens');
+  const { tokens, url } = await api('GET', 'mcp-tokens');
   const device = el('input', { id: 'token-device', placeholder: 'device id, or empty for every device' });
   const shown = el('pre', { id: 'new-token', hidden: true });
   const rows = tokens.map((t) => el('tr', {}, el('td', {}, t.id), el('td', {}, t.device || 'every device'),
     el('td', {}, when(t.issued)),
     el('td', {}, el('button', { class: 'danger', type: 'button', onclick: () => act('Revoked token ' + t.id + '.', () => api('DELETE', 'mcp-tokens/' + encodeURIComponent(t.id))) }, 'Revoke'))));
   return [el('h2', {}, 'MCP endpoint tokens'),
-    el('p', { class: 'muted' }, 'A tool server connects to ws://<host>:<port>/mcp_endpoint/?token=<token>; its tools join the devices\' (all, or one device\'s).'),
+    el('p', { class: 'muted' }, 'A tool server connects to ' + url + '<token>; its tools join those of every device, or of the one device the token is for.'),
     el('form', { class: 'inline', onsubmit: async (e) => {
       e.preventDefault();
       try {
         const { token } = await api('POST', 'mcp-tokens', { device: device.value.trim() || null });
         await show();
         const box = document.getElementById('new-token');
-        box.textContent = 'New token (shown once): ' + token;
+        box.textContent = 'New token (shown once): ' + token + '\n' + url + token;
         box.hidden = false;
       } catch (err) { notice(err.message, true); }
     } }, el('label', {}, 'Device', device), el('button', { type: 'submit' }, 'Issue a token')),

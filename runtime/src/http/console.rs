@@ -25,7 +25,7 @@
 //! | `GET /console/api/extensions`, `POST /console/api/extensions/reload` | what the extensions serve (status, last error, grants); reload the folders |
 //! | `GET /console/api/firmware`, `PUT /console/api/firmware/<model>_<version>.bin` (the image as the body, at most [`MAX_FIRMWARE_BYTES`]), `DELETE /console/api/firmware/<name>` | the firmware images OTA offers (`data/bin/`): list, upload (written whole, then renamed into place), delete |
 //! | `POST /console/api/talk` `{"agent": id or null}` | 200 `{"url", "device_id", "client_id", "token"}`: how the talk page connects as the device `console-talk[-<agent>]`, which is given that agent (and bound, with activation on); `token` is null unless `server.auth` asks for one |
-//! | `GET /console/api/mcp-tokens`, `POST /console/api/mcp-tokens` `{"device": id or null}`, `DELETE /console/api/mcp-tokens/<id>` | the MCP endpoint's tokens: list, issue (shown once), revoke |
+//! | `GET /console/api/mcp-tokens`, `POST /console/api/mcp-tokens` `{"device": id or null}`, `DELETE /console/api/mcp-tokens/<id>` | the MCP endpoint's tokens: list (with `url`, the endpoint's address a token is appended to), issue (shown once), revoke |
 //!
 //! **Sessions**: a sign-in sets `xz_console=<256 random bits>; HttpOnly; SameSite=Strict;
 //! Path=<console.path>` (`Secure` too when the request came through HTTPS, `X-Forwarded-Proto:
@@ -401,7 +401,12 @@ where
                         json!({"id": t.id, "device": device, "issued": t.issued})
                     })
                     .collect();
-                json_response(StatusCode::OK, &json!({"tokens": tokens}))
+                let config = ctx.config.borrow().clone();
+                let host = host.as_deref().and_then(super::ota::valid_host).map(super::ota::host_without_port);
+                let host = host.map_or_else(|| super::ota::configured_host(&config), str::to_owned);
+                let path = config.server.mcp_endpoint_path.trim_end_matches('/');
+                let url = format!("ws://{host}:{}{path}/?token=", ctx.ws_port);
+                json_response(StatusCode::OK, &json!({"tokens": tokens, "url": url}))
             }
             Err(e) => store_failed(&e),
         },

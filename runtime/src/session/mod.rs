@@ -566,7 +566,7 @@ impl Session {
         let (device, instance) = (self.device.device_id.clone(), self.services.instance.to_string());
         self.track(tokio::spawn(async move {
             let now = crate::store::now_ms() / 1000;
-            if let Err(e) = crate::store::note_device_seen(store.as_ref(), &device, None, None, now).await {
+            if let Err(e) = crate::store::refresh_device_seen(store.as_ref(), &device, now).await {
                 tracing::warn!(device, "cannot note when the device was seen: {e}");
             }
             let result = if held {

@@ -158,6 +158,16 @@ pub struct DeviceSeen {
     pub firmware: Option<String>,
 }
 
+/// Moves the `last_seen` of a device that has a [`DeviceSeen`] record to `now`; a device without
+/// one (it never made an OTA check, which is where records are made) gets none, so connections
+/// alone cannot add records.
+pub async fn refresh_device_seen(store: &dyn Store, device_id: &str, now: u64) -> Result<(), StoreError> {
+    match device_seen(store, device_id).await? {
+        Some(_) => note_device_seen(store, device_id, None, None, now).await,
+        None => Ok(()),
+    }
+}
+
 /// The device's [`DeviceSeen`] record, if it has one (an unreadable one counts as none).
 pub async fn device_seen(store: &dyn Store, device_id: &str) -> Result<Option<DeviceSeen>, StoreError> {
     Ok(store.get(&device_seen_key(device_id)).await?.and_then(|bytes| serde_json::from_slice(&bytes).ok()))

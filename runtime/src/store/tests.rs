@@ -90,7 +90,10 @@ async fn suite(store: &dyn Store) {
     let seen = DeviceSeen { last_seen: 200, board: Some("bread-compact-wifi".into()), firmware: Some("2.4.2".into()) };
     assert_eq!(device_seen(store, "aa:aa").await.expect("seen"), Some(seen));
     assert!(known_devices(store).await.expect("devices").contains("aa:aa"));
-    assert_eq!(device_seen(store, "bb/bb").await.expect("not seen"), None);
+    refresh_device_seen(store, "bb/bb", 300).await.expect("no record to refresh");
+    assert_eq!(device_seen(store, "bb/bb").await.expect("not seen"), None, "a session alone makes no record");
+    refresh_device_seen(store, "aa:aa", 300).await.expect("refresh");
+    assert_eq!(device_seen(store, "aa:aa").await.expect("seen").map(|s| s.last_seen), Some(300));
 
     let export = export_device(store, "aa:aa").await.expect("export");
     assert_eq!(export.kv["mem"]["memory"], "{\"name\":\"Ann\"}");
