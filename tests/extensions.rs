@@ -41,6 +41,19 @@ async fn a_turn_calls_the_get_time_extension_and_the_answer_goes_back_to_the_llm
     let text = tool_message.expect("a tool message")["content"].as_str().unwrap_or("").to_string();
     let year = chrono_year();
     assert!(text.contains(&year), "the tool result has the date: {text}");
+    // The call is counted: in the status (with its duration) and in /metrics.
+    let status: Value =
+        reqwest::get(format!("http://{}/xiaozhi/extensions", server.server.http_addr)).await?.json().await?;
+    let list = status["extensions"].as_array().cloned().unwrap_or_default();
+    let calls = list.iter().find(|e| e["id"] == "get_time").map(|e| e["calls"].clone()).unwrap_or_default();
+    assert!(calls["calls"].as_u64().is_some_and(|n| n >= 1) && calls["errors"] == 0, "{calls}");
+    assert!(calls["p50_ms"].as_f64().is_some_and(|ms| ms > 0.0) && calls["p99_ms"].is_number(), "{calls}");
+    let count = xiaozhi_e2e::harness::metric(
+        server.server.http_addr,
+        "xiaozhi_extension_call_seconds_count{extension=\"get_time\"}",
+    )
+    .await?;
+    assert!(count >= 1.0, "{count}");
     server.server.shutdown().await;
     Ok(())
 }

@@ -270,13 +270,17 @@ async function extensionsPage() {
     const grant = g ? [g.memory_mb + ' MiB', g.timeout_ms + ' ms', g.kv ? 'kv' : null, g.llm ? 'llm' : null,
       g.http_hosts.length ? 'http: ' + g.http_hosts.join(', ') : null, g.config.length ? 'config: ' + g.config.join(', ') : null]
       .filter(Boolean).join(' · ') : '—';
+    const c = x.calls;
+    const calls = c ? c.calls + (c.errors || c.traps || c.timeouts ? ' (' + [c.errors ? c.errors + ' errors' : null,
+      c.traps ? c.traps + ' traps' : null, c.timeouts ? c.timeouts + ' timeouts' : null].filter(Boolean).join(', ') + ')' : '') : '0';
+    const took = c && c.p50_ms !== null ? c.p50_ms + ' / ' + c.p99_ms : '—';
     return el('tr', { 'data-extension': x.id }, el('td', {}, x.id), el('td', {}, x.serving || el('span', { class: 'offline' }, 'not serving')),
-      el('td', { class: 'wrap' }, grant), el('td', { class: 'wrap' }, x.error || '—'),
+      el('td', { class: 'wrap' }, grant), el('td', {}, calls), el('td', {}, took), el('td', { class: 'wrap' }, x.error || '—'),
       el('td', { class: 'muted' }, x.sha256 ? x.sha256.slice(0, 12) : ''));
   });
   return [el('h2', {}, 'Extensions'),
     el('div', { class: 'bar' }, el('button', { type: 'button', onclick: () => act('Reloaded the extension folders.', () => api('POST', 'extensions/reload')) }, 'Reload')),
-    table(['Id', 'Version serving', 'Grant', 'Last error', 'SHA-256'], rows)];
+    table(['Id', 'Version serving', 'Grant', 'Calls', 'p50 / p99 ms', 'Last error', 'SHA-256'], rows)];
 }
 
 async function tokensPage() {

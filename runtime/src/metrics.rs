@@ -9,6 +9,7 @@
 //! | `xiaozhi_turn_first_audio_seconds` | histogram: turn start (utterance complete or text received) → first reply audio handed to the speaker | |
 //! | `xiaozhi_provider_errors_total` | counter | `provider`: `asr`, `llm`, `tts` |
 //! | `xiaozhi_extension_calls_total` | counter | `extension`, `call` (`tool.call`, …), `outcome`: `ok`, `error`, `trap`, `timeout` |
+//! | `xiaozhi_extension_call_seconds` | histogram: one extension call, instantiation included, whatever its outcome | `extension` |
 //! | `xiaozhi_devices_dropped_total` | counter: connections we gave up on | `reason`: `not_reading` (the queue filled or one write took longer than `limits.write_timeout_ms`), `write_failed` |
 //! | `xiaozhi_limits_hit_total` | counter: inputs cut or refused at a limit | `limit`: the `limits` key (`device_tools`, `tool_result_chars`, …) |
 //! | `xiaozhi_downlink_frames_total` | counter: downlink Opus frames by how they were made | `path`: `encoded` (PCM encoded here), `passed_through` (a TTS's Opus packet sent as it was) |
@@ -18,6 +19,7 @@
 //! process never count each other's sessions.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -52,6 +54,43 @@ pub struct ExtensionLabels {
     pub call: &'static str,
     /// `ok`, `error` (the guest's own error or bad output), `trap` or `timeout`.
     pub outcome: &'static str,
+}
+
+/// Which extension a duration is of.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExtensionIdLabels {
+    /// The extension id.
+    pub extension: String,
+}
+
+/// How many recent call durations of one extension are kept for its p50/p99.
+pub const EXTENSION_RECENT_CALLS: usize = 1024;
+
+/// One extension's calls since start, and the durations of its last [`EXTENSION_RECENT_CALLS`].
+#[derive(Debug, Default)]
+struct ExtensionTally {
+    ok: u64,
+    error: u64,
+    trap: u64,
+    timeout: u64,
+    recent_us: std::collections::VecDeque<u64>,
+}
+
+/// What [`Metrics::extension_figures`] reports of one extension.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ExtensionFigures {
+    /// Calls since start.
+    pub calls: u64,
+    /// Calls the guest answered with its own error (or bad output).
+    pub errors: u64,
+    /// Calls that trapped (a crash, or over its memory cap).
+    pub traps: u64,
+    /// Calls stopped at their time limit.
+    pub timeouts: u64,
+    /// Median duration of the last [`EXTENSION_RECENT_CALLS`] calls, ms.
+    pub p50_ms: Option<f64>,
+    /// 99th percentile duration of the last [`EXTENSION_RECENT_CALLS`] calls, ms.
+    pub p99_ms: Option<f64>,
 }
 
 /// Why a connection was dropped.
@@ -99,6 +138,11 @@ pub struct Metrics {
     pub provider_errors: Family<ProviderLabels, Counter>,
     /// Extension calls by outcome.
     pub extension_calls: Family<ExtensionLabels, Counter>,
+    /// Extension call durations, seconds.
+    pub extension_call_seconds: Family<ExtensionIdLabels, Histogram>,
+    // std Mutex: one short update or read per call, never held across an await. One entry per
+    // extension id ever called (the extension folders bound them).
+    extension_tallies: std::sync::Mutex<std::collections::HashMap<String, ExtensionTally>>,
     /// Connections we gave up on, by reason.
     pub devices_dropped: Family<DroppedLabels, Counter>,
     /// Inputs cut or refused at a limit, by limit.
@@ -138,6 +182,15 @@ impl Metrics {
         registry.register("xiaozhi_provider_errors", "Provider failures by provider", provider_errors.clone());
         let extension_calls = Family::<ExtensionLabels, Counter>::default();
         registry.register("xiaozhi_extension_calls", "Extension calls by outcome", extension_calls.clone());
+        // 100 µs … ~52 s.
+        let extension_call_seconds = Family::<ExtensionIdLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.0001, 2.0, 20))) as fn() -> Histogram,
+        );
+        registry.register(
+            "xiaozhi_extension_call_seconds",
+            "One extension call, instantiation included, by extension",
+            extension_call_seconds.clone(),
+        );
         let devices_dropped = Family::<DroppedLabels, Counter>::default();
         registry.register("xiaozhi_devices_dropped", "Connections given up on, by reason", devices_dropped.clone());
         let limits_hit = Family::<LimitLabels, Counter>::default();
@@ -163,6 +216,8 @@ impl Metrics {
             first_audio,
             provider_errors,
             extension_calls,
+            extension_call_seconds,
+            extension_tallies: std::sync::Mutex::default(),
             devices_dropped,
             limits_hit,
             encoder_steps,
@@ -178,6 +233,54 @@ impl Metrics {
     /// Counts a connection given up on (`not_reading`, `write_failed`).
     pub fn device_dropped(&self, reason: &'static str) {
         self.devices_dropped.get_or_create(&DroppedLabels { reason }).inc();
+    }
+
+    /// Counts one finished extension call by its outcome (`ok`, `error`, `trap`, `timeout`).
+    pub fn extension_call(&self, extension: &str, call: &'static str, outcome: &'static str) {
+        self.extension_calls.get_or_create(&ExtensionLabels { extension: extension.to_owned(), call, outcome }).inc();
+        let mut tallies = self.extension_tallies.lock().unwrap_or_else(|p| p.into_inner());
+        let tally = tallies.entry(extension.to_owned()).or_default();
+        match outcome {
+            "ok" => tally.ok += 1,
+            "error" => tally.error += 1,
+            "trap" => tally.trap += 1,
+            _ => tally.timeout += 1,
+        }
+    }
+
+    /// Records how long one call of `extension` took, whatever its outcome.
+    pub fn extension_took(&self, extension: &str, took: Duration) {
+        self.extension_call_seconds
+            .get_or_create(&ExtensionIdLabels { extension: extension.to_owned() })
+            .observe(took.as_secs_f64());
+        let mut tallies = self.extension_tallies.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = &mut tallies.entry(extension.to_owned()).or_default().recent_us;
+        if recent.len() == EXTENSION_RECENT_CALLS {
+            recent.pop_front();
+        }
+        recent.push_back(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// The calls of `extension` since start by outcome, with p50/p99 of its recent durations;
+    /// `None` before its first call.
+    pub fn extension_figures(&self, extension: &str) -> Option<ExtensionFigures> {
+        let tallies = self.extension_tallies.lock().unwrap_or_else(|p| p.into_inner());
+        let tally = tallies.get(extension)?;
+        let mut sorted: Vec<u64> = tally.recent_us.iter().copied().collect();
+        sorted.sort_unstable();
+        // Nearest rank: the smallest duration with at least q of the calls at or below it.
+        let quantile = |q: f64| {
+            let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
+            sorted.get(rank - 1).map(|us| (*us as f64 / 10.0).round() / 100.0)
+        };
+        Some(ExtensionFigures {
+            calls: tally.ok + tally.error + tally.trap + tally.timeout,
+            errors: tally.error,
+            traps: tally.trap,
+            timeouts: tally.timeout,
+            p50_ms: quantile(0.5),
+            p99_ms: quantile(0.99),
+        })
     }
 
     /// Counts an input cut or refused at the `limits` key `limit`.
@@ -294,6 +397,35 @@ mod tests {
         let p50 = live["first_audio"]["p50_ms_at_most"].as_f64().expect("p50");
         let p90 = live["first_audio"]["p90_ms_at_most"].as_f64().expect("p90");
         assert!((200.0..=400.0).contains(&p50) && p90 >= 2000.0, "{live}");
+    }
+
+    #[test]
+    fn extension_figures_count_outcomes_and_take_percentiles_of_recent_calls() {
+        let metrics = Metrics::new();
+        assert_eq!(metrics.extension_figures("get_time"), None);
+        for ms in 1..=100u64 {
+            metrics.extension_took("get_time", Duration::from_millis(ms));
+            metrics.extension_call("get_time", "tool.call", if ms % 10 == 0 { "error" } else { "ok" });
+        }
+        metrics.extension_took("get_time", Duration::from_secs(1));
+        metrics.extension_call("get_time", "tool.call", "timeout");
+        let figures = metrics.extension_figures("get_time").expect("figures");
+        assert_eq!((figures.calls, figures.errors, figures.traps, figures.timeouts), (101, 10, 0, 1));
+        assert_eq!((figures.p50_ms, figures.p99_ms), (Some(51.0), Some(100.0)));
+        // Only the most recent calls count for the percentiles.
+        for _ in 0..EXTENSION_RECENT_CALLS {
+            metrics.extension_took("get_time", Duration::from_micros(250));
+        }
+        let figures = metrics.extension_figures("get_time").expect("figures");
+        assert_eq!((figures.p50_ms, figures.p99_ms), (Some(0.25), Some(0.25)));
+        let text = metrics.render();
+        assert!(text.contains("xiaozhi_extension_call_seconds_count{extension=\"get_time\"} 1125\n"), "{text}");
+        assert!(
+            text.contains(
+                "xiaozhi_extension_calls_total{extension=\"get_time\",call=\"tool.call\",outcome=\"timeout\"} 1\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -42,7 +42,7 @@ use super::manifest::{Kind, MANIFEST_FILE, Manifest};
 use super::{CallContext, ExtensionError, IntentDecision, ToolDefinition, ToolResult};
 use crate::config::{ExtensionsConfig, Grant};
 use crate::llm::{ChatMessage, Llm};
-use crate::metrics::{ExtensionLabels, Metrics};
+use crate::metrics::Metrics;
 use crate::store::Store as StateStore;
 
 /// How often the epoch advances; the granularity of call deadlines.
@@ -444,8 +444,7 @@ impl ExtensionHost {
 
     fn count(&self, ext: &LoadedExtension, call: &'static str, outcome: &'static str) {
         if let Some(metrics) = &self.services.metrics {
-            let labels = ExtensionLabels { extension: ext.id().to_owned(), call, outcome };
-            metrics.extension_calls.get_or_create(&labels).inc();
+            metrics.extension_call(ext.id(), call, outcome);
         }
     }
 
@@ -478,7 +477,11 @@ impl ExtensionHost {
             let instance = ext.instance_pre.instantiate_async(&mut store).await?;
             body(&mut store, instance).await
         };
+        let started = Instant::now();
         let outcome = tokio::time::timeout(limit + TIMEOUT_GRACE, work).await;
+        if let Some(metrics) = &self.services.metrics {
+            metrics.extension_took(ext.id(), started.elapsed());
+        }
         stdout.flush_line();
         stderr.flush_line();
         tags.report_dropped();

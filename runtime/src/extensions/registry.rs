@@ -64,6 +64,9 @@ pub struct ExtensionStatus {
     pub error: Option<String>,
     /// What the version serving now may do (its manifest checked against the operator's grant).
     pub grant: Option<GrantSummary>,
+    /// Its calls since start (every version) by outcome, with p50/p99 of the recent ones; `None`
+    /// before the first call.
+    pub calls: Option<crate::metrics::ExtensionFigures>,
 }
 
 /// An extension's effective grant as shown to operators: the names of the settings it reads,
@@ -146,9 +149,16 @@ impl Registry {
         Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Every extension folder and what it serves, for `/xiaozhi/extensions`.
+    /// Every extension folder: what it serves, its grant, last error and call figures (for
+    /// `/xiaozhi/extensions` and the console).
     pub fn status(&self) -> Vec<ExtensionStatus> {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(metrics) = self.host.metrics() {
+            for entry in &mut status {
+                entry.calls = metrics.extension_figures(&entry.id);
+            }
+        }
+        status
     }
 
     /// Scans the directories and swaps in every new or changed extension that loads. Returns the
@@ -216,6 +226,7 @@ impl Registry {
                 sha256: e.loaded.as_ref().map(|l| l.wasm_sha256.clone()),
                 error: e.error.clone(),
                 grant: e.loaded.as_ref().map(|l| GrantSummary::of(&l.grant)),
+                calls: None,
             })
             .collect();
         serving
