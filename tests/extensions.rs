@@ -1,6 +1,7 @@
 //! End-to-end: the built-in WebAssembly extensions (built by `extensions/build.sh`) serve the
 //! LLM's tool calls during spoken and typed turns, recognise intents (`intent_llm`), remember
-//! each device apart (`mem_local_short`) and change the assistant's role (`change_role`).
+//! each device apart (`mem_local_short`), change the assistant's role (`change_role`) and answer
+//! the lunar almanac (`get_lunar`).
 
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,30 @@ async fn a_turn_calls_the_get_time_extension_and_the_answer_goes_back_to_the_llm
     )
     .await?;
     assert!(count >= 1.0, "{count}");
+    server.server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_lunar_answers_the_almanac_of_a_date_as_the_python_plugin() -> anyhow::Result<()> {
+    let arguments = json!({"date": "2026-02-17", "query": "节日和宜忌"});
+    let mock =
+        MockOpenAi::start(MockScript::default().tool("almanac", "get_lunar", arguments, "😊 今天是春节。")).await?;
+    let server = TestServer::start(&mock, "").await?;
+    let mut device = server.device("aa:bb:cc:00:04:09", 1).await?;
+    device.detect("what does the almanac say").await?;
+    let reply = device.collect_reply(REPLY_WAIT).await?;
+    assert_eq!(reply.sentences, vec!["今天是春节".to_string()]);
+    let chats: Vec<Value> =
+        mock.requests().into_iter().filter(|r| r.path.ends_with("/chat/completions")).map(|r| r.body).collect();
+    let tool_message =
+        chats.last().and_then(|c| c["messages"].as_array()?.iter().find(|m| m["role"] == "tool").cloned());
+    let text = tool_message.expect("a tool message")["content"].as_str().unwrap_or("").to_string();
+    for line in ["农历：丙午年正月初一", "干支：丙午年 庚寅月 壬戌日", "生肖：马", "节日：春节", "宜：祭祀"]
+    {
+        assert!(text.contains(line), "{line:?} missing from the tool result:\n{text}");
+    }
+    assert!(text.contains("关于“节日和宜忌”"), "{text}");
     server.server.shutdown().await;
     Ok(())
 }

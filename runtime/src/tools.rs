@@ -52,15 +52,10 @@ pub enum ToolAction {
     },
 }
 
-/// Extension tools offered whatever `Intent.<x>.functions` lists, as the Python server always
-/// loads `handle_exit_intent` and `get_lunar` (our `get_time` answers the lunar date).
-pub const ALWAYS_OFFERED: [&str; 2] = ["handle_exit_intent", "get_time"];
-
-/// The Python plugin names that are other tools' names here: `get_lunar` is answered by
-/// `get_time`.
-fn is_python_alias(function: &str, tool: &str) -> bool {
-    function == "get_lunar" && tool == "get_time"
-}
+/// Extension tools offered whatever `Intent.<x>.functions` lists: `handle_exit_intent` and
+/// `get_lunar`, which the Python server always loads, and our `get_time` (the Python server puts
+/// the time in every prompt instead).
+pub const ALWAYS_OFFERED: [&str; 3] = ["handle_exit_intent", "get_lunar", "get_time"];
 
 /// The tools of one turn.
 #[derive(Clone, Default)]
@@ -112,9 +107,7 @@ impl ToolBox {
     fn offered(&self, id: &str, name: &str) -> bool {
         match &self.functions {
             None => true,
-            Some(list) => {
-                ALWAYS_OFFERED.contains(&name) || list.iter().any(|f| f == id || f == name || is_python_alias(f, name))
-            }
+            Some(list) => ALWAYS_OFFERED.contains(&name) || list.iter().any(|f| f == id || f == name),
         }
     }
 

@@ -1,7 +1,8 @@
 //! Real headless Chromium for the console's page tests, driven over WebDriver (`chromedriver`,
 //! Debian's `chromium` and `chromium-driver`, which `tests/run.sh` installs) with `fantoccini`.
 //! `chromedriver` runs as the leader of its own process group, so it and every Chromium process
-//! it starts die with the test ([`crate::python::Group`]).
+//! it starts die with the test ([`crate::python::Group`]); their profile and temporary files live
+//! in a temporary directory of the [`Browser`], removed after them.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -19,7 +20,9 @@ pub const PAGE_WAIT: Duration = Duration::from_secs(20);
 pub struct Browser {
     /// The WebDriver client.
     pub client: Client,
+    // Dropped in this order: the driver's process group is killed, then its files are removed.
     _driver: Group,
+    _files: tempfile::TempDir,
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {
@@ -37,7 +40,12 @@ impl Browser {
             .find_map(on_path)
             .context("chromium is not installed: apt-get install chromium chromium-driver (tests/run.sh does)")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let group = Group::spawn(tokio::process::Command::new(&driver).arg(format!("--port={port}")))?;
+        // Chromium's profile, its shared-memory files (--disable-dev-shm-usage puts them in
+        // TMPDIR) and chromedriver's own scratch space, all in one directory of ours.
+        let files = tempfile::tempdir()?;
+        let group = Group::spawn(
+            tokio::process::Command::new(&driver).arg(format!("--port={port}")).env("TMPDIR", files.path()),
+        )?;
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
         let http = reqwest::Client::new();
@@ -67,6 +75,7 @@ impl Browser {
         .into_iter()
         .map(str::to_owned)
         .collect();
+        chrome_args.push(format!("--user-data-dir={}", files.path().join("profile").display()));
         chrome_args.extend(args.iter().cloned());
         let mut capabilities = serde_json::Map::new();
         capabilities
@@ -78,7 +87,7 @@ impl Browser {
             .connect(&url)
             .await
             .with_context(|| format!("starting {} through chromedriver", chromium.display()))?;
-        Ok(Self { client, _driver: group })
+        Ok(Self { client, _driver: group, _files: files })
     }
 
     /// Waits for the element `css` and returns it.

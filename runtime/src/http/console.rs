@@ -11,7 +11,7 @@
 //! | `PUT /console/api/agents/<id>` agent JSON | 200 the saved agent; 400 with the reason it is refused |
 //! | `DELETE /console/api/agents/<id>` | 200; its devices go back to the configuration's settings |
 //! | `PUT /console/api/devices/<device id>/agent` `{"agent": id or null}` | 200 |
-//! | `GET /console/api/devices` | 200 `{"devices": [{"id", "online", "bound", "agent"}]}`: every device bound, assigned or with stored memory or history |
+//! | `GET /console/api/devices` | 200 `{"devices": [{"id", "online", "bound", "agent", "last_seen", "board", "firmware"}]}`: every device checked in, bound, assigned or with stored memory or history |
 //! | `POST /console/api/devices/bind` `{"code": …}` | 200 `{"device": …}`: the device showing that activation code is bound; 404 unknown code |
 //! | `DELETE /console/api/devices/<id>/binding` | 200; it must activate again (when activation is on) |
 //! | `POST /console/api/devices/<id>/revoke` | 200; the tokens issued to it so far stop working |
@@ -464,8 +464,9 @@ async fn talk(ctx: &HttpContext, body: &Value, host: Option<&str>) -> Response<F
     )
 }
 
-/// Every device the store knows (bound, assigned an agent, or with memory or history), with
-/// where it is connected now, whether it is bound and its agent.
+/// Every device the store knows (checked in, bound, assigned an agent, or with memory or
+/// history), with where it is connected now, whether it is bound, its agent, and what its last
+/// OTA check reported.
 async fn list_devices(ctx: &HttpContext) -> Result<Value, AgentError> {
     let store = ctx.store.as_ref();
     let mut ids = crate::store::known_devices(store).await?;
