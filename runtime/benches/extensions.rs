@@ -3,7 +3,8 @@
 //! Prints the tool call overhead of the WebAssembly `get_time` extension (a fresh store, an
 //! instantiation and the call; p50/p99) next to a native call doing the same work, the load time
 //! with and without the compile cache, and the time from a new `.wasm` landing in the watched
-//! directory to it serving. Needs the guests built by `extensions/build.sh`.
+//! directory to it serving; and the size, load time and call time of `get_lunar` (which carries
+//! the `tyme4rs` calendar). Needs the guests built by `extensions/build.sh`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,6 +52,34 @@ async fn main() {
     println!("|{}|{}|", "-".repeat(60), "-".repeat(32));
     let cache = tempfile::tempdir().expect("tempdir");
     let ctx = CallContext { device_id: "dev".into(), session_id: "s".into(), language: "en".into() };
+
+    // get_lunar (the tyme4rs calendar inside): size, load, call.
+    let bytes = std::fs::metadata(guest("get_lunar").join("get_lunar.wasm")).expect("get_lunar.wasm").len();
+    let lunar_cache = tempfile::tempdir().expect("tempdir");
+    let started = Instant::now();
+    drop(host(lunar_cache.path()).load(&guest("get_lunar")).await.expect("load"));
+    let cold_ms = started.elapsed();
+    let lunar_host = host(lunar_cache.path());
+    let started = Instant::now();
+    let lunar = lunar_host.load(&guest("get_lunar")).await.expect("load");
+    let cached_ms = started.elapsed();
+    row("get_lunar.wasm size", format!("{} KiB", bytes / 1024));
+    row(
+        "load get_lunar, compiling / from the compile cache",
+        format!("{:.1} / {:.1} ms", cold_ms.as_secs_f64() * 1e3, cached_ms.as_secs_f64() * 1e3),
+    );
+    let mut calls = Vec::new();
+    for _ in 0..1000 {
+        let t = Instant::now();
+        lunar_host.call_tool(&lunar, "get_lunar", r#"{"query":"宜忌"}"#, ctx.clone()).await.expect("call");
+        calls.push(t.elapsed());
+    }
+    calls.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    row(
+        "get_lunar call p50/p99",
+        format!("{:.0} / {:.0} µs", us(percentile(&calls, 0.5)), us(percentile(&calls, 0.99))),
+    );
 
     // Load: cold (compile) vs from the compile cache (a second host on the same cache dir, as
     // after a restart).
