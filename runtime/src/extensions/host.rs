@@ -331,14 +331,14 @@ impl ExtensionHost {
             })
             .await?;
         let defs: Vec<ToolDefinition> = defs.into_iter().map(ToolDefinition::from).collect();
-        for def in &defs {
+        let checked = defs.iter().try_for_each(|def| {
             check_tool_definition(def).map_err(|message| ExtensionError::InvalidOutput {
                 id: ext.id().to_owned(),
                 call,
                 message,
-            })?;
-        }
-        Ok(defs)
+            })
+        });
+        self.counted(ext, call, checked.map(|()| defs))
     }
 
     /// Runs the tool `name` with `arguments_json` for the device in `ctx`.
