@@ -41,11 +41,15 @@ impl Browser {
             .context("chromium is not installed: apt-get install chromium chromium-driver (tests/run.sh does)")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         // Chromium's profile, its shared-memory files (--disable-dev-shm-usage puts them in
-        // TMPDIR) and chromedriver's own scratch space, all in one directory of ours.
+        // TMPDIR), what it and its audio client write under HOME and the XDG directories, and
+        // chromedriver's own scratch space: all in one directory of ours (mode 0700).
         let files = tempfile::tempdir()?;
-        let group = Group::spawn(
-            tokio::process::Command::new(&driver).arg(format!("--port={port}")).env("TMPDIR", files.path()),
-        )?;
+        let mut command = tokio::process::Command::new(&driver);
+        command.arg(format!("--port={port}"));
+        for variable in ["TMPDIR", "HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR"] {
+            command.env(variable, files.path());
+        }
+        let group = Group::spawn(&mut command)?;
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
         let http = reqwest::Client::new();
