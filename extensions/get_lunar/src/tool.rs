@@ -1,6 +1,7 @@
 //! The `get_lunar` tool itself, independent of the WebAssembly bindings: its definition, its
 //! argument parsing and the almanac text it returns. The calendar is `tyme4rs`.
 
+use tyme4rs::tyme::jd::JulianDay;
 use tyme4rs::tyme::solar::SolarDay;
 use tyme4rs::tyme::{Culture, Tyme};
 
@@ -88,19 +89,11 @@ fn days_in_month(year: i32, month: u32) -> u32 {
     }
 }
 
-/// The Gregorian date of a count of seconds since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+/// The Gregorian date of a count of seconds since 1970-01-01 (through `tyme4rs`' Julian days:
+/// the epoch is Julian day 2440587.5).
 fn civil_date(seconds: i64) -> (i32, u32, u32) {
-    let days = seconds.div_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
-    (year, month, day)
+    let day = JulianDay::from_julian_day(2_440_587.5 + seconds.div_euclid(86_400) as f64).get_solar_day();
+    (day.get_year() as i32, day.get_month() as u32, day.get_day() as u32)
 }
 
 /// The almanac of the requested date, in Chinese, for the LLM to answer from.
