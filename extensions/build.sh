@@ -77,8 +77,10 @@ step "target dir: $CARGO_TARGET_DIR"
 
 # 2. The guests.
 if ((${#names[@]} == 0)); then
+    # Every guest crate; a crate without extension.toml is a library (the SDK), built as a
+    # dependency of the guests.
     for manifest in "$EXT_DIR"/*/Cargo.toml; do
-        [[ -f "$manifest" ]] && names+=("$(basename "$(dirname "$manifest")")")
+        [[ -f "$(dirname "$manifest")/extension.toml" ]] && names+=("$(basename "$(dirname "$manifest")")")
     done
 fi
 ((${#names[@]})) || die "no guest crates (extensions/*/Cargo.toml) found"

@@ -1,7 +1,8 @@
 //! End-to-end: the built-in WebAssembly extensions (built by `extensions/build.sh`) serve the
 //! LLM's tool calls during spoken and typed turns, recognise intents (`intent_llm`), remember
-//! each device apart (`mem_local_short`), change the assistant's role (`change_role`) and answer
-//! the lunar almanac (`get_lunar`).
+//! each device apart (`mem_local_short`), change the assistant's role (`change_role`), answer
+//! the lunar almanac (`get_lunar`) and play music (`play_music`). The host knows none of these
+//! tools by name: ending the session, changing the prompt and playing are the tools' effects.
 
 use std::time::{Duration, Instant};
 
@@ -258,6 +259,106 @@ async fn change_role_changes_the_prompt_of_the_following_turns() -> anyhow::Resu
     other.collect_reply(REPLY_WAIT).await?;
     let system = chat_requests(&mock).last().and_then(|c| c["messages"][0]["content"].as_str().map(str::to_owned));
     assert!(!system.unwrap_or_default().contains("Lily"));
+    server.server.shutdown().await;
+    Ok(())
+}
+
+/// A WAV file of `ms` milliseconds of a 440 Hz tone at 16 kHz.
+fn tone_wav(ms: usize) -> Vec<u8> {
+    let samples: Vec<i16> =
+        (0..ms * 16).map(|i| ((i as f32 * 440.0 * std::f32::consts::TAU / 16_000.0).sin() * 8_000.0) as i16).collect();
+    xiaozhi_server::audio::decode::wav_bytes(&samples, 16_000)
+}
+
+/// Events until `tts stop` (or `wait` without any): the audio frames after the sentence whose
+/// text contains `title` began, with their arrival times, and the sentence texts.
+async fn song_frames(device: &mut SimDevice, title: &str, wait: Duration) -> (Vec<Instant>, Vec<String>) {
+    let (mut frames, mut sentences, mut in_song) = (Vec::new(), Vec::new(), false);
+    while let Some((at, event)) = device.next_event(wait).await {
+        match event {
+            SimEvent::Json(v) if v["type"] == "tts" && v["state"] == "sentence_start" => {
+                let text = v["text"].as_str().unwrap_or_default().to_owned();
+                in_song = text.contains(title);
+                sentences.push(text);
+            }
+            SimEvent::Json(v) if v["type"] == "tts" && v["state"] == "stop" => break,
+            SimEvent::Audio { .. } if in_song => frames.push(at),
+            SimEvent::Closed(_) => break,
+            _ => {}
+        }
+    }
+    (frames, sentences)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn play_music_plays_the_song_paced_abort_stops_it_and_the_next_question_works() -> anyhow::Result<()> {
+    let music = tempfile::tempdir()?;
+    std::fs::write(music.path().join("chime.wav"), tone_wav(1_500))?;
+    std::fs::write(music.path().join("long tone.wav"), tone_wav(6_000))?;
+    let mock =
+        MockOpenAi::start(MockScript::default().tool("music", "play_music", json!({"song_name": "chime"}), "unused"))
+            .await?;
+    let grant = format!(
+        "extensions:\n  grants:\n    play_music:\n      media_dirs:\n        music: {}\n",
+        music.path().display()
+    );
+    let server = TestServer::start(&mock, &grant).await?;
+    let mut device = server.device("aa:bb:cc:00:04:0a", 1).await?;
+    let frame_ms = u64::from(device.downlink_frame_ms());
+
+    // The whole song arrives as paced Opus after its announcement, as long as the file.
+    let asked = Instant::now();
+    device.detect("play some music").await?;
+    let (frames, sentences) = song_frames(&mut device, "《chime》", REPLY_WAIT).await;
+    assert!(sentences.iter().any(|s| s.contains("《chime》") && s != "《chime》"), "announced: {sentences:?}");
+    assert_eq!(sentences.last().map(String::as_str), Some("《chime》"), "{sentences:?}");
+    let song_ms = frames.len() as u64 * frame_ms;
+    assert!((1_440..=1_620).contains(&song_ms), "{song_ms} ms of song for a 1 500 ms file");
+    let spread = frames.last().zip(frames.first()).map(|(l, f)| l.duration_since(*f)).unwrap_or_default();
+    assert!(spread >= Duration::from_millis(900), "paced like speech, not sent at once: {spread:?}");
+    println!("play_music: first song frame {:?} after the question", frames[0].duration_since(asked));
+    assert_eq!(chat_requests(&mock).len(), 1, "playing asks the LLM nothing more");
+
+    // A long song, stopped by abort within one frame.
+    mock.set_script(MockScript::default().tool("music", "play_music", json!({"song_name": "long tone"}), "unused"));
+    device.detect("play the long tone").await?;
+    let mut song_started = None;
+    while let Some((at, event)) = device.next_event(REPLY_WAIT).await {
+        match event {
+            SimEvent::Json(v) if v["type"] == "tts" && v["state"] == "sentence_start" => {
+                if v["text"].as_str().is_some_and(|t| t == "《long tone》") {
+                    song_started = Some(at);
+                }
+            }
+            SimEvent::Audio { .. } if song_started.is_some_and(|s| at > s + Duration::from_millis(1_000)) => break,
+            _ => {}
+        }
+    }
+    assert!(song_started.is_some(), "the long song started");
+    let aborted_at = Instant::now();
+    device.abort().await?;
+    let (mut late_frames, mut stop_at) = (0, None);
+    while let Some((at, event)) = device.next_event(Duration::from_secs(2)).await {
+        match event {
+            SimEvent::Audio { .. } if at > aborted_at + Duration::from_millis(frame_ms) => late_frames += 1,
+            SimEvent::Json(v) if v["type"] == "tts" && v["state"] == "stop" => {
+                stop_at.get_or_insert(at);
+            }
+            _ => {}
+        }
+        if stop_at.is_some_and(|s: Instant| at > s + Duration::from_millis(500)) {
+            break;
+        }
+    }
+    let stop_at = stop_at.expect("tts stop after abort");
+    assert!(stop_at.duration_since(aborted_at) < Duration::from_millis(500));
+    assert!(late_frames <= 1, "{late_frames} frames arrived more than one frame after the abort");
+
+    // The session goes on.
+    mock.set_reply("🙂 Yes, I am here.");
+    device.detect("are you still there").await?;
+    let reply = device.collect_reply(REPLY_WAIT).await?;
+    assert_eq!(reply.sentences, vec!["Yes, I am here".to_string()]);
     server.server.shutdown().await;
     Ok(())
 }

@@ -19,9 +19,11 @@ extensions/build.sh
 extensions/examples/exit_c/build.sh
 extensions/examples/exit_py/build.sh
 status=0
+# The guests' own tests, natively, in one shared build directory (their common dependencies,
+# the SDK and wit-bindgen among them, are built once).
 for manifest in extensions/*/Cargo.toml; do
   echo "==> guest tests: ${manifest%/Cargo.toml}"
-  cargo test --quiet --manifest-path "$manifest" || status=1
+  CARGO_TARGET_DIR=target/guest-tests cargo test --quiet --manifest-path "$manifest" || status=1
 done
 cargo test --workspace --locked --no-fail-fast || status=1
 # Every fuzz target for a bounded time (cargo-fuzz, nightly); FUZZ_SECONDS=0 skips.

@@ -61,9 +61,12 @@
 //! - [`agents`]: per-device settings: agents (overrides merged over the configuration) and their
 //!   devices, kept in the store; the providers of each agent in use built once.
 //! - [`tools`]: the one registry of tools offered to the LLM (extension, device, settings-file MCP
-//!   server and endpoint tools).
+//!   server and endpoint tools); a call's outcome is a list of effects, applied by the turn.
+//! - [`media`]: audio an extension plays (a granted file or URL, or its own stream), decoded
+//!   into chunks for the speaker.
 //! - [`memory`]: conversation memory through a memory extension (into the prompt, saved at the end).
-//! - [`extensions`]: the WebAssembly extension host (tool, intent and memory components).
+//! - [`extensions`]: the WebAssembly extension host (tool, intent, memory, context and media
+//!   components; WIT 0.2, and 0.1 through an adapter).
 //! - [`metrics`]: Prometheus metrics of the server (`GET /metrics`).
 //! - [`store`]: persistent state (extension key/values, chat history, bindings, revocations, the
 //!   device registry) in an embedded SQLite file or Redis.
@@ -84,6 +87,7 @@ pub mod fuzz;
 pub mod http;
 pub mod llm;
 pub mod mcp;
+pub mod media;
 pub mod memory;
 pub mod metrics;
 pub mod onnx;

@@ -12,50 +12,43 @@
 //! servers' tools come next (servers in name order), then the endpoint's, in connection order,
 //! under the same rule (suffixes handed out in linear time).
 //!
-//! A tool call ends in a [`ToolAction`] that mirrors the Python server's `ActionResponse`.
-//! One tool is special, as in the Python server where the plugin rewrites the connection's
-//! prompt: a `response` from the tool named [`CHANGE_ROLE_TOOL`] that carries a `result` makes
-//! that result the session's new system prompt ([`ToolAction::ChangeRole`]).
+//! A tool call ends in a [`ToolOutcome`]: the [`Effect`]s an extension returned (speak, give the
+//! LLM a result, note, end the conversation, set the prompt, play audio, call a device tool), or
+//! the effect of a device or MCP tool's text (its JSON `action`, as the Python server reads it;
+//! else the text goes to the LLM), or an error for the LLM. No tool is known here by name: what
+//! a tool does is in its result.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::extensions::{ExtensionScope, Kind, ToolAction as ExtAction, ToolResult};
+use crate::extensions::{Effect, ExtensionScope, Kind, LoadedExtension};
 use crate::llm::ToolSpec;
 use crate::mcp::endpoint::{EndpointTool, Hub};
 use crate::mcp::servers::{McpServers, ServerTool};
 use crate::mcp::{DeviceTool, McpClient, UniqueNames};
 
-/// The tool whose `response` with a `result` replaces the session's system prompt (the built-in
-/// `change_role` extension).
-pub const CHANGE_ROLE_TOOL: &str = "change_role";
-
-/// What the turn does with a tool's outcome (the Python server's `Action`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum ToolAction {
-    /// Nothing to say; the turn ends.
-    None,
-    /// Speak this text as it is; no further LLM call.
-    Response(String),
-    /// Give this result to the LLM as the tool message and let it answer.
-    ReqLlm(String),
-    /// The call failed; the error text goes to the LLM as the tool message.
-    Error(String),
-    /// Speak `response` and make `prompt` the session's system prompt ([`CHANGE_ROLE_TOOL`]).
-    ChangeRole {
-        /// The new system prompt.
-        prompt: String,
-        /// What is said to the user.
-        response: String,
+/// What a tool call came to.
+#[derive(Clone)]
+pub enum ToolOutcome {
+    /// It ran: what happens, in order.
+    Effects {
+        /// The effects.
+        effects: Vec<Effect>,
+        /// The extension that answered, if one did (its grant decides what audio it may play).
+        from: Option<Arc<LoadedExtension>>,
     },
+    /// It failed; the error text goes to the LLM as the tool message.
+    Error(String),
 }
 
-/// Extension tools offered whatever `Intent.<x>.functions` lists: `handle_exit_intent` and
-/// `get_lunar`, which the Python server always loads, and our `get_time` (the Python server puts
-/// the time in every prompt instead).
-pub const ALWAYS_OFFERED: [&str; 3] = ["handle_exit_intent", "get_lunar", "get_time"];
+impl ToolOutcome {
+    /// Effects that come from no extension.
+    fn plain(effects: Vec<Effect>) -> Self {
+        Self::Effects { effects, from: None }
+    }
+}
 
 /// The tools of one turn.
 #[derive(Clone, Default)]
@@ -80,8 +73,8 @@ struct Listing {
 
 impl ToolBox {
     /// Tools of a session: its device's MCP tools (if any) and the server's extension tools
-    /// (those `functions` names by extension id or tool name, and [`ALWAYS_OFFERED`]; all of them
-    /// when `functions` is `None`).
+    /// (those `functions` names by extension id or tool name, and those of extensions whose
+    /// manifest says `always_offered`; all of them when `functions` is `None`).
     pub fn new(
         mcp: Option<Arc<McpClient>>,
         extensions: Option<ExtensionScope>,
@@ -103,11 +96,11 @@ impl ToolBox {
         self
     }
 
-    /// Whether the extension `id`'s tool `name` is offered.
-    fn offered(&self, id: &str, name: &str) -> bool {
+    /// Whether the extension's tool `name` is offered.
+    fn offered(&self, ext: &LoadedExtension, name: &str) -> bool {
         match &self.functions {
             None => true,
-            Some(list) => ALWAYS_OFFERED.contains(&name) || list.iter().any(|f| f == id || f == name),
+            Some(list) => ext.manifest.always_offered || list.iter().any(|f| f == ext.id() || f == name),
         }
     }
 
@@ -138,7 +131,7 @@ impl ToolBox {
         if let Some(ext) = &self.extensions {
             for loaded in ext.snapshot.of_kind(Kind::Tool) {
                 for tool in &loaded.tools {
-                    if !self.offered(loaded.id(), &tool.name) {
+                    if !self.offered(loaded, &tool.name) {
                         continue;
                     }
                     if !names.reserve(&tool.name) {
@@ -179,27 +172,17 @@ impl ToolBox {
     }
 
     /// Runs the tool the LLM called `name` with `arguments` (JSON text).
-    pub async fn call(&self, name: &str, arguments: &str, timeout: Duration) -> ToolAction {
-        let args: Value = match arguments.trim() {
-            "" => Value::Object(Default::default()),
-            text => match serde_json::from_str(text) {
-                Ok(v @ Value::Object(_)) => v,
-                Ok(_) | Err(_) => {
-                    return ToolAction::Error(format!("arguments of {name} are not a JSON object: {text}"));
-                }
-            },
+    pub async fn call(&self, name: &str, arguments: &str, timeout: Duration) -> ToolOutcome {
+        let args = match object_arguments(name, arguments) {
+            Ok(args) => args,
+            Err(message) => return ToolOutcome::Error(message),
         };
         if let Some(ext) = &self.extensions
             && let Some(loaded) = ext.snapshot.tool_owner(name)
         {
             return match ext.host.call_tool(loaded, name, arguments, ext.context.clone()).await {
-                Ok(ToolResult { action: ExtAction::Response, result: Some(prompt), response })
-                    if name == CHANGE_ROLE_TOOL =>
-                {
-                    ToolAction::ChangeRole { prompt, response: response.unwrap_or_default() }
-                }
-                Ok(result) => action_from_extension(result),
-                Err(e) => ToolAction::Error(format!("{name} failed: {e}")),
+                Ok(result) => ToolOutcome::Effects { effects: result.effects, from: Some(Arc::clone(loaded)) },
+                Err(e) => ToolOutcome::Error(format!("{name} failed: {e}")),
             };
         }
         let Listing { device, servers, endpoint, .. } = self.listing();
@@ -213,54 +196,77 @@ impl ToolBox {
         } else if let Some((_, t)) = endpoint.into_iter().find(|(exposed, _)| exposed == name) {
             t.client.call_bounded(&t.tool.name, args, timeout).await.map_err(|e| e.to_string())
         } else {
-            return ToolAction::Error(format!("no tool named {name}"));
+            return ToolOutcome::Error(format!("no tool named {name}"));
         };
         match outcome {
-            Ok(text) => action_from_device_text(text),
-            Err(e) => ToolAction::Error(format!("{name} failed: {e}")),
+            Ok(text) => outcome_of_device_text(text),
+            Err(e) => ToolOutcome::Error(format!("{name} failed: {e}")),
         }
+    }
+
+    /// Calls the device's own tool `name` (as the device lists it) for an extension's
+    /// `call-device-tool` effect, and answers its text.
+    pub async fn call_device(&self, name: &str, arguments: &str, timeout: Duration) -> Result<String, String> {
+        let args = object_arguments(name, arguments)?;
+        let Some(mcp) = &self.mcp else {
+            return Err(format!("the device offers no tools, so {name} cannot be called"));
+        };
+        if !mcp.tools().iter().any(|tool| tool.name == name) {
+            return Err(format!("the device has no tool named {name}"));
+        }
+        mcp.call(name, args, timeout).await.map_err(|e| format!("{name} failed: {e}"))
     }
 }
 
-/// An extension's result as the turn's action (`record` is spoken and recorded, like `response`).
-fn action_from_extension(result: ToolResult) -> ToolAction {
-    match result.action {
-        ExtAction::None => ToolAction::None,
-        ExtAction::Response | ExtAction::Record => {
-            ToolAction::Response(result.response.or(result.result).unwrap_or_default())
-        }
-        ExtAction::ReqLlm => ToolAction::ReqLlm(result.result.or(result.response).unwrap_or_default()),
+/// A call's arguments as a JSON object (empty text is an empty object).
+fn object_arguments(name: &str, arguments: &str) -> Result<Value, String> {
+    match arguments.trim() {
+        "" => Ok(Value::Object(Default::default())),
+        text => match serde_json::from_str(text) {
+            Ok(v @ Value::Object(_)) => Ok(v),
+            Ok(_) | Err(_) => Err(format!("arguments of {name} are not a JSON object: {text}")),
+        },
     }
 }
 
 /// A device tool's text whose JSON carries an `action` (the vision tool does) maps to that
 /// action, as in the Python server; anything else goes back to the LLM.
-fn action_from_device_text(text: String) -> ToolAction {
+fn outcome_of_device_text(text: String) -> ToolOutcome {
     if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(&text) {
         let field = |k: &str| map.get(k).and_then(Value::as_str).map(str::to_string);
         if let Some(action) = field("action") {
             match action.to_ascii_uppercase().as_str() {
-                "RESPONSE" => return ToolAction::Response(field("response").unwrap_or_default()),
-                "NONE" => return ToolAction::None,
-                "ERROR" => return ToolAction::Error(field("response").or(field("message")).unwrap_or(text)),
+                "RESPONSE" => return ToolOutcome::plain(vec![Effect::Speak(field("response").unwrap_or_default())]),
+                "NONE" => return ToolOutcome::plain(Vec::new()),
+                "ERROR" => return ToolOutcome::Error(field("response").or(field("message")).unwrap_or(text)),
                 _ => {}
             }
         }
     }
-    ToolAction::ReqLlm(text)
+    ToolOutcome::plain(vec![Effect::ReplyToLlm(text)])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn effects(text: &str) -> Result<Vec<Effect>, String> {
+        match outcome_of_device_text(text.into()) {
+            ToolOutcome::Effects { effects, from: None } => Ok(effects),
+            ToolOutcome::Effects { .. } => Err("from an extension".into()),
+            ToolOutcome::Error(message) => Err(message),
+        }
+    }
+
     #[test]
-    fn device_text_maps_to_actions() {
-        assert_eq!(action_from_device_text("true".into()), ToolAction::ReqLlm("true".into()));
+    fn device_text_maps_to_effects() {
+        assert_eq!(effects("true"), Ok(vec![Effect::ReplyToLlm("true".into())]));
         assert_eq!(
-            action_from_device_text(r#"{"success":true,"action":"RESPONSE","response":"A cat."}"#.into()),
-            ToolAction::Response("A cat.".into())
+            effects(r#"{"success":true,"action":"RESPONSE","response":"A cat."}"#),
+            Ok(vec![Effect::Speak("A cat.".into())])
         );
-        assert_eq!(action_from_device_text(r#"{"volume":70}"#.into()), ToolAction::ReqLlm(r#"{"volume":70}"#.into()));
+        assert_eq!(effects(r#"{"volume":70}"#), Ok(vec![Effect::ReplyToLlm(r#"{"volume":70}"#.into())]));
+        assert_eq!(effects(r#"{"action":"none"}"#), Ok(Vec::new()));
+        assert_eq!(effects(r#"{"action":"ERROR","message":"no camera"}"#), Err("no camera".into()));
     }
 }

@@ -5,10 +5,16 @@
 //! when the device has played it all, `tts stop`.
 //!
 //! With an intent extension selected (`Intent` type other than `function_call`/`nointent`), the
-//! extension decides first, given the session's tools: a tool call is run and its action applied
-//! as if the LLM had called it (a `req-llm` result then goes to the chat LLM, which is offered no
-//! tools, as in the Python server's `intent_llm` mode), a reply is spoken, an exit calls the exit
-//! tool (when one serves) and closes, and anything else (or a failure) goes to plain chat.
+//! extension decides first, given the session's tools: a tool call is run and its effects applied
+//! as if the LLM had called it (a result for the LLM then goes to the chat LLM, which is offered
+//! no tools, as in the Python server's `intent_llm` mode), a reply is spoken, an exit lets the
+//! chat LLM answer the farewell and then closes, and anything else (or a failure) goes to plain
+//! chat.
+//!
+//! A tool's outcome is a list of effects ([`crate::extensions::Effect`]) applied in order by
+//! [`apply`]: speech and audio (a `play` effect, opened by [`crate::media`]) queue up for the
+//! voice side in the order given, a new system prompt and the end of the conversation are noted
+//! for the session. No tool is known here by name.
 //!
 //! A turn runs as its own task and never touches the socket directly: JSON goes through the
 //! session's [`Outbox`], audio and the speaking state through the [`Speaker`]. What a turn takes
@@ -31,7 +37,9 @@ use tokio_util::sync::CancellationToken;
 use crate::audio::AudioClip;
 use crate::config::{Config, IntentMode};
 use crate::connection::{Outbound, Outbox};
-use crate::extensions::{ExtensionScope, IntentDecision, Kind, LoadedExtension, ToolDefinition, warn_not_serving};
+use crate::extensions::{
+    Effect, ExtensionScope, IntentDecision, Kind, LoadedExtension, ToolDefinition, warn_not_serving,
+};
 use crate::llm::{ChatMessage, LlmDelta, Role, ToolCall, ToolSpec};
 use crate::memory;
 use crate::remote::ProviderError;
@@ -39,14 +47,15 @@ use crate::services::Services;
 use crate::session::state::Reply;
 use crate::speaker::{PhraseCache, STREAM_CHUNKS, Source, Speaker};
 use crate::text::{self, SentenceSplitter};
-use crate::tools::{ToolAction, ToolBox};
+use crate::tools::{ToolBox, ToolOutcome};
 use crate::tts::AudioChunk;
 
 /// Most LLM calls in one turn (the first answer plus tool-result rounds), as in the Python server.
 pub const MAX_LLM_ROUNDS: usize = 5;
 
-/// The tool whose spoken response ends the conversation (the built-in `handle_exit_intent`).
-pub const EXIT_TOOL: &str = "handle_exit_intent";
+/// The lines `context` extensions add to a session's system prompt, asked for once per session
+/// (at its start; a turn that begins first waits for them).
+pub type ContextLines = Arc<tokio::sync::OnceCell<Arc<[String]>>>;
 
 /// Everything a turn needs, handed over by the session.
 pub struct TurnContext {
@@ -64,8 +73,10 @@ pub struct TurnContext {
     pub tools: ToolBox,
     /// The extensions serving when the turn started (intent and memory), if the server has any.
     pub extensions: Option<ExtensionScope>,
-    /// The session's own system prompt (set by `change_role`); `None`: the configured prompt.
+    /// The session's own system prompt (set by a tool's effect); `None`: the configured prompt.
     pub prompt: Option<String>,
+    /// The session's lines from `context` extensions.
+    pub context: ContextLines,
     /// Fires on abort, barge-in or disconnect.
     pub cancel: CancellationToken,
     /// When the turn started (the utterance was complete or the text arrived).
@@ -79,8 +90,21 @@ pub struct TurnOutcome {
     pub messages: Vec<ChatMessage>,
     /// The session should close (exit command, goodbye).
     pub close: bool,
-    /// A new system prompt for the session's next turns (`change_role`).
+    /// A new system prompt for the session's next turns (a tool's `set-system-prompt`).
     pub prompt: Option<String>,
+}
+
+/// Asks every serving `context` extension (in id order) for its lines for the session; a failing
+/// one adds nothing.
+pub async fn context_lines(scope: &ExtensionScope) -> Arc<[String]> {
+    let mut lines = Vec::new();
+    for ext in scope.snapshot.of_kind(Kind::Context) {
+        match scope.host.context_lines(ext, scope.context.clone()).await {
+            Ok(more) => lines.extend(more),
+            Err(err) => tracing::warn!("no prompt lines from {}: {err}", ext.id()),
+        }
+    }
+    lines.into()
 }
 
 /// Runs one reply to its end or until its token is cancelled.
@@ -125,6 +149,13 @@ async fn respond(ctx: &TurnContext, out: &mut TurnOutcome, sentences: Sentences,
     let config = &ctx.services.config;
     let request = out.messages.last().map(|m| m.content.clone()).unwrap_or_default();
     let mut prompt = system_prompt(config, ctx.prompt.as_deref());
+    if let Some(scope) = &ctx.extensions {
+        let lines = ctx.context.get_or_init(|| context_lines(scope)).await;
+        for line in lines.iter() {
+            prompt.push('\n');
+            prompt.push_str(line);
+        }
+    }
     if let Some(scope) = &ctx.extensions
         && let Some(known) = memory::recall(scope, &config.providers.memory, &request).await
     {
@@ -183,21 +214,18 @@ async fn decide_intent(
             out.messages.push(ChatMessage::new(Role::Assistant, reply));
             return true;
         }
-        IntentDecision::Exit if tools.iter().any(|t| t.name == EXIT_TOOL) => (EXIT_TOOL.to_owned(), "{}".to_owned()),
+        // The chat LLM answers the farewell (offered no tools), then the session closes.
         IntentDecision::Exit => {
             out.close = true;
-            return true;
+            return false;
         }
         IntentDecision::CallTool { name, arguments_json } => (name, arguments_json),
     };
     let call = ToolCall { id: format!("intent-{}", uuid::Uuid::new_v4().simple()), name, arguments };
     tracing::info!("tool call {}({}) from the intent step", call.name, call.arguments);
-    let action = ctx.tools.call(&call.name, &call.arguments, timeout).await;
-    if matches!(action, ToolAction::Error(_)) && call.name == EXIT_TOOL {
-        out.close = true;
-    }
+    let outcome = ctx.tools.call(&call.name, &call.arguments, timeout).await;
     out.messages.push(ChatMessage::tool_calls("", vec![call.clone()]));
-    !apply(ctx, out, sentences, &call, action).await
+    !apply(ctx, out, sentences, &call, outcome).await
 }
 
 /// The LLM side: streams answers, splits them into sentences for [`voice`], runs tool calls and
@@ -265,10 +293,10 @@ async fn think(
         for call in &calls {
             tracing::info!("tool call {}({})", call.name, call.arguments);
         }
-        let actions = join_all(calls.iter().map(|c| ctx.tools.call(&c.name, &c.arguments, tool_timeout))).await;
+        let outcomes = join_all(calls.iter().map(|c| ctx.tools.call(&c.name, &c.arguments, tool_timeout))).await;
         let mut ask_llm = false;
-        for (call, action) in calls.iter().zip(actions) {
-            ask_llm |= apply(ctx, out, sentences, call, action).await;
+        for (call, outcome) in calls.iter().zip(outcomes) {
+            ask_llm |= apply(ctx, out, sentences, call, outcome).await;
         }
         if !ask_llm {
             return;
@@ -276,17 +304,21 @@ async fn think(
     }
 }
 
-/// Applies what one tool call did: speaks a response, records the tool message, notes a new
-/// prompt or the end of the conversation. Returns whether the LLM should be asked again. Any text
-/// a tool gives (to the LLM, to be spoken, a new prompt) is cut at `limits.tool_result_chars`.
+/// Applies what one tool call did, effect by effect in order: speech and audio are queued for
+/// the voice side, a new prompt and the end of the conversation are noted, a device tool is
+/// called. The tool message kept in the dialogue is what went to the LLM, else the notes, else
+/// what was said (else "done"). Returns whether the LLM should be asked again (a result for it,
+/// a device tool's answer, or an error). Any text a tool gives is cut at
+/// `limits.tool_result_chars`.
 async fn apply(
     ctx: &TurnContext,
     out: &mut TurnOutcome,
     sentences: &Sentences,
     call: &ToolCall,
-    action: ToolAction,
+    outcome: ToolOutcome,
 ) -> bool {
-    let max = ctx.services.config.limits.tool_result_chars;
+    let config = &ctx.services.config;
+    let max = config.limits.tool_result_chars;
     let cut = |text: String| match text::cut_chars(&text, max) {
         std::borrow::Cow::Borrowed(_) => text,
         std::borrow::Cow::Owned(cut) => {
@@ -295,38 +327,62 @@ async fn apply(
             cut
         }
     };
-    let action = match action {
-        ToolAction::Response(text) => ToolAction::Response(cut(text)),
-        ToolAction::ReqLlm(text) => ToolAction::ReqLlm(cut(text)),
-        ToolAction::Error(text) => ToolAction::Error(cut(text)),
-        ToolAction::ChangeRole { prompt, response } => {
-            ToolAction::ChangeRole { prompt: cut(prompt), response: cut(response) }
-        }
-        ToolAction::None => ToolAction::None,
-    };
-    let (result, ask_llm) = match action {
-        ToolAction::None => ("done".to_string(), false),
-        ToolAction::Response(text) => {
-            sentences.say(&text, false).await;
-            // As in the Python server, the exit tool's goodbye ends the conversation.
-            if call.name == EXIT_TOOL {
-                out.close = true;
-            }
-            (text, false)
-        }
-        ToolAction::ChangeRole { prompt, response } => {
-            sentences.say(&response, false).await;
-            tracing::info!("the session's system prompt changes ({})", call.name);
-            out.prompt = Some(prompt);
-            (response, false)
-        }
-        ToolAction::ReqLlm(result) => (result, true),
-        ToolAction::Error(message) => {
+    let (effects, from) = match outcome {
+        ToolOutcome::Effects { effects, from } => (effects, from),
+        ToolOutcome::Error(message) => {
+            let message = cut(message);
             tracing::warn!("tool {} failed: {message}", call.name);
-            (message, true)
+            out.messages.push(ChatMessage::tool_result(call.id.clone(), message));
+            return true;
         }
     };
-    out.messages.push(ChatMessage::tool_result(call.id.clone(), result));
+    let timeout = Duration::from_secs(config.tool_call_timeout.max(1));
+    let (mut for_llm, mut notes, mut said) = (Vec::new(), Vec::new(), Vec::new());
+    for effect in effects {
+        match effect {
+            Effect::Speak(text) => {
+                let text = cut(text);
+                sentences.say(&text, false).await;
+                said.push(text);
+            }
+            Effect::ReplyToLlm(text) => for_llm.push(cut(text)),
+            Effect::Note(text) => notes.push(cut(text)),
+            Effect::EndConversation => out.close = true,
+            Effect::SetSystemPrompt(prompt) => {
+                tracing::info!("the session's system prompt changes ({})", call.name);
+                out.prompt = Some(cut(prompt));
+            }
+            Effect::Play(audio) => {
+                let opened = match (&from, &ctx.extensions) {
+                    (Some(ext), Some(scope)) => {
+                        crate::media::open(&audio.source, ext, scope, crate::media::MediaLimits::of(&config.limits))
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    _ => Err("only an extension can play audio".to_owned()),
+                };
+                match opened {
+                    Ok(chunks) => {
+                        tracing::info!("tool {} plays {:?}", call.name, audio.source);
+                        let title = audio.title.map(cut);
+                        notes.push(format!("playing {}", title.as_deref().unwrap_or("audio")));
+                        let _ = sentences.tx.send(Sentence::Audio { title, chunks }).await;
+                    }
+                    Err(why) => {
+                        tracing::warn!("tool {}: {why}", call.name);
+                        for_llm.push(why);
+                    }
+                }
+            }
+            Effect::CallDeviceTool { name, arguments_json } => {
+                let answer = ctx.tools.call_device(&name, &arguments_json, timeout).await;
+                for_llm.push(cut(answer.unwrap_or_else(|why| why)));
+            }
+        }
+    }
+    let ask_llm = !for_llm.is_empty();
+    let result = [for_llm, notes, said].into_iter().find(|texts| !texts.is_empty()).map(|texts| texts.join("\n"));
+    out.messages.push(ChatMessage::tool_result(call.id.clone(), result.unwrap_or_else(|| "done".to_owned())));
     ask_llm
 }
 
@@ -336,6 +392,13 @@ enum Sentence {
     Reply(String),
     /// A fixed phrase (the error response): served from the shared phrase cache after its first use.
     Fixed(String),
+    /// Audio a tool plays (already opened), with its title as the subtitle.
+    Audio {
+        /// Shown while it plays.
+        title: Option<String>,
+        /// The decoded audio; ends with it.
+        chunks: mpsc::Receiver<AudioChunk>,
+    },
     /// Model output still being written, for a TTS that takes text as it comes: its new text
     /// arrives on `pieces` (closed when the sentence is complete); `text` is the text so far.
     Writing {
@@ -491,6 +554,10 @@ async fn voice(ctx: &TurnContext, mut sentences: mpsc::Receiver<Sentence>) {
         let (text, started) = match sentence {
             Sentence::Fixed(text) => {
                 speak_fixed(ctx, text, timeout).await;
+                continue;
+            }
+            Sentence::Audio { title, chunks } => {
+                ctx.speaker.play(&ctx.cancel, title, Source::Stream(chunks)).await;
                 continue;
             }
             Sentence::Reply(text) => {
@@ -654,6 +721,7 @@ mod tests {
         while let Some(item) = rx.recv().await {
             match item {
                 Sentence::Reply(text) | Sentence::Fixed(text) => out.push(Ok(text)),
+                Sentence::Audio { .. } => out.push(Ok("(audio)".into())),
                 Sentence::Writing { mut pieces, .. } => {
                     let mut all = Vec::new();
                     while let Some(piece) = pieces.recv().await {

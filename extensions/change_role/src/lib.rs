@@ -1,49 +1,57 @@
 //! The `change_role` xiaozhi extension: a WebAssembly component (world
-//! `xiaozhi:extension/tool-extension@0.1.0`) offering one tool that switches the assistant among
-//! canned roles (a friendly assistant, an English teacher, a storyteller), like the Python
-//! server's `change_role` plugin.
+//! `xiaozhi:extension/tool-extension@0.2.0`, written with the guest SDK) offering one tool that
+//! switches the assistant among canned roles (a friendly assistant, an English teacher, a
+//! storyteller), like the Python server's `change_role` plugin.
 //!
-//! The call returns action `response` with a spoken confirmation, and the new system prompt in
-//! `tool-result.result`; the host applies that prompt to the session. An unknown role returns
-//! no `result` (the prompt is kept) and a spoken explanation.
+//! Its effects speak a confirmation and set the session's system prompt to the new role's; an
+//! unknown role only speaks an explanation (the prompt is kept). The host knows nothing of this
+//! tool's name.
 //!
-//! The logic lives in [`roles`], which also compiles natively, so `cargo test` runs the unit
-//! tests on the build machine; the WIT bindings exist only on `wasm32`.
+//! The logic lives in [`roles`]; everything compiles natively, so `cargo test` runs the unit
+//! tests on the build machine.
 
 pub mod roles;
 
-/// The component glue: WIT bindings and the exported `tool` interface.
-#[cfg(target_arch = "wasm32")]
-mod component {
-    wit_bindgen::generate!({
-        path: "../../wit/xiaozhi-extension@0.1.0",
-        world: "tool-extension",
-    });
+use xiaozhi_sdk::{Arguments, CallContext, Effect, ExtensionError, Tool, ToolDefinition};
 
-    use exports::xiaozhi::extension::tool::Guest;
-    use xiaozhi::extension::types::{CallContext, ExtensionError, ToolAction, ToolDefinition, ToolResult};
+/// The exported tool.
+pub struct ChangeRole;
 
-    /// The exported component.
-    struct ChangeRole;
+impl Tool for ChangeRole {
+    const NAME: &'static str = roles::NAME;
 
-    impl Guest for ChangeRole {
-        fn describe() -> Vec<ToolDefinition> {
-            vec![ToolDefinition {
-                name: crate::roles::NAME.to_owned(),
-                description: crate::roles::description(),
-                parameters_json: crate::roles::parameters_json(),
-            }]
-        }
-
-        fn call(name: String, arguments_json: String, context: CallContext) -> Result<ToolResult, ExtensionError> {
-            if name != crate::roles::NAME {
-                return Err(ExtensionError::NotFound(format!("unknown tool {name:?}")));
-            }
-            let outcome =
-                crate::roles::change(&arguments_json, &context.language).map_err(ExtensionError::InvalidArguments)?;
-            Ok(ToolResult { action: ToolAction::Response, result: outcome.new_prompt, response: Some(outcome.spoken) })
+    fn definition() -> ToolDefinition {
+        ToolDefinition {
+            name: roles::NAME.to_owned(),
+            description: roles::description(),
+            parameters_json: roles::parameters_json(),
         }
     }
 
-    export!(ChangeRole);
+    fn call(arguments: &Arguments, context: &CallContext) -> Result<Vec<Effect>, ExtensionError> {
+        let outcome =
+            roles::change(&arguments.to_json(), &context.language).map_err(ExtensionError::InvalidArguments)?;
+        let mut effects = vec![Effect::Speak(outcome.spoken)];
+        effects.extend(outcome.new_prompt.map(Effect::SetSystemPrompt));
+        Ok(effects)
+    }
+}
+
+xiaozhi_sdk::export_tools!(ChangeRole);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_known_role_sets_the_prompt_and_an_unknown_one_only_speaks() {
+        let context = CallContext { device_id: "d".into(), session_id: "s".into(), language: "en".into() };
+        let args = Arguments::parse(r#"{"role":"english_teacher","role_name":"Lily"}"#).expect("args");
+        let effects = ChangeRole::call(&args, &context).expect("effects");
+        assert!(matches!(&effects[..], [Effect::Speak(_), Effect::SetSystemPrompt(prompt)] if prompt.contains("Lily")));
+        let unknown = Arguments::parse(r#"{"role":"pirate"}"#).expect("args");
+        let effects = ChangeRole::call(&unknown, &context).expect("effects");
+        assert!(matches!(&effects[..], [Effect::Speak(text)] if text.starts_with("Sorry")));
+        assert_eq!(ChangeRole::definition().name, "change_role");
+    }
 }

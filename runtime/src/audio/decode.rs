@@ -1,7 +1,8 @@
-//! Decoding of the audio that providers answer with (WAV, MP3, raw PCM) into mono 16-bit PCM,
+//! Decoding of the audio that providers answer with (WAV, MP3, raw PCM) and that extensions
+//! play (also Ogg Vorbis and FLAC, packet by packet: [`decode_stream`]) into mono 16-bit PCM,
 //! and encoding of PCM into an in-memory WAV file for ASR uploads.
 //!
-//! WAV and MP3 go through `symphonia`. The content is sniffed before the format hint is trusted:
+//! WAV, MP3, Vorbis and FLAC go through `symphonia`. The content is sniffed before the format hint is trusted:
 //! bytes that start with `RIFF` are WAV and bytes that start with an ID3 tag or an MPEG frame sync
 //! are MP3, whatever the provider was asked for. Any sample format becomes `i16`; several
 //! channels are averaged into one. Nothing here panics on bad input: empty, truncated or
@@ -184,7 +185,33 @@ fn decode_with_symphonia(bytes: &[u8], format: &'static str) -> Result<AudioClip
     if format == "wav" {
         repair_wav_sizes(&mut owned);
     }
-    let source = MediaSourceStream::new(Box::new(Cursor::new(owned)), Default::default());
+    let mut samples: Vec<i16> = Vec::new();
+    let mut sample_rate = 0;
+    decode_stream(Box::new(Cursor::new(owned)), format, |mono, rate| {
+        samples.extend_from_slice(mono);
+        sample_rate = rate;
+        true
+    })?;
+    if samples.is_empty() {
+        return Err(DecodeError::NoSamples { format });
+    }
+    if sample_rate == 0 {
+        return Err(unreadable(format, "no sample rate"));
+    }
+    Ok(AudioClip { samples, sample_rate })
+}
+
+/// Decodes a container (`format` is the file-extension hint: `wav`, `mp3`, `ogg`, `flac`; the
+/// content is probed either way) packet by packet, handing `sink` each packet's samples mixed
+/// down to mono with their rate, until the end or until `sink` answers `false`. A corrupt frame
+/// is skipped and a truncated tail ends the stream, as players do. Ogg Opus is not decoded here
+/// (symphonia has no Opus codec): it gives [`DecodeError::Unreadable`] naming the codec.
+pub fn decode_stream(
+    source: Box<dyn symphonia::core::io::MediaSource>,
+    format: &'static str,
+    mut sink: impl FnMut(&[i16], u32) -> bool,
+) -> Result<(), DecodeError> {
+    let source = MediaSourceStream::new(source, Default::default());
     let mut hint = Hint::new();
     hint.with_extension(format);
     let probed = symphonia::default::get_probe()
@@ -197,19 +224,19 @@ fn decode_with_symphonia(bytes: &[u8], format: &'static str) -> Result<AudioClip
         .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
         .ok_or_else(|| unreadable(format, "no audio track"))?;
     let track_id = track.id;
-    let mut sample_rate = track.codec_params.sample_rate.unwrap_or(0);
     let mut decoder = symphonia::default::get_codecs()
         .make(&track.codec_params, &DecoderOptions::default())
         .map_err(|e| unreadable(format, e))?;
 
-    let mut samples: Vec<i16> = Vec::new();
+    let mut mono: Vec<i16> = Vec::new();
+    let mut decoded_any = false;
     let mut buffer: Option<SampleBuffer<i16>> = None;
     loop {
         let packet = match reader.next_packet() {
             Ok(packet) => packet,
             // The end of the stream, or a truncated tail: keep what was decoded.
             Err(SymphoniaError::IoError(_)) | Err(SymphoniaError::ResetRequired) => break,
-            Err(SymphoniaError::DecodeError(_)) if !samples.is_empty() => break,
+            Err(SymphoniaError::DecodeError(_)) if decoded_any => break,
             Err(e) => return Err(unreadable(format, e)),
         };
         if packet.track_id() != track_id {
@@ -223,11 +250,9 @@ fn decode_with_symphonia(bytes: &[u8], format: &'static str) -> Result<AudioClip
             Err(e) => return Err(unreadable(format, e)),
         };
         let spec = *decoded.spec();
-        let frames = decoded.frames();
-        if frames == 0 {
+        if decoded.frames() == 0 {
             continue;
         }
-        sample_rate = spec.rate;
         let channels = spec.channels.count().max(1);
         let capacity = decoded.capacity() as u64;
         let buf = match &mut buffer {
@@ -236,23 +261,22 @@ fn decode_with_symphonia(bytes: &[u8], format: &'static str) -> Result<AudioClip
         };
         buf.copy_interleaved_ref(decoded);
         let interleaved = buf.samples();
+        mono.clear();
         if channels == 1 {
-            samples.extend_from_slice(interleaved);
+            mono.extend_from_slice(interleaved);
         } else {
-            samples.extend(interleaved.chunks_exact(channels).map(|frame| {
+            mono.extend(interleaved.chunks_exact(channels).map(|frame| {
                 let sum: i32 = frame.iter().map(|&s| i32::from(s)).sum();
                 // The mean of i16 values always fits an i16.
                 (sum / channels as i32) as i16
             }));
         }
+        decoded_any = true;
+        if !sink(&mono, spec.rate) {
+            break;
+        }
     }
-    if samples.is_empty() {
-        return Err(DecodeError::NoSamples { format });
-    }
-    if sample_rate == 0 {
-        return Err(unreadable(format, "no sample rate"));
-    }
-    Ok(AudioClip { samples, sample_rate })
+    Ok(())
 }
 
 /// Fixes the sizes that streaming TTS servers leave unknown in a WAV header (`0` or

@@ -244,6 +244,10 @@ impl Default for ExtensionsConfig {
             grants: BTreeMap::from([
                 ("intent_llm".to_owned(), Grant { llm: true, ..Grant::default() }),
                 ("mem_local_short".to_owned(), Grant { kv: true, llm: true, ..Grant::default() }),
+                (
+                    "play_music".to_owned(),
+                    Grant { media_dirs: BTreeMap::from([("music".to_owned(), "./music".into())]), ..Grant::default() },
+                ),
             ]),
         }
     }
@@ -260,6 +264,8 @@ impl Default for LimitsConfig {
             tool_name_chars: 64,
             tool_result_chars: 8000,
             sentence_chars: 300,
+            media_file_bytes: 64 * 1024 * 1024,
+            media_seconds: 1200,
             history_entry_bytes: 16 * 1024,
             kv_bytes_per_extension: 64 * 1024 * 1024,
             kv_keys_per_device: 1024,

@@ -427,7 +427,7 @@ fn functions_verdict(value: &Value, extensions: &BTreeSet<String>) -> String {
         value.as_sequence().map(|s| s.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
     let missing: Vec<&str> = names.iter().copied().filter(|n| !extensions.contains(*n)).collect();
     let mut verdict = format!(
-        "{WORKS}: the tools offered are those of {} (and the device's own MCP tools, handle_exit_intent, get_lunar and get_time)",
+        "{WORKS}: the tools offered are those of {} (and the device's own MCP tools, and those of the extensions whose extension.toml says always_offered: handle_exit_intent, get_lunar and get_time)",
         if names.is_empty() { "no extension".to_owned() } else { names.join(", ") }
     );
     if !missing.is_empty() {
@@ -450,6 +450,17 @@ fn plugins_report(out: &mut String, plugins: Option<&Value>, extensions: &BTreeS
         let verdict = if extensions.contains(name) {
             let hosts = super::plugin_hosts(settings);
             let mut text = format!("{WORKS}: the config of the {name} extension ({})", keys.join(", "));
+            let dirs: Vec<String> = settings
+                .as_mapping()
+                .into_iter()
+                .flatten()
+                .filter_map(|(key, value)| Some((key.as_str()?.strip_suffix("_dir")?, value.as_str()?)))
+                .filter(|(name, _)| !name.is_empty())
+                .map(|(name, dir)| format!("{name} = {dir}"))
+                .collect();
+            if !dirs.is_empty() {
+                let _ = write!(text, "; grants it the media directory {}", dirs.join(", "));
+            }
             if !hosts.is_empty() {
                 let _ = write!(text, "; grants it the hosts {}", hosts.into_iter().collect::<Vec<_>>().join(", "));
             }
@@ -522,7 +533,7 @@ mod tests {
 
     #[test]
     fn the_report_of_the_python_file_covers_entries_keys_and_settings() {
-        let report = python_report("{}", &["get_weather", "change_role"]);
+        let report = python_report("{}", &["get_weather", "change_role", "play_music"]);
         for line in [
             "  ASR    FunASR (fun_local): works, note: runs SenseVoiceSmall through its ONNX export",
             "           output_dir: works, note: accepted; this server writes no audio files",
@@ -539,7 +550,8 @@ mod tests {
             "  module_test.test_sentences: not supported here: use `xiaozhi-server test-provider",
             "  plugins.get_weather: works: the config of the get_weather extension (api_host, api_key, default_location); \
              grants it the hosts mj7p3y7naa.re.qweatherapi.com",
-            "  plugins.play_music: not supported here: no extension play_music is installed",
+            "  plugins.play_music: works: the config of the play_music extension (music_dir, music_ext, refresh_time); \
+             grants it the media directory music = ./music",
         ] {
             assert!(report.contains(line), "missing {line:?} in\n{report}");
         }
@@ -551,7 +563,7 @@ mod tests {
             ),
             "{report}"
         );
-        assert!(report.contains("not installed here: web_search, get_news_from_newsnow, play_music"), "{report}");
+        assert!(report.contains("not installed here: web_search, get_news_from_newsnow ("), "{report}");
     }
 
     #[test]

@@ -345,6 +345,10 @@ pub struct LimitsConfig {
     pub tool_result_chars: usize,
     /// Longest text spoken as one sentence, in characters; longer text is split.
     pub sentence_chars: usize,
+    /// Largest audio file (or download) an extension may play, in bytes; a larger one is refused.
+    pub media_file_bytes: u64,
+    /// Longest an extension's audio plays at once, in seconds; the rest is not played.
+    pub media_seconds: u32,
     /// Largest message kept in a conversation and in the stored chat history, in bytes; the rest
     /// is cut off. A device's stored history is at most `store.history_limit` such messages.
     pub history_entry_bytes: usize,
@@ -446,6 +450,9 @@ pub struct Grant {
     pub memory_mb: Option<u32>,
     /// Longest single call, in milliseconds; empty = the host maximum.
     pub timeout_ms: Option<u32>,
+    /// Media directories, by the name the manifest asks for (`media_dirs = ["music"]`): the
+    /// extension reads the directory, read-only, at `/<name>` and may play files from it.
+    pub media_dirs: BTreeMap<String, std::path::PathBuf>,
     /// Set for a grant that comes from `plugins.<id>`: the operator configured the extension as a
     /// Python plugin, so the hosts its own manifest names are granted too.
     #[serde(skip)]
@@ -694,7 +701,8 @@ impl Config {
     /// What each extension is granted: `extensions.grants`, and for every `plugins.<id>` (the
     /// Python server's plugin settings) its settings as the extension's config (strings as they
     /// are, other values as JSON; a key also set in `extensions.grants.<id>.config` keeps that
-    /// value), the hosts named in them, and the hosts of the extension's own manifest.
+    /// value), the hosts named in them, the hosts of the extension's own manifest, and a setting
+    /// `<name>_dir` (`music_dir: ./music`) as the media directory `<name>`.
     pub fn extension_grants(&self) -> BTreeMap<String, Grant> {
         let mut grants = self.extensions.grants.clone();
         for (id, settings) in &self.plugins {
@@ -708,6 +716,12 @@ impl Config {
                         serde_yaml_ng::Value::Null => continue,
                         other => serde_json::to_string(other).unwrap_or_default(),
                     };
+                    if let Some(name) = key.strip_suffix("_dir")
+                        && !name.is_empty()
+                        && value.is_string()
+                    {
+                        grant.media_dirs.entry(name.to_owned()).or_insert_with(|| text.clone().into());
+                    }
                     grant.config.entry(key.to_owned()).or_insert(text);
                 }
             }

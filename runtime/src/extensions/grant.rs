@@ -5,6 +5,7 @@
 //! an operator learns at load time, not at the first call, that something is missing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::Grant;
@@ -35,6 +36,8 @@ pub struct EffectiveGrant {
     pub llm: bool,
     /// The settings it can read: the keys its manifest declares, with the operator's values.
     pub config: BTreeMap<String, String>,
+    /// The media directories it reads (read-only, at `/<name>`) and plays files from.
+    pub media_dirs: BTreeMap<String, PathBuf>,
 }
 
 impl EffectiveGrant {
@@ -89,6 +92,15 @@ pub fn check(manifest: &Manifest, grant: Option<&Grant>) -> Result<EffectiveGran
     if caps.llm && !grant.llm {
         return Err(refuse(format!("requests llm, not granted in {path}.llm")));
     }
+    let mut media_dirs = BTreeMap::new();
+    for name in &caps.media_dirs {
+        match grant.media_dirs.get(name) {
+            Some(dir) => media_dirs.insert(name.clone(), dir.clone()),
+            None => {
+                return Err(refuse(format!("requests media directory {name}, not granted in {path}.media_dirs.{name}")));
+            }
+        };
+    }
     // Settings are not capabilities: a declared key the operator did not set reads as none (the
     // extension decides whether it can work without it); undeclared keys are never visible.
     let config: BTreeMap<String, String> =
@@ -108,6 +120,7 @@ pub fn check(manifest: &Manifest, grant: Option<&Grant>) -> Result<EffectiveGran
         kv: caps.kv,
         llm: caps.llm,
         config,
+        media_dirs,
     })
 }
 

@@ -8,8 +8,8 @@
 //! - **Load** ([`ExtensionHost::load`]). `extension.toml` is parsed and checked against the
 //!   operator's grant, `<id>.wasm` is checked to be a component, compiled on a blocking thread
 //!   through the compile cache (`<cache_dir>/<sha256 of the wasm>-<engine digest>.cwasm`), linked
-//!   (WASI 0.2 without preopens, environment or sockets; stdout/stderr into the log; our host
-//!   imports) into an [`InstancePre`], and a tool extension's `describe` is called once as a smoke
+//!   (WASI 0.2 without environment or sockets, only the granted media directories preopened
+//!   read-only; stdout/stderr into the log; the host imports of 0.1 and 0.2) into an [`InstancePre`], and a tool extension's `describe` is called once as a smoke
 //!   test.
 //! - **Calls.** Every call gets a fresh [`Store`] (so a trap poisons nothing) holding the call's
 //!   extension, device and grant, a memory cap ([`StoreLimits`]) and a deadline enforced twice: by
@@ -31,15 +31,15 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap,
     UpdateDeadline,
 };
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::exports::xiaozhi::extension::{intent, memory, tool};
-use super::bindings::{self, FullExtension, describe_guest_error, to_wit_message};
+use super::bindings::exports::xiaozhi::extension as v01;
+use super::bindings_v02::exports::xiaozhi::extension as v02;
 use super::grant::{self, EffectiveGrant, HOST_MAX_MEMORY_MB};
 use super::iface::http;
 use super::iface::log::{LogPipe, LogTags};
-use super::manifest::{Kind, MANIFEST_FILE, Manifest};
-use super::{CallContext, ExtensionError, IntentDecision, ToolDefinition, ToolResult};
+use super::manifest::{Kind, MANIFEST_FILE, Manifest, WitVersion};
+use super::{CallContext, ExtensionError, IntentDecision, PcmChunk, ToolDefinition, ToolResult};
 use crate::config::{ExtensionsConfig, Grant};
 use crate::llm::{ChatMessage, Llm};
 use crate::metrics::Metrics;
@@ -56,6 +56,12 @@ pub const MAX_INSTANCES: u32 = 64;
 const TIMEOUT_GRACE: Duration = Duration::from_millis(50);
 /// Longest tool name.
 const MAX_TOOL_NAME: usize = 64;
+/// Most lines a `context` extension adds to the prompt, and the longest line (characters).
+pub const MAX_CONTEXT_LINES: usize = 16;
+/// Longest line a `context` extension adds to the prompt, in characters.
+pub const MAX_CONTEXT_LINE_CHARS: usize = 300;
+/// Most audio one `media.read` chunk may carry.
+pub const MAX_CHUNK_SECONDS: u32 = 10;
 
 /// What the host offers extensions from the rest of the server.
 #[derive(Clone)]
@@ -125,14 +131,20 @@ impl CallState {
             budget: Arc::new(Mutex::default()),
         };
         let (stdout, stderr) = (LogPipe::new(log.clone(), "stdout"), LogPipe::new(log.clone(), "stderr"));
-        // No preopened directories, no environment, no arguments, no sockets, empty stdin.
-        let wasi = WasiCtx::builder()
-            .stdout(stdout.clone())
+        // No environment, no arguments, no sockets, empty stdin; the granted media directories
+        // (only those) are preopened read-only at `/<name>`.
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(stdout.clone())
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+            .allow_ip_name_lookup(false);
+        for (name, dir) in &grant.media_dirs {
+            if let Err(err) = wasi.preopened_dir(dir, format!("/{name}"), FsPerms::ReadOnly) {
+                tracing::warn!(extension = %id, "media directory {name} ({}) cannot be opened: {err:#}", dir.display());
+            }
+        }
+        let wasi = wasi.build();
         let limits = StoreLimitsBuilder::new().memory_size(grant.memory_bytes).trap_on_grow_failure(true).build();
         Self {
             extension_id: log.extension.clone(),
@@ -157,12 +169,51 @@ impl WasiView for CallState {
     }
 }
 
-/// The exports found in a component, per declared kind.
+/// The exports of a 0.1 component, per declared kind.
+#[derive(Clone, Default)]
+struct V01Exports {
+    tool: Option<v01::tool::GuestIndices>,
+    intent: Option<v01::intent::GuestIndices>,
+    memory: Option<v01::memory::GuestIndices>,
+}
+
+/// The exports of a 0.2 component, per declared kind.
+#[derive(Clone, Default)]
+struct V02Exports {
+    tool: Option<v02::tool::GuestIndices>,
+    intent: Option<v02::intent::GuestIndices>,
+    memory: Option<v02::memory::GuestIndices>,
+    context: Option<v02::context::GuestIndices>,
+    media: Option<v02::media::GuestIndices>,
+}
+
+/// The exports found in a component, by the WIT version it was built against.
 #[derive(Clone)]
-struct Exports {
-    tool: Option<tool::GuestIndices>,
-    intent: Option<intent::GuestIndices>,
-    memory: Option<memory::GuestIndices>,
+enum Exports {
+    V01(V01Exports),
+    V02(V02Exports),
+}
+
+/// Runs `$body` for the extension's WIT version, with `$b` naming that version's bindings module
+/// and `$ix` the indices of its `$kind` export (a wrong-kind error when it has none): the calls
+/// every version has are written once.
+macro_rules! with_export {
+    ($ext:ident, $kind:ident, $Kind:expr, |$b:ident, $ix:ident| $body:block) => {
+        match &$ext.exports {
+            Exports::V01(exports) => {
+                #[allow(unused_imports)]
+                use super::bindings as $b;
+                let $ix = exports.$kind.clone().ok_or_else(|| wrong_kind($ext, $Kind))?;
+                $body
+            }
+            Exports::V02(exports) => {
+                #[allow(unused_imports)]
+                use super::bindings_v02 as $b;
+                let $ix = exports.$kind.clone().ok_or_else(|| wrong_kind($ext, $Kind))?;
+                $body
+            }
+        }
+    };
 }
 
 /// A compiled, linked and checked extension, ready to be called.
@@ -228,8 +279,16 @@ impl ExtensionHost {
         let mut linker = Linker::<CallState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|err| anyhow::anyhow!("cannot link WASI: {err:#}"))?;
-        FullExtension::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(&mut linker, |state| state)
-            .map_err(|err| anyhow::anyhow!("cannot link the extension host API: {err:#}"))?;
+        super::bindings::FullExtension::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(|err| anyhow::anyhow!("cannot link the extension host API 0.1: {err:#}"))?;
+        super::bindings_v02::FullExtension::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(|err| anyhow::anyhow!("cannot link the extension host API 0.2: {err:#}"))?;
 
         let http = http::client().map_err(|err| anyhow::anyhow!("cannot create the extension HTTP client: {err}"))?;
         Ok(Self {
@@ -249,6 +308,11 @@ impl ExtensionHost {
     pub(crate) fn with_http_client(mut self, client: reqwest::Client) -> Self {
         self.http = client;
         self
+    }
+
+    /// The HTTP client of the extensions' requests (also downloads the audio they play).
+    pub fn http_client(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// Where this host counts its calls, if anywhere.
@@ -323,14 +387,15 @@ impl ExtensionHost {
 
     /// Calls the tool extension's `describe` and checks the definitions (names, schemas).
     pub async fn describe(&self, ext: &LoadedExtension) -> Result<Vec<ToolDefinition>, ExtensionError> {
-        let indices = ext.exports.tool.clone().ok_or_else(|| wrong_kind(ext, Kind::Tool))?;
         let call = "tool.describe";
-        let defs = self
-            .run(ext, &CallContext::default(), call, move |store, instance| {
-                Box::pin(async move { indices.load(&mut *store, &instance)?.call_describe(&mut *store).await })
-            })
-            .await?;
-        let defs: Vec<ToolDefinition> = defs.into_iter().map(ToolDefinition::from).collect();
+        let defs: Vec<ToolDefinition> = with_export!(ext, tool, Kind::Tool, |b, indices| {
+            let defs = self
+                .run(ext, &CallContext::default(), call, move |store, instance| {
+                    Box::pin(async move { indices.load(&mut *store, &instance)?.call_describe(&mut *store).await })
+                })
+                .await?;
+            defs.into_iter().map(ToolDefinition::from).collect()
+        });
         let checked = defs.iter().try_for_each(|def| {
             check_tool_definition(def).map_err(|message| ExtensionError::InvalidOutput {
                 id: ext.id().to_owned(),
@@ -341,7 +406,8 @@ impl ExtensionHost {
         self.counted(ext, call, checked.map(|()| defs))
     }
 
-    /// Runs the tool `name` with `arguments_json` for the device in `ctx`.
+    /// Runs the tool `name` with `arguments_json` for the device in `ctx`; a 0.1 component's
+    /// action and texts come back as effects.
     pub async fn call_tool(
         &self,
         ext: &LoadedExtension,
@@ -349,17 +415,20 @@ impl ExtensionHost {
         arguments_json: &str,
         ctx: CallContext,
     ) -> Result<ToolResult, ExtensionError> {
-        let indices = ext.exports.tool.clone().ok_or_else(|| wrong_kind(ext, Kind::Tool))?;
         let call = "tool.call";
-        let (name, arguments, wit_ctx) = (name.to_owned(), arguments_json.to_owned(), bindings::wit_context(&ctx));
-        let result = self
-            .run(ext, &ctx, call, move |store, instance| {
-                Box::pin(async move {
-                    indices.load(&mut *store, &instance)?.call_call(&mut *store, &name, &arguments, &wit_ctx).await
+        let (name, arguments) = (name.to_owned(), arguments_json.to_owned());
+        let result = with_export!(ext, tool, Kind::Tool, |b, indices| {
+            let wit_ctx = b::wit_context(&ctx);
+            let result = self
+                .run(ext, &ctx, call, move |store, instance| {
+                    Box::pin(async move {
+                        indices.load(&mut *store, &instance)?.call_call(&mut *store, &name, &arguments, &wit_ctx).await
+                    })
                 })
-            })
-            .await?;
-        self.counted(ext, call, result.map(ToolResult::from).map_err(|err| guest_error(ext, call, &err)))
+                .await?;
+            result.map(ToolResult::from).map_err(|err| guest_error(ext, call, b::describe_guest_error(&err)))
+        });
+        self.counted(ext, call, result)
     }
 
     /// Asks an intent extension what to do with `text` after `history` (oldest first), given the
@@ -372,22 +441,24 @@ impl ExtensionHost {
         tools: &[ToolDefinition],
         ctx: CallContext,
     ) -> Result<IntentDecision, ExtensionError> {
-        let indices = ext.exports.intent.clone().ok_or_else(|| wrong_kind(ext, Kind::Intent))?;
         let call = "intent.detect";
-        let history: Vec<_> = history.iter().map(to_wit_message).collect();
-        let tools: Vec<_> = tools.iter().map(bindings::to_wit_tool).collect();
-        let (text, wit_ctx) = (text.to_owned(), bindings::wit_context(&ctx));
-        let result = self
-            .run(ext, &ctx, call, move |store, instance| {
-                Box::pin(async move {
-                    indices
-                        .load(&mut *store, &instance)?
-                        .call_detect(&mut *store, &history, &text, &tools, &wit_ctx)
-                        .await
+        let result = with_export!(ext, intent, Kind::Intent, |b, indices| {
+            let history: Vec<_> = history.iter().map(b::to_wit_message).collect();
+            let tools: Vec<_> = tools.iter().map(b::to_wit_tool).collect();
+            let (text, wit_ctx) = (text.to_owned(), b::wit_context(&ctx));
+            let result = self
+                .run(ext, &ctx, call, move |store, instance| {
+                    Box::pin(async move {
+                        indices
+                            .load(&mut *store, &instance)?
+                            .call_detect(&mut *store, &history, &text, &tools, &wit_ctx)
+                            .await
+                    })
                 })
-            })
-            .await?;
-        self.counted(ext, call, result.map(IntentDecision::from).map_err(|err| guest_error(ext, call, &err)))
+                .await?;
+            result.map(IntentDecision::from).map_err(|err| guest_error(ext, call, b::describe_guest_error(&err)))
+        });
+        self.counted(ext, call, result)
     }
 
     /// Asks a memory extension what it knows that is relevant to `text` for the device in `ctx`.
@@ -397,17 +468,19 @@ impl ExtensionHost {
         text: &str,
         ctx: CallContext,
     ) -> Result<String, ExtensionError> {
-        let indices = ext.exports.memory.clone().ok_or_else(|| wrong_kind(ext, Kind::Memory))?;
         let call = "memory.query";
         let (device, text) = (ctx.device_id.clone(), text.to_owned());
-        let result = self
-            .run(ext, &ctx, call, move |store, instance| {
-                Box::pin(
-                    async move { indices.load(&mut *store, &instance)?.call_query(&mut *store, &device, &text).await },
-                )
-            })
-            .await?;
-        self.counted(ext, call, result.map_err(|err| guest_error(ext, call, &err)))
+        let result = with_export!(ext, memory, Kind::Memory, |b, indices| {
+            let result = self
+                .run(ext, &ctx, call, move |store, instance| {
+                    Box::pin(async move {
+                        indices.load(&mut *store, &instance)?.call_query(&mut *store, &device, &text).await
+                    })
+                })
+                .await?;
+            result.map_err(|err| guest_error(ext, call, b::describe_guest_error(&err)))
+        });
+        self.counted(ext, call, result)
     }
 
     /// Gives a memory extension a finished dialogue (oldest first) of the device in `ctx`.
@@ -417,18 +490,85 @@ impl ExtensionHost {
         messages: &[ChatMessage],
         ctx: CallContext,
     ) -> Result<(), ExtensionError> {
-        let indices = ext.exports.memory.clone().ok_or_else(|| wrong_kind(ext, Kind::Memory))?;
         let call = "memory.save";
-        let messages: Vec<_> = messages.iter().map(to_wit_message).collect();
         let device = ctx.device_id.clone();
+        let result = with_export!(ext, memory, Kind::Memory, |b, indices| {
+            let messages: Vec<_> = messages.iter().map(b::to_wit_message).collect();
+            let result = self
+                .run(ext, &ctx, call, move |store, instance| {
+                    Box::pin(async move {
+                        indices.load(&mut *store, &instance)?.call_save(&mut *store, &device, &messages).await
+                    })
+                })
+                .await?;
+            result.map_err(|err| guest_error(ext, call, b::describe_guest_error(&err)))
+        });
+        self.counted(ext, call, result)
+    }
+
+    /// Asks a `context` extension (0.2) for its lines for the session in `ctx`: at most
+    /// [`MAX_CONTEXT_LINES`], each cut at [`MAX_CONTEXT_LINE_CHARS`] characters, blank ones
+    /// dropped.
+    pub async fn context_lines(&self, ext: &LoadedExtension, ctx: CallContext) -> Result<Vec<String>, ExtensionError> {
+        let call = "context.lines";
+        let Exports::V02(V02Exports { context: Some(indices), .. }) = &ext.exports else {
+            return Err(wrong_kind(ext, Kind::Context));
+        };
+        let (indices, wit_ctx) = (indices.clone(), super::bindings_v02::wit_context(&ctx));
         let result = self
             .run(ext, &ctx, call, move |store, instance| {
-                Box::pin(async move {
-                    indices.load(&mut *store, &instance)?.call_save(&mut *store, &device, &messages).await
-                })
+                Box::pin(async move { indices.load(&mut *store, &instance)?.call_lines(&mut *store, &wit_ctx).await })
             })
             .await?;
-        self.counted(ext, call, result.map_err(|err| guest_error(ext, call, &err)))
+        let lines = result
+            .map(|lines| {
+                lines
+                    .iter()
+                    .map(|line| line.trim())
+                    .filter(|line| !line.is_empty())
+                    .take(MAX_CONTEXT_LINES)
+                    .map(|line| crate::text::cut_chars(line, MAX_CONTEXT_LINE_CHARS).into_owned())
+                    .collect()
+            })
+            .map_err(|err| guest_error(ext, call, super::bindings_v02::describe_guest_error(&err)));
+        self.counted(ext, call, lines)
+    }
+
+    /// Chunk `index` of the audio stream `token` of a `media` extension (0.2), mixed down to
+    /// mono; `None` after the last one. A chunk of an unusable shape (rate, channels) or longer
+    /// than [`MAX_CHUNK_SECONDS`] is an error.
+    pub async fn media_read(
+        &self,
+        ext: &LoadedExtension,
+        token: &str,
+        index: u32,
+        ctx: CallContext,
+    ) -> Result<Option<PcmChunk>, ExtensionError> {
+        let call = "media.read";
+        let Exports::V02(V02Exports { media: Some(indices), .. }) = &ext.exports else {
+            return Err(wrong_kind(ext, Kind::Media));
+        };
+        let (indices, token) = (indices.clone(), token.to_owned());
+        let result = self
+            .run(ext, &ctx, call, move |store, instance| {
+                Box::pin(
+                    async move { indices.load(&mut *store, &instance)?.call_read(&mut *store, &token, index).await },
+                )
+            })
+            .await?;
+        let invalid = |message: String| ExtensionError::InvalidOutput { id: ext.id().to_owned(), call, message };
+        let chunk = match result {
+            Err(err) => Err(guest_error(ext, call, super::bindings_v02::describe_guest_error(&err))),
+            Ok(None) => Ok(None),
+            Ok(Some(chunk)) => match super::bindings_v02::mono_chunk(chunk) {
+                None => Err(invalid("a chunk needs 1 or 2 channels, whole frames and a rate of 8000 to 48000".into())),
+                Some(chunk) if chunk.samples.len() as u64 > u64::from(chunk.sample_rate * MAX_CHUNK_SECONDS) => {
+                    Err(invalid(format!("a chunk is longer than {MAX_CHUNK_SECONDS} s")))
+                }
+                Some(chunk) => Ok(Some(chunk)),
+            },
+        };
+        self.counted(ext, call, chunk)
     }
 
     /// Counts a finished call that got an answer (`ok`, or `error` for the guest's own error).
@@ -677,27 +817,38 @@ fn check_imports(manifest: &Manifest, component: &Component, engine: &Engine) ->
     Ok(())
 }
 
-/// Looks up the exports of every kind the manifest declares.
+/// Looks up the exports of every kind the manifest declares, under its WIT version.
 fn find_exports(manifest: &Manifest, pre: &InstancePre<CallState>) -> Result<Exports, ExtensionError> {
-    let missing = |interface: &str, err: wasmtime::Error| ExtensionError::Link {
-        id: manifest.id.clone(),
-        message: format!(
-            "kinds lists {interface} but the component does not export xiaozhi:extension/{interface}@0.1.0 ({err:#})"
-        ),
-    };
-    Ok(Exports {
-        tool: manifest
-            .has(Kind::Tool)
-            .then(|| tool::GuestIndices::new(pre).map_err(|err| missing("tool", err)))
-            .transpose()?,
-        intent: manifest
-            .has(Kind::Intent)
-            .then(|| intent::GuestIndices::new(pre).map_err(|err| missing("intent", err)))
-            .transpose()?,
-        memory: manifest
-            .has(Kind::Memory)
-            .then(|| memory::GuestIndices::new(pre).map_err(|err| missing("memory", err)))
-            .transpose()?,
+    fn find<T>(
+        manifest: &Manifest,
+        kind: Kind,
+        lookup: impl FnOnce() -> wasmtime::Result<T>,
+    ) -> Result<Option<T>, ExtensionError> {
+        if !manifest.has(kind) {
+            return Ok(None);
+        }
+        lookup().map(Some).map_err(|err| ExtensionError::Link {
+            id: manifest.id.clone(),
+            message: format!(
+                "kinds lists {interface} but the component does not export xiaozhi:extension/{interface}@{version} ({err:#})",
+                interface = kind.interface(),
+                version = manifest.wit.number(),
+            ),
+        })
+    }
+    Ok(match manifest.wit {
+        WitVersion::V0_1 => Exports::V01(V01Exports {
+            tool: find(manifest, Kind::Tool, || v01::tool::GuestIndices::new(pre))?,
+            intent: find(manifest, Kind::Intent, || v01::intent::GuestIndices::new(pre))?,
+            memory: find(manifest, Kind::Memory, || v01::memory::GuestIndices::new(pre))?,
+        }),
+        WitVersion::V0_2 => Exports::V02(V02Exports {
+            tool: find(manifest, Kind::Tool, || v02::tool::GuestIndices::new(pre))?,
+            intent: find(manifest, Kind::Intent, || v02::intent::GuestIndices::new(pre))?,
+            memory: find(manifest, Kind::Memory, || v02::memory::GuestIndices::new(pre))?,
+            context: find(manifest, Kind::Context, || v02::context::GuestIndices::new(pre))?,
+            media: find(manifest, Kind::Media, || v02::media::GuestIndices::new(pre))?,
+        }),
     })
 }
 
@@ -720,10 +871,6 @@ fn wrong_kind(ext: &LoadedExtension, kind: Kind) -> ExtensionError {
     ExtensionError::WrongKind { id: ext.id().to_owned(), kind }
 }
 
-fn guest_error(
-    ext: &LoadedExtension,
-    call: &'static str,
-    err: &bindings::xiaozhi::extension::types::ExtensionError,
-) -> ExtensionError {
-    ExtensionError::Guest { id: ext.id().to_owned(), call, message: describe_guest_error(err) }
+fn guest_error(ext: &LoadedExtension, call: &'static str, message: String) -> ExtensionError {
+    ExtensionError::Guest { id: ext.id().to_owned(), call, message }
 }

@@ -3,8 +3,10 @@
 //! ```toml
 //! id = "get_weather"
 //! version = "0.1.0"
-//! wit = "xiaozhi:extension@0.1.0"
+//! wit = "xiaozhi:extension@0.2.0"
 //! kinds = ["tool"]
+//! # Offer its tools whatever `Intent.<x>.functions` lists (default false).
+//! always_offered = false
 //!
 //! [capabilities]
 //! memory_mb = 16
@@ -13,14 +15,45 @@
 //! kv = true
 //! llm = false
 //! config = ["api_key"]
+//! # Media directories read (0.2): each is granted by the operator
+//! # (`extensions.grants.<id>.media_dirs.<name>`) and seen read-only at `/<name>`.
+//! media_dirs = ["music"]
 //! ```
 
 use std::collections::BTreeSet;
 
 use serde::Deserialize;
 
-/// The only WIT package version this server implements.
-pub const SUPPORTED_WIT: &str = "xiaozhi:extension@0.1.0";
+/// The WIT package versions this server implements, oldest first.
+pub const SUPPORTED_WIT: [&str; 2] = [WIT_0_1, WIT_0_2];
+/// The first interface: tools return one action and text (loaded through an adapter).
+pub const WIT_0_1: &str = "xiaozhi:extension@0.1.0";
+/// Tools return effects; `context` and `media` exports.
+pub const WIT_0_2: &str = "xiaozhi:extension@0.2.0";
+
+/// Which WIT package version a component targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum WitVersion {
+    /// `xiaozhi:extension@0.1.0`.
+    V0_1,
+    /// `xiaozhi:extension@0.2.0`.
+    V0_2,
+}
+
+impl WitVersion {
+    /// The package name with its version.
+    pub fn package(self) -> &'static str {
+        match self {
+            Self::V0_1 => WIT_0_1,
+            Self::V0_2 => WIT_0_2,
+        }
+    }
+
+    /// The version alone (`0.2.0`), as in export names.
+    pub fn number(self) -> &'static str {
+        self.package().rsplit('@').next().unwrap_or_default()
+    }
+}
 
 /// The manifest file name inside an extension directory.
 pub const MANIFEST_FILE: &str = "extension.toml";
@@ -35,6 +68,23 @@ pub enum Kind {
     Intent,
     /// Long-term memory: exports `xiaozhi:extension/memory`.
     Memory,
+    /// Lines for the system prompt at session start: exports `xiaozhi:extension/context` (0.2).
+    Context,
+    /// Audio streamed by the extension itself: exports `xiaozhi:extension/media` (0.2).
+    Media,
+}
+
+impl Kind {
+    /// The exported interface's name.
+    pub fn interface(self) -> &'static str {
+        match self {
+            Self::Tool => "tool",
+            Self::Intent => "intent",
+            Self::Memory => "memory",
+            Self::Context => "context",
+            Self::Media => "media",
+        }
+    }
 }
 
 /// A parsed and validated `extension.toml`.
@@ -44,8 +94,11 @@ pub struct Manifest {
     pub id: String,
     /// The extension's own version.
     pub version: String,
-    /// The WIT package the component was built against (always [`SUPPORTED_WIT`] once parsed).
-    pub wit: String,
+    /// The WIT package the component was built against (one of [`SUPPORTED_WIT`]).
+    pub wit: WitVersion,
+    /// Whether its tools are offered whatever `Intent.<x>.functions` lists (as the Python server
+    /// always loads `handle_exit_intent` and `get_lunar`).
+    pub always_offered: bool,
     /// What the component exports (never empty).
     pub kinds: BTreeSet<Kind>,
     /// What the extension asks for.
@@ -72,6 +125,9 @@ pub struct Capabilities {
     /// reaches (a QWeather account's own API host): that host is reachable when the operator set
     /// the key, without being listed in `http_hosts`.
     pub config_hosts: Vec<String>,
+    /// Media directories read (0.2), by name: each must be granted
+    /// (`extensions.grants.<id>.media_dirs.<name>`) and is seen read-only at `/<name>`.
+    pub media_dirs: Vec<String>,
 }
 
 /// The file as written, before validation.
@@ -82,6 +138,8 @@ struct RawManifest {
     version: String,
     wit: String,
     kinds: Vec<Kind>,
+    #[serde(default)]
+    always_offered: bool,
     #[serde(default)]
     capabilities: Capabilities,
 }
@@ -96,7 +154,7 @@ pub enum ManifestError {
     #[error("invalid extension id {0:?}: use lower-case letters, digits, '_' and '-'")]
     Id(String),
     /// The component targets a WIT package version this server does not implement.
-    #[error("extension {id} targets WIT {wit}; this server supports {SUPPORTED_WIT}")]
+    #[error("extension {id} targets WIT {wit}; this server supports xiaozhi:extension@0.1.0 and @0.2.0")]
     WitVersion {
         /// The extension id.
         id: String,
@@ -104,8 +162,18 @@ pub enum ManifestError {
         wit: String,
     },
     /// `kinds` is empty.
-    #[error("extension {0}: kinds is empty; use one or more of \"tool\", \"intent\", \"memory\"")]
+    #[error(
+        "extension {0}: kinds is empty; use one or more of \"tool\", \"intent\", \"memory\", \"context\", \"media\""
+    )]
     NoKinds(String),
+    /// A kind the manifest's WIT version does not have.
+    #[error("extension {id}: kind {kind:?} needs wit = \"xiaozhi:extension@0.2.0\"")]
+    KindNeedsNewerWit {
+        /// The extension id.
+        id: String,
+        /// The kind.
+        kind: Kind,
+    },
     /// A limit of zero.
     #[error("extension {id}: capabilities.{field} must be greater than 0")]
     ZeroLimit {
@@ -133,11 +201,30 @@ impl Manifest {
         {
             return Err(ManifestError::Id(raw.id));
         }
-        if raw.wit != SUPPORTED_WIT {
-            return Err(ManifestError::WitVersion { id: raw.id, wit: raw.wit });
-        }
+        let wit = match raw.wit.as_str() {
+            WIT_0_1 => WitVersion::V0_1,
+            WIT_0_2 => WitVersion::V0_2,
+            _ => return Err(ManifestError::WitVersion { id: raw.id, wit: raw.wit }),
+        };
         if raw.kinds.is_empty() {
             return Err(ManifestError::NoKinds(raw.id));
+        }
+        if wit == WitVersion::V0_1
+            && let Some(kind) = raw.kinds.iter().find(|k| matches!(k, Kind::Context | Kind::Media))
+        {
+            return Err(ManifestError::KindNeedsNewerWit { id: raw.id.clone(), kind: *kind });
+        }
+        if wit == WitVersion::V0_1 && !raw.capabilities.media_dirs.is_empty() {
+            return Err(ManifestError::Syntax(format!(
+                "extension {}: capabilities.media_dirs needs wit = \"{WIT_0_2}\"",
+                raw.id
+            )));
+        }
+        if let Some(name) = raw.capabilities.media_dirs.iter().find(|name| !is_media_name(name)) {
+            return Err(ManifestError::Syntax(format!(
+                "extension {}: capabilities.media_dirs has {name:?}; use lower-case letters, digits, '_' and '-'",
+                raw.id
+            )));
         }
         let caps = &raw.capabilities;
         for (field, value) in [("memory_mb", caps.memory_mb), ("timeout_ms", caps.timeout_ms)] {
@@ -157,7 +244,8 @@ impl Manifest {
         Ok(Self {
             id: raw.id,
             version: raw.version,
-            wit: raw.wit,
+            wit,
+            always_offered: raw.always_offered,
             kinds: raw.kinds.into_iter().collect(),
             capabilities: raw.capabilities,
         })
@@ -167,6 +255,12 @@ impl Manifest {
     pub fn has(&self, kind: Kind) -> bool {
         self.kinds.contains(&kind)
     }
+}
+
+/// A media directory name: `[a-z0-9_-]{1,32}` (it becomes the directory `/<name>` the guest sees).
+fn is_media_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// A DNS name or IP literal without scheme, port, path or user info.
@@ -219,12 +313,29 @@ config = ["api_key"]
 
     #[test]
     fn another_wit_version_is_refused_clearly() {
-        let text = FULL.replace("xiaozhi:extension@0.1.0", "xiaozhi:extension@0.2.0");
+        let text = FULL.replace("xiaozhi:extension@0.1.0", "xiaozhi:extension@0.3.0");
         let err = Manifest::parse(&text).expect_err("refused");
         assert_eq!(
             err.to_string(),
-            "extension get_weather targets WIT xiaozhi:extension@0.2.0; this server supports xiaozhi:extension@0.1.0"
+            "extension get_weather targets WIT xiaozhi:extension@0.3.0; this server supports xiaozhi:extension@0.1.0 and @0.2.0"
         );
+        let newer = FULL.replace("xiaozhi:extension@0.1.0", "xiaozhi:extension@0.2.0");
+        assert_eq!(Manifest::parse(&newer).expect("0.2 is supported").wit, WitVersion::V0_2);
+        assert_eq!(Manifest::parse(FULL).expect("0.1 is supported").wit, WitVersion::V0_1);
+    }
+
+    #[test]
+    fn context_media_and_media_dirs_need_0_2() {
+        let context = FULL.replace("[\"tool\", \"memory\"]", "[\"context\"]");
+        assert!(matches!(Manifest::parse(&context), Err(ManifestError::KindNeedsNewerWit { kind: Kind::Context, .. })));
+        let ok = context.replace("@0.1.0", "@0.2.0").replace("kv = true", "kv = true\nmedia_dirs = [\"music\"]");
+        let manifest = Manifest::parse(&ok).expect("valid");
+        assert!(manifest.has(Kind::Context) && !manifest.always_offered);
+        assert_eq!(manifest.capabilities.media_dirs, vec!["music".to_owned()]);
+        let bad = ok.replace("[\"music\"]", "[\"../etc\"]");
+        assert!(Manifest::parse(&bad).expect_err("refused").to_string().contains("media_dirs has \"../etc\""));
+        let always = ok.replace("kinds =", "always_offered = true\nkinds =");
+        assert!(Manifest::parse(&always).expect("valid").always_offered);
     }
 
     #[test]

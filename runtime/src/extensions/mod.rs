@@ -1,6 +1,8 @@
-//! WebAssembly extensions: tools (LLM function calls), intent recognition and long-term memory
-//! as components built against the WIT package `xiaozhi:extension@0.1.0`
-//! (`wit/xiaozhi-extension@0.1.0/`, described in `extensions/README.md`).
+//! WebAssembly extensions: tools (LLM function calls) whose results are [`Effect`]s, intent
+//! recognition, long-term memory, prompt lines and audio streams, as components built against
+//! the WIT package `xiaozhi:extension@0.2.0` (`wit/xiaozhi-extension@0.2.0/`, described in
+//! `extensions/README.md`), or the older `@0.1.0`, whose text results an adapter turns into
+//! effects.
 //!
 //! - [`manifest`]: `extension.toml` (id, WIT version, kinds, requested capabilities).
 //! - [`grant`]: declare and grant: the manifest's requests checked against the operator's
@@ -8,13 +10,16 @@
 //! - [`host`]: the [`ExtensionHost`]: one Wasmtime engine (epoch interruption, pooling allocator
 //!   when available), the compile cache, loading, and calls in a fresh store per call with memory,
 //!   time and concurrency limits.
+//! - `bindings`, `bindings_v02`: the generated bindings of each WIT version and their conversions
+//!   into this module's types (the 0.1 adapter: a `tool-action` and its texts become effects).
 //! - `iface`: the host imports (`log`, `config`, `kv`, `http`, `llm`), each checking the grant
-//!   before doing anything.
+//!   before doing anything; 0.2's imports delegate to the same code.
 //!
 //! A failing extension (trap, out of memory, deadline, bad output) never takes the server down:
 //! every failure is an [`ExtensionError`] naming the extension.
 
 mod bindings;
+mod bindings_v02;
 pub mod grant;
 pub mod host;
 mod iface;
@@ -29,7 +34,7 @@ use std::time::Duration;
 
 pub use grant::{EffectiveGrant, GrantError};
 pub use host::{CallState, ExtensionHost, HostServices, LoadedExtension};
-pub use manifest::{Kind, Manifest, ManifestError};
+pub use manifest::{Kind, Manifest, ManifestError, WitVersion};
 pub use registry::{Registry, Snapshot};
 
 /// The extensions one turn (or one end-of-connection memory save) sees: the registry's snapshot
@@ -74,28 +79,64 @@ pub struct ToolDefinition {
     pub parameters_json: String,
 }
 
-/// What the host does with a tool result (mirrors the Python server's `Action`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ToolAction {
-    /// Nothing more.
-    None,
-    /// Speak `response` as is.
-    Response,
-    /// Give `result` to the LLM as the tool message and ask it again.
-    ReqLlm,
-    /// Write the call and its result into the history without calling the LLM.
-    Record,
+/// Where audio to play comes from (the WIT `audio-source`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AudioSource {
+    /// A file in a granted media directory, by the path the extension sees (`/music/a.mp3`).
+    File(String),
+    /// A URL on a granted host.
+    Url(String),
+    /// Audio the extension streams out through its `media.read` export, by its token.
+    Stream(String),
+}
+
+/// Audio to play (the WIT `play-audio`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlayAudio {
+    /// What to play.
+    pub source: AudioSource,
+    /// Shown while it plays.
+    pub title: Option<String>,
+}
+
+/// One thing a tool call makes happen (the WIT `effect`); a result is a list, applied in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Speak this text as it is.
+    Speak(String),
+    /// Give this text to the LLM as the tool's result and let it answer.
+    ReplyToLlm(String),
+    /// Keep this text in the dialogue as the tool's result without asking the LLM again.
+    Note(String),
+    /// End the conversation after what comes before has been said and played.
+    EndConversation,
+    /// Replace the session's system prompt.
+    SetSystemPrompt(String),
+    /// Play audio.
+    Play(PlayAudio),
+    /// Call one of the device's own MCP tools; its answer goes to the LLM.
+    CallDeviceTool {
+        /// The device's name for the tool.
+        name: String,
+        /// Its arguments as a JSON object text.
+        arguments_json: String,
+    },
 }
 
 /// The outcome of a successful tool call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ToolResult {
-    /// What the host does next.
-    pub action: ToolAction,
-    /// Text for the LLM (the tool message).
-    pub result: Option<String>,
-    /// Text for the user (spoken).
-    pub response: Option<String>,
+    /// What happens, in order.
+    pub effects: Vec<Effect>,
+}
+
+/// A chunk of PCM an extension streams out (`media.read`), already mixed down to mono.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PcmChunk {
+    /// Mono samples.
+    pub samples: Vec<i16>,
+    /// Samples per second.
+    pub sample_rate: u32,
 }
 
 /// What an intent extension decided about an utterance.

@@ -109,10 +109,25 @@ fn expected_dates() -> [String; 2] {
     [day(now), day(now + chrono::Duration::seconds(5))]
 }
 
+/// What a tool result says (its first `speak`).
+fn spoken(result: &ToolResult) -> Option<&str> {
+    result.effects.iter().find_map(|effect| match effect {
+        Effect::Speak(text) => Some(text.as_str()),
+        _ => None,
+    })
+}
+
+/// What a tool result gives the LLM (its only effect must be `reply-to-llm`).
+fn for_llm(result: &ToolResult) -> Option<&str> {
+    match &result.effects[..] {
+        [Effect::ReplyToLlm(text)] => Some(text.as_str()),
+        _ => None,
+    }
+}
+
 async fn assert_get_time_works(host: &ExtensionHost, ext: &LoadedExtension) {
     let result = host.call_tool(ext, "get_time", "{}", ctx("aa:bb", "zh-CN")).await.expect("get_time call");
-    assert_eq!(result.action, ToolAction::ReqLlm);
-    let text = result.result.expect("a result for the LLM");
+    let text = for_llm(&result).expect("a result for the LLM");
     assert!(expected_dates().iter().any(|date| text.contains(date.as_str())), "{text}");
 }
 
@@ -148,7 +163,7 @@ async fn get_time_loads_describes_and_answers_with_the_date() {
 
     assert_get_time_works(&host, &ext).await;
     let english = host.call_tool(&ext, "get_time", "{}", ctx("aa:bb", "en-US")).await.expect("call");
-    let english = english.result.unwrap_or_default();
+    let english = for_llm(&english).unwrap_or_default().to_owned();
     assert!(english.starts_with("Date: ") && english.contains("Chinese lunar date"), "{english}");
 
     let err = host.call_tool(&ext, "no_such_tool", "{}", ctx("aa:bb", "zh")).await.expect_err("unknown tool");
@@ -246,15 +261,20 @@ async fn bad_extensions_are_refused_with_clear_errors() {
     let err = host.load(&dir).await.err().expect("a truncated component is refused");
     assert!(matches!(err, ExtensionError::Compile { .. }), "{err}");
 
-    let manifest = tool_manifest("future", "").replace("@0.1.0", "@0.2.0");
+    let manifest = tool_manifest("future", "").replace("@0.1.0", "@0.3.0");
     let dir = write_extension(root.path(), "future", &manifest, &good);
     let err = host.load(&dir).await.err().expect("another WIT version is refused");
     assert!(
         err.to_string().ends_with(
-            "extension future targets WIT xiaozhi:extension@0.2.0; this server supports xiaozhi:extension@0.1.0"
+            "extension future targets WIT xiaozhi:extension@0.3.0; this server supports xiaozhi:extension@0.1.0 and @0.2.0"
         ),
         "{err}"
     );
+    // A 0.1 component whose manifest claims 0.2 does not link as 0.2: the message names the export.
+    let manifest = tool_manifest("claims", "").replace("@0.1.0", "@0.2.0");
+    let dir = write_extension(root.path(), "claims", &manifest, &good);
+    let err = host.load(&dir).await.err().expect("a version mismatch is refused");
+    assert!(err.to_string().contains("does not export xiaozhi:extension/tool@0.2.0"), "{err}");
 
     let dir = write_extension(root.path(), "wants_kv", &tool_manifest("wants_kv", "kv = true"), &good);
     let err = host.load(&dir).await.err().expect("kv not granted");
@@ -508,7 +528,7 @@ async fn the_host_and_its_calls_can_be_shared_across_tasks() {
         async move { host.call_tool(&ext, "get_time", "{}", ctx("aa:bb", "zh")).await }
     });
     let result = task.await.expect("task").expect("call");
-    assert_eq!(result.action, ToolAction::ReqLlm);
+    assert!(for_llm(&result).is_some(), "{result:?}");
 }
 
 /// A built guest's wasm; fails with the fix when it is not built.
@@ -555,9 +575,10 @@ async fn hot_swap_under_load_keeps_serving_and_reports_broken_files() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(registry.snapshot().extensions["swap"].tools[0].name, "get_time");
 
-    // A new version lands (another component: its tool list changes).
+    // A new version lands (another component, built against WIT 0.2: its tool list changes).
     let landed = Instant::now();
     let new_wasm = built_guest("handle_exit_intent");
+    std::fs::write(exts.join(id).join("extension.toml"), manifest.replace("@0.1.0", "@0.2.0")).expect("manifest");
     let tmp = exts.join(id).join("swap.wasm.tmp");
     std::fs::write(&tmp, &new_wasm).expect("write");
     std::fs::rename(&tmp, exts.join(id).join("swap.wasm")).expect("rename");
@@ -602,8 +623,9 @@ async fn hot_swap_under_load_keeps_serving_and_reports_broken_files() {
     assert!(!registry.snapshot().extensions.contains_key("swap"), "deleting the folder unloads it");
 }
 
-/// The same `handle_exit_intent` tool written in Rust, C and Python passes the same checks: one
-/// tool described, the given farewell spoken as a `response`, a default for a blank one, and
+/// The same `handle_exit_intent` tool written in Rust (WIT 0.2, with the SDK: its effects also
+/// end the conversation), C and Python (0.1, through the adapter) passes the same checks: one
+/// tool described, the given farewell spoken, a default for a blank one, and
 /// `invalid-arguments` (not a trap) for arguments that are not JSON. Each guest is loaded by its
 /// own host; the load times show what the compile cache saves (the Python component embeds
 /// CPython and compiles slowly).
@@ -646,16 +668,17 @@ async fn exit_tool_in_rust_c_and_python_behaves_the_same() {
             .await
             .unwrap_or_else(|err| panic!("{id} call: {err}"));
         let first_call = started.elapsed();
-        assert_eq!(said.action, ToolAction::Response, "{id}");
-        assert_eq!(said.response.as_deref(), Some("Bye now"), "{id}");
+        assert_eq!(spoken(&said), Some("Bye now"), "{id}");
+        if ext.manifest.wit == WitVersion::V0_2 {
+            assert_eq!(said.effects.last(), Some(&Effect::EndConversation), "{id}: {said:?}");
+        }
 
         for (blank, language) in [(r#"{"say_goodbye":"   "}"#, "en"), ("{}", "zh-CN"), ("", "en-US")] {
             let result = host
                 .call_tool(&ext, "handle_exit_intent", blank, ctx("aa:bb", language))
                 .await
                 .unwrap_or_else(|err| panic!("{id} call with {blank:?}: {err}"));
-            assert_eq!(result.action, ToolAction::Response, "{id} {blank:?}");
-            let text = result.response.unwrap_or_default();
+            let text = spoken(&result).unwrap_or_default();
             assert!(!text.trim().is_empty(), "{id}: no default farewell for {blank:?}");
         }
 
@@ -677,7 +700,7 @@ async fn exit_tool_in_rust_c_and_python_behaves_the_same() {
             .call_tool(&ext, "handle_exit_intent", r#"{"say_goodbye":"再见"}"#, ctx("aa:bb", "zh"))
             .await
             .unwrap_or_else(|err| panic!("{id} call after errors: {err}"));
-        assert_eq!(said.response.as_deref(), Some("再见"), "{id}");
+        assert_eq!(spoken(&said), Some("再见"), "{id}");
 
         let size = std::fs::metadata(path.join(format!("{id}.wasm"))).map(|m| m.len()).unwrap_or_default();
         println!("{id}: {size} bytes; load cold (compile) {cold:?}, cached {cached:?}; first call {first_call:?}");
@@ -924,10 +947,73 @@ async fn a_python_plugin_weather_key_reaches_get_weather_and_its_api_host() {
         .call_tool(&ext, "get_weather", r#"{"location":"杭州"}"#, ctx("aa:bb", "zh-CN"))
         .await
         .expect("get_weather answers");
-    let text = result.result.unwrap_or_default();
+    let text = for_llm(&result).unwrap_or_default();
     assert!(text.contains("杭州") && text.contains("14"), "{text}");
     let seen = seen.lock().expect("lock").clone();
     assert!(seen.len() >= 2, "{seen:?}");
     assert!(seen.iter().all(|(_, key)| key == "user-weather-key"), "every request carries the key: {seen:?}");
     assert!(seen.iter().any(|(path, _)| path.starts_with("/geo/v2/city/lookup")), "{seen:?}");
+}
+
+/// The 0.1 adapter: each `tool-action` with its texts becomes the effects the old host applied.
+#[test]
+fn the_0_1_adapter_turns_actions_into_effects() {
+    use super::bindings::xiaozhi::extension::types::{ToolAction as Old, ToolResult as OldResult};
+    let convert = |action, result: Option<&str>, response: Option<&str>| {
+        ToolResult::from(OldResult { action, result: result.map(Into::into), response: response.map(Into::into) })
+            .effects
+    };
+    assert_eq!(convert(Old::None, Some("r"), Some("s")), vec![]);
+    assert_eq!(convert(Old::Response, Some("r"), Some("s")), vec![Effect::Speak("s".into())]);
+    assert_eq!(convert(Old::Response, Some("r"), None), vec![Effect::Speak("r".into())]);
+    assert_eq!(convert(Old::ReqLlm, Some("r"), Some("s")), vec![Effect::ReplyToLlm("r".into())]);
+    assert_eq!(convert(Old::ReqLlm, None, Some("s")), vec![Effect::ReplyToLlm("s".into())]);
+    assert_eq!(convert(Old::Record, Some("r"), Some("s")), vec![Effect::Speak("s".into()), Effect::Note("r".into())]);
+}
+
+/// `play_music` (0.2, with the SDK) reads the granted music folder through WASI and answers
+/// with an announcement and a `play` effect of the file it chose; without the grant it does
+/// not load, and the refusal names the key to set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn play_music_chooses_a_song_from_the_granted_folder() {
+    let dir = builtin_dir("play_music");
+    let cache = tempfile::tempdir().expect("tempdir");
+    let err = host(cache.path(), &[]).load(&dir).await.err().expect("refused without a grant").to_string();
+    assert!(
+        err.contains("requests media directory music, not granted in extensions.grants.play_music.media_dirs.music"),
+        "{err}"
+    );
+
+    let music = tempfile::tempdir().expect("music");
+    std::fs::create_dir_all(music.path().join("kids")).expect("mkdir");
+    std::fs::write(music.path().join("kids/两只老虎.wav"), crate::audio::decode::wav_bytes(&[0; 1600], 16_000))
+        .expect("song");
+    std::fs::write(music.path().join("notes.txt"), b"not a song").expect("text");
+    let grant =
+        Grant { media_dirs: [("music".to_owned(), music.path().to_owned())].into_iter().collect(), ..Grant::default() };
+    let host = host(cache.path(), &[("play_music", grant)]);
+    let ext = host.load(&dir).await.expect("loads with the grant");
+    assert_eq!(ext.manifest.wit, WitVersion::V0_2);
+    assert_eq!(ext.tools[0].name, "play_music");
+
+    let result = host
+        .call_tool(&ext, "play_music", r#"{"song_name":"两只老虎"}"#, ctx("aa:bb", "zh-CN"))
+        .await
+        .expect("play_music answers");
+    match &result.effects[..] {
+        [Effect::Speak(said), Effect::Play(PlayAudio { source: AudioSource::File(path), title })] => {
+            assert!(said.contains("《两只老虎》"), "{said}");
+            assert_eq!(path, "/music/kids/两只老虎.wav");
+            assert_eq!(title.as_deref(), Some("《两只老虎》"));
+        }
+        other => panic!("unexpected effects {other:?}"),
+    }
+    let random =
+        host.call_tool(&ext, "play_music", r#"{"song_name":"random"}"#, ctx("aa:bb", "en")).await.expect("random");
+    assert!(matches!(&random.effects[..], [Effect::Speak(_), Effect::Play(_)]), "{random:?}");
+    let unknown = host
+        .call_tool(&ext, "play_music", r#"{"song_name":"Bohemian Rhapsody"}"#, ctx("aa:bb", "en"))
+        .await
+        .expect("unknown song");
+    assert!(matches!(&unknown.effects[..], [Effect::ReplyToLlm(text)] if text.contains("两只老虎")), "{unknown:?}");
 }

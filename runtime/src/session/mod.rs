@@ -206,8 +206,10 @@ struct Session {
     speaker: Option<Speaker>,
     mcp: Option<Arc<McpClient>>,
     history: Vec<ChatMessage>,
-    /// The system prompt set by a tool (`change_role`); `None`: the configured prompt.
+    /// The system prompt set by a tool's effect; `None`: the configured prompt.
     prompt: Option<String>,
+    /// The lines `context` extensions add to the prompt (asked for when the session starts).
+    context: crate::turn::ContextLines,
     turn: Option<ActiveTurn>,
     reports_tx: mpsc::Sender<TurnReport>,
     reports: mpsc::Receiver<TurnReport>,
@@ -236,6 +238,7 @@ impl Session {
             mcp: None,
             history: Vec::new(),
             prompt: None,
+            context: Arc::default(),
             turn: None,
             reports_tx,
             reports,
@@ -247,6 +250,7 @@ impl Session {
     }
 
     async fn run(&mut self, connection: &mut Connection, shutdown: &CancellationToken) -> End {
+        self.prefetch_context();
         loop {
             let deadline = Instant::from_std(self.state.deadline());
             let event = tokio::select! {
@@ -497,6 +501,7 @@ impl Session {
             started,
             extensions,
             prompt: self.prompt.clone(),
+            context: Arc::clone(&self.context),
             cancel,
         };
         let reports = self.reports_tx.clone();
@@ -591,6 +596,19 @@ impl Session {
     fn track(&mut self, write: tokio::task::JoinHandle<()>) {
         self.writes.retain(|w| !w.is_finished());
         self.writes.push(write);
+    }
+
+    /// Starts asking the `context` extensions for the session's prompt lines, so that the first
+    /// turn normally finds them ready (it waits for them otherwise).
+    fn prefetch_context(&self) {
+        let Some(scope) = self.extension_scope() else { return };
+        if scope.snapshot.of_kind(crate::extensions::Kind::Context).next().is_none() {
+            return;
+        }
+        let cell = Arc::clone(&self.context);
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            cell.get_or_init(|| crate::turn::context_lines(&scope)).await;
+        }));
     }
 
     /// The extensions for a new turn (or the final memory save): the registry's current snapshot.

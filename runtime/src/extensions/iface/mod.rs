@@ -6,6 +6,7 @@ pub(crate) mod http;
 pub mod kv;
 pub(crate) mod llm;
 pub(crate) mod log;
+mod v02;
 
 use super::bindings::xiaozhi::extension::types;
 use super::host::CallState;

@@ -1,0 +1,202 @@
+//! The guest SDK of xiaozhi-server extensions, for the WIT package `xiaozhi:extension@0.2.0`.
+//!
+//! A tool is a struct and one function:
+//!
+//! ```ignore
+//! use xiaozhi_sdk::{CallContext, Effect, ExtensionError, Tool};
+//!
+//! struct Hello;
+//!
+//! impl Tool for Hello {
+//!     const NAME: &'static str = "say_hello";
+//!     const DESCRIPTION: &'static str = "Greets the user by name.";
+//!     const PARAMETERS: &'static str = r#"{"type":"object","properties":{"name":{"type":"string"}}}"#;
+//!
+//!     fn call(arguments: &xiaozhi_sdk::Arguments, _context: &CallContext) -> Result<Vec<Effect>, ExtensionError> {
+//!         Ok(vec![Effect::Speak(format!("Hello, {}!", arguments.str("name").unwrap_or("friend")))])
+//!     }
+//! }
+//!
+//! xiaozhi_sdk::export_tools!(Hello);
+//! ```
+//!
+//! `export_tools!` exports the `tool` interface (world `tool-extension`) for one or more tools;
+//! with the feature `player`, `export_player!` also exports `media` for tools that stream audio of
+//! their own (world `player-extension`). The host imports (`log`, `config`, `kv`, `http`, `llm`) are in [`host`],
+//! with the shared types ([`Effect`], [`CallContext`], ...) at the crate root.
+//!
+//! Everything also compiles for the build machine, so a guest's logic is unit-tested with a
+//! plain `cargo test` (calling a host import there panics: only the server provides them).
+
+/// The host imports and the shared types (world `host-api`).
+pub mod host {
+    wit_bindgen::generate!({
+        path: "../../wit/xiaozhi-extension@0.2.0",
+        world: "host-api",
+        additional_derives: [PartialEq],
+    });
+
+    pub use self::xiaozhi::extension::{config, http, kv, llm, log, types};
+}
+
+/// The world the extension exports: `tool-extension`, or `player-extension` (tools and `media`)
+/// with the feature `player`. Its import types are those of [`host`]. (One world per build:
+/// wit-bindgen's export glue of two worlds cannot live in one crate.)
+#[doc(hidden)]
+pub mod world {
+    #[cfg(not(feature = "player"))]
+    wit_bindgen::generate!({
+        path: "../../wit/xiaozhi-extension@0.2.0",
+        world: "tool-extension",
+        with: {
+            "xiaozhi:extension/types@0.2.0": crate::host::types,
+            "xiaozhi:extension/log@0.2.0": crate::host::log,
+            "xiaozhi:extension/config@0.2.0": crate::host::config,
+            "xiaozhi:extension/kv@0.2.0": crate::host::kv,
+            "xiaozhi:extension/http@0.2.0": crate::host::http,
+            "xiaozhi:extension/llm@0.2.0": crate::host::llm,
+        },
+        default_bindings_module: "xiaozhi_sdk::world",
+        pub_export_macro: true,
+        export_macro_name: "__export_world",
+    });
+
+    #[cfg(feature = "player")]
+    wit_bindgen::generate!({
+        path: "../../wit/xiaozhi-extension@0.2.0",
+        world: "player-extension",
+        with: {
+            "xiaozhi:extension/types@0.2.0": crate::host::types,
+            "xiaozhi:extension/log@0.2.0": crate::host::log,
+            "xiaozhi:extension/config@0.2.0": crate::host::config,
+            "xiaozhi:extension/kv@0.2.0": crate::host::kv,
+            "xiaozhi:extension/http@0.2.0": crate::host::http,
+            "xiaozhi:extension/llm@0.2.0": crate::host::llm,
+        },
+        default_bindings_module: "xiaozhi_sdk::world",
+        pub_export_macro: true,
+        export_macro_name: "__export_world",
+    });
+}
+
+pub use host::types::{
+    AudioSource, CallContext, DeviceToolCall, Effect, ExtensionError, Message, PcmChunk, PlayAudio, Role,
+    ToolDefinition, ToolResult,
+};
+
+mod arguments;
+pub mod web;
+pub use arguments::Arguments;
+
+/// One tool: its name, description and JSON-schema parameters, and the function that runs it.
+pub trait Tool {
+    /// The function name shown to the LLM (`[A-Za-z0-9_-]{1,64}`).
+    const NAME: &'static str;
+    /// What the tool does and when to call it.
+    const DESCRIPTION: &'static str = "";
+    /// The JSON schema (an object schema) of the arguments.
+    const PARAMETERS: &'static str = r#"{"type":"object","properties":{}}"#;
+
+    /// The definition `describe` gives; override it when the description or schema is computed.
+    fn definition() -> ToolDefinition {
+        ToolDefinition {
+            name: Self::NAME.to_owned(),
+            description: Self::DESCRIPTION.to_owned(),
+            parameters_json: Self::PARAMETERS.to_owned(),
+        }
+    }
+
+    /// Runs the tool. The effects are applied in order by the host.
+    fn call(arguments: &Arguments, context: &CallContext) -> Result<Vec<Effect>, ExtensionError>;
+}
+
+/// Audio a player extension streams out (`audio-source::stream`): chunk `index` of the stream
+/// `token`, or `None` after the last one. Each call runs in a fresh instance, so a chunk must
+/// follow from the token and the index alone.
+pub trait Player {
+    /// Chunk `index` of `token`.
+    fn read(token: &str, index: u32) -> Result<Option<PcmChunk>, ExtensionError>;
+}
+
+/// Runs `T` on the arguments text (an object; empty text is `{}`).
+pub fn run<T: Tool>(arguments_json: &str, context: &CallContext) -> Result<ToolResult, ExtensionError> {
+    let arguments = Arguments::parse(arguments_json)?;
+    T::call(&arguments, context).map(|effects| ToolResult { effects })
+}
+
+/// The error for a name no tool of the extension has.
+pub fn unknown_tool(name: &str) -> ExtensionError {
+    ExtensionError::NotFound(format!("unknown tool {name:?}"))
+}
+
+/// Exports the `tool` interface for the tools given (types implementing [`Tool`]).
+#[cfg(not(feature = "player"))]
+#[macro_export]
+macro_rules! export_tools {
+    ($($tool:ty),+ $(,)?) => {
+        #[doc(hidden)]
+        pub struct __XiaozhiTools;
+
+        impl $crate::world::exports::xiaozhi::extension::tool::Guest for __XiaozhiTools {
+            fn describe() -> ::std::vec::Vec<$crate::ToolDefinition> {
+                ::std::vec![$(<$tool as $crate::Tool>::definition()),+]
+            }
+
+            fn call(
+                name: ::std::string::String,
+                arguments_json: ::std::string::String,
+                context: $crate::CallContext,
+            ) -> ::std::result::Result<$crate::ToolResult, $crate::ExtensionError> {
+                $(
+                    if name == <$tool as $crate::Tool>::NAME {
+                        return $crate::run::<$tool>(&arguments_json, &context);
+                    }
+                )+
+                Err($crate::unknown_tool(&name))
+            }
+        }
+
+        $crate::world::__export_world!(__XiaozhiTools with_types_in $crate::world);
+    };
+}
+
+/// Exports `tool` for the tools given and `media` from the [`Player`] `player` (feature
+/// `player`).
+#[cfg(feature = "player")]
+#[macro_export]
+macro_rules! export_player {
+    ($player:ty; $($tool:ty),+ $(,)?) => {
+        #[doc(hidden)]
+        pub struct __XiaozhiPlayer;
+
+        impl $crate::world::exports::xiaozhi::extension::tool::Guest for __XiaozhiPlayer {
+            fn describe() -> ::std::vec::Vec<$crate::ToolDefinition> {
+                ::std::vec![$(<$tool as $crate::Tool>::definition()),+]
+            }
+
+            fn call(
+                name: ::std::string::String,
+                arguments_json: ::std::string::String,
+                context: $crate::CallContext,
+            ) -> ::std::result::Result<$crate::ToolResult, $crate::ExtensionError> {
+                $(
+                    if name == <$tool as $crate::Tool>::NAME {
+                        return $crate::run::<$tool>(&arguments_json, &context);
+                    }
+                )+
+                Err($crate::unknown_tool(&name))
+            }
+        }
+
+        impl $crate::world::exports::xiaozhi::extension::media::Guest for __XiaozhiPlayer {
+            fn read(
+                token: ::std::string::String,
+                index: u32,
+            ) -> ::std::result::Result<::std::option::Option<$crate::PcmChunk>, $crate::ExtensionError> {
+                <$player as $crate::Player>::read(&token, index)
+            }
+        }
+
+        $crate::world::__export_world!(__XiaozhiPlayer with_types_in $crate::world);
+    };
+}
