@@ -1,10 +1,10 @@
 /* The exit_c xiaozhi extension: the handle_exit_intent tool written in C.
  *
- * A WebAssembly component exporting xiaozhi:extension/tool@0.1.0 (world wit/world.wit), built by
+ * A WebAssembly component exporting xiaozhi:extension/tool@0.2.0 (world wit/world.wit), built by
  * build.sh with wit-bindgen c, clang and wasm-tools. It behaves like the Rust extension
  * extensions/handle_exit_intent: the LLM calls the tool when the user wants to end the
- * conversation, the tool answers with the farewell to speak (action `response`) and the host
- * closes the session once it has been spoken. The logic lives in goodbye.c.
+ * conversation, and the tool answers with three effects: speak the farewell, note the result in
+ * the dialogue, end the conversation. The logic lives in goodbye.c.
  *
  * Ownership follows wit-bindgen's C conventions: the arguments belong to the callee (freed
  * here), and every string returned is malloc'ed (the generated post-return code frees it). */
@@ -50,12 +50,16 @@ bool exports_xiaozhi_extension_tool_call(exit_tool_string_t *name, exit_tool_str
                                   (const char *)context->language.ptr, context->language.len, &farewell,
                                   &farewell_len, &error);
         if (status == 0) {
-            ret->action = XIAOZHI_EXTENSION_TYPES_TOOL_ACTION_RESPONSE;
-            ret->result.is_some = true;
-            exit_tool_string_dup(&ret->result.val, EXIT_TOOL_RESULT);
-            ret->response.is_some = true;
-            ret->response.val.ptr = (uint8_t *)farewell; /* malloc'ed: the post-return code frees it */
-            ret->response.val.len = farewell_len;
+            xiaozhi_extension_types_effect_t *effects = calloc(3, sizeof *effects);
+            if (!effects) abort();
+            effects[0].tag = XIAOZHI_EXTENSION_TYPES_EFFECT_SPEAK;
+            effects[0].val.speak.ptr = (uint8_t *)farewell; /* malloc'ed: the post-return code frees it */
+            effects[0].val.speak.len = farewell_len;
+            effects[1].tag = XIAOZHI_EXTENSION_TYPES_EFFECT_NOTE;
+            exit_tool_string_dup(&effects[1].val.note, EXIT_TOOL_RESULT);
+            effects[2].tag = XIAOZHI_EXTENSION_TYPES_EFFECT_END_CONVERSATION;
+            ret->effects.ptr = effects;
+            ret->effects.len = 3;
             ok = true;
         } else if (status == -1) {
             ok = fail(err, XIAOZHI_EXTENSION_TYPES_EXTENSION_ERROR_INVALID_ARGUMENTS, error);

@@ -1,9 +1,9 @@
 """The `exit_py` xiaozhi extension: the `handle_exit_intent` tool written in Python.
 
-A WebAssembly component (world `xiaozhi:extension/tool-extension@0.1.0`) built with
+A WebAssembly component (world `xiaozhi:extension/tool-extension@0.2.0`) built with
 componentize-py by `build.sh`. It behaves like the Rust extension `extensions/handle_exit_intent`:
-the LLM calls the tool when the user wants to end the conversation, the tool answers with the
-farewell to speak (action `response`) and the host closes the session once it has been spoken.
+the LLM calls the tool when the user wants to end the conversation, and the tool answers with
+three effects: speak the farewell, note the result in the dialogue, end the conversation.
 
 The logic (`goodbye`) is plain Python and can be tried without WebAssembly:
 `python3 -c 'import app; print(app.goodbye("{\\"say_goodbye\\": \\"Bye\\"}", "en"))'`
@@ -78,7 +78,7 @@ def goodbye(arguments_json: str, language: str) -> str:
 
 
 class Tool(exports.Tool):
-    """The exported `xiaozhi:extension/tool@0.1.0` interface."""
+    """The exported `xiaozhi:extension/tool@0.2.0` interface."""
 
     def describe(self) -> list[types.ToolDefinition]:
         return [types.ToolDefinition(name=NAME, description=DESCRIPTION, parameters_json=PARAMETERS_JSON)]
@@ -90,4 +90,7 @@ class Tool(exports.Tool):
             farewell = goodbye(arguments_json, context.language)
         except (ValueError, RecursionError) as error:
             raise Err(types.ExtensionError_InvalidArguments(str(error))) from None
-        return types.ToolResult(action=types.ToolAction.RESPONSE, result=RESULT, response=farewell)
+        # Speak the farewell, note the result in the dialogue, end the conversation.
+        return types.ToolResult(
+            effects=[types.Effect_Speak(farewell), types.Effect_Note(RESULT), types.Effect_EndConversation()]
+        )

@@ -17,7 +17,7 @@ set -euo pipefail
 
 DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$DIR/../../.." && pwd)"
-WIT="$ROOT/wit/xiaozhi-extension@0.1.0"
+WIT="$ROOT/wit/xiaozhi-extension@0.2.0"
 WORLD=exit-tool
 ID=exit_py
 BUILD="$DIR/build"

@@ -35,7 +35,11 @@ class GoodbyeTest(unittest.TestCase):
         self.assertEqual(schema["required"], ["say_goodbye"])
         context = app.types.CallContext(device_id="d", session_id="s", language="en")
         result = tool.call("handle_exit_intent", '{"say_goodbye":"Bye now"}', context)
-        self.assertEqual((result.action, result.response), (app.types.ToolAction.RESPONSE, "Bye now"))
+        speak, note, end = result.effects
+        self.assertIsInstance(speak, app.types.Effect_Speak)
+        self.assertEqual(speak.value, "Bye now")
+        self.assertIsInstance(note, app.types.Effect_Note)
+        self.assertIsInstance(end, app.types.Effect_EndConversation)
         with self.assertRaises(app.Err) as caught:
             tool.call("handle_exit_intent", "{not json", context)
         self.assertIsInstance(caught.exception.value, app.types.ExtensionError_InvalidArguments)

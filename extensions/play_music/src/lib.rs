@@ -57,7 +57,7 @@ when the user asks to play music without naming a song, pass 'random'; when they
             Effect::Speak(songs::announcement(&title, english, random())),
             Effect::Play(PlayAudio {
                 source: AudioSource::File(format!("{MUSIC_DIR}/{song}")),
-                title: Some(format!("《{title}》")),
+                title: Some(songs::now_playing(&title, english)),
             }),
         ])
     }

@@ -150,6 +150,11 @@ pub fn choose<'a>(library: &'a [String], request: &Request, random: u64) -> Opti
     }
 }
 
+/// The subtitle while the song plays.
+pub fn now_playing(title: &str, english: bool) -> String {
+    if english { format!("Playing: {title}") } else { format!("正在播放：《{title}》") }
+}
+
 /// What is said before the song plays (the Python plugin's phrasings).
 pub fn announcement(title: &str, english: bool, random: u64) -> String {
     if english {

@@ -115,7 +115,10 @@ impl Default for Config {
             activation: ActivationConfig::default(),
             manager_api: ManagerApiConfig::default(),
             extensions: ExtensionsConfig::default(),
-            plugins: BTreeMap::new(),
+            plugins: BTreeMap::from([(
+                "play_music".to_owned(),
+                serde_yaml_ng::from_str("music_dir: ./music").unwrap_or_default(),
+            )]),
             store: StoreConfig::default(),
             limits: LimitsConfig::default(),
             console: ConsoleConfig::default(),
@@ -244,10 +247,6 @@ impl Default for ExtensionsConfig {
             grants: BTreeMap::from([
                 ("intent_llm".to_owned(), Grant { llm: true, ..Grant::default() }),
                 ("mem_local_short".to_owned(), Grant { kv: true, llm: true, ..Grant::default() }),
-                (
-                    "play_music".to_owned(),
-                    Grant { media_dirs: BTreeMap::from([("music".to_owned(), "./music".into())]), ..Grant::default() },
-                ),
             ]),
         }
     }

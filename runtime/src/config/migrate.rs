@@ -427,7 +427,7 @@ fn functions_verdict(value: &Value, extensions: &BTreeSet<String>) -> String {
         value.as_sequence().map(|s| s.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
     let missing: Vec<&str> = names.iter().copied().filter(|n| !extensions.contains(*n)).collect();
     let mut verdict = format!(
-        "{WORKS}: the tools offered are those of {} (and the device's own MCP tools, and those of the extensions whose extension.toml says always_offered: handle_exit_intent, get_lunar and get_time)",
+        "{WORKS}: the tools offered are those of {} (and the device's own MCP tools, and those of the extensions whose extension.toml says always_offered)",
         if names.is_empty() { "no extension".to_owned() } else { names.join(", ") }
     );
     if !missing.is_empty() {

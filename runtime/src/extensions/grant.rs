@@ -97,7 +97,9 @@ pub fn check(manifest: &Manifest, grant: Option<&Grant>) -> Result<EffectiveGran
         match grant.media_dirs.get(name) {
             Some(dir) => media_dirs.insert(name.clone(), dir.clone()),
             None => {
-                return Err(refuse(format!("requests media directory {name}, not granted in {path}.media_dirs.{name}")));
+                return Err(refuse(format!(
+                    "requests media directory {name}, not granted in {path}.media_dirs.{name}"
+                )));
             }
         };
     }

@@ -1004,7 +1004,7 @@ async fn play_music_chooses_a_song_from_the_granted_folder() {
         [Effect::Speak(said), Effect::Play(PlayAudio { source: AudioSource::File(path), title })] => {
             assert!(said.contains("《两只老虎》"), "{said}");
             assert_eq!(path, "/music/kids/两只老虎.wav");
-            assert_eq!(title.as_deref(), Some("《两只老虎》"));
+            assert_eq!(title.as_deref(), Some("正在播放：《两只老虎》"));
         }
         other => panic!("unexpected effects {other:?}"),
     }
