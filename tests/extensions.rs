@@ -327,10 +327,12 @@ async fn play_music_plays_the_song_paced_abort_stops_it_and_the_next_question_wo
             seen.push(v.to_string());
         }
         match event {
-            SimEvent::Json(v) if v["type"] == "tts" && v["state"] == "sentence_start" => {
-                if v["text"].as_str().is_some_and(|t| t == "正在播放：《long tone》") {
-                    song_started = Some(at);
-                }
+            SimEvent::Json(v)
+                if v["type"] == "tts"
+                    && v["state"] == "sentence_start"
+                    && v["text"].as_str().is_some_and(|t| t == "正在播放：《long tone》") =>
+            {
+                song_started = Some(at);
             }
             SimEvent::Audio { .. } if song_started.is_some_and(|s| at > s + Duration::from_millis(1_000)) => break,
             _ => {}
