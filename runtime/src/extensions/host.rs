@@ -800,7 +800,7 @@ fn check_imports(manifest: &Manifest, component: &Component, engine: &Engine) ->
         let Some(rest) = name.strip_prefix("xiaozhi:extension/") else { continue };
         let interface = rest.split('@').next().unwrap_or(rest);
         let missing = match interface {
-            "http" if caps.http_hosts.is_empty() => Some("http_hosts"),
+            "http" if caps.http_hosts.is_empty() && caps.config_hosts.is_empty() => Some("http_hosts"),
             "kv" if !caps.kv => Some("kv"),
             "llm" if !caps.llm => Some("llm"),
             _ => None,
