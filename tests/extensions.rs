@@ -233,6 +233,28 @@ async fn mem_local_short_remembers_each_device_apart() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_extension_adds_todays_date_to_every_sessions_prompt() -> anyhow::Result<()> {
+    let mock = MockOpenAi::start(MockScript::default()).await?;
+    let server = TestServer::start(&mock, "").await?;
+    let mut device = server.device("aa:bb:cc:00:04:0b", 1).await?;
+    device.detect("hello").await?;
+    device.collect_reply(REPLY_WAIT).await?;
+    let chats = chat_requests(&mock);
+    let system = chats[0]["messages"][0]["content"].as_str().unwrap_or_default().to_owned();
+    // prompt_context (WIT 0.2 `context`, asked once when the session starts) adds the date in
+    // China with its lunar day and solar term.
+    let day = |t: chrono::DateTime<chrono::Utc>| {
+        (t + chrono::Duration::hours(8)).format("今天是%Y年%-m月%-d日，").to_string()
+    };
+    let (now, earlier) = (chrono::Utc::now(), chrono::Utc::now() - chrono::Duration::seconds(60));
+    let line = system.lines().find(|l| l.starts_with("今天是")).unwrap_or_default();
+    assert!(line.starts_with(&day(now)) || line.starts_with(&day(earlier)), "{system}");
+    assert!(line.contains("，农历") && line.contains("第") && line.ends_with("天。"), "{line}");
+    server.server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_role_changes_the_prompt_of_the_following_turns() -> anyhow::Result<()> {
     let mock = MockOpenAi::start(MockScript::default().tool(
         "teacher",

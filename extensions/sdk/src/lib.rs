@@ -22,7 +22,9 @@
 //!
 //! `export_tools!` exports the `tool` interface (world `tool-extension`) for one or more tools;
 //! with the feature `player`, `export_player!` also exports `media` for tools that stream audio of
-//! their own (world `player-extension`). The host imports (`log`, `config`, `kv`, `http`, `llm`) are in [`host`],
+//! their own (world `player-extension`); with the feature `context`, `export_context!` exports
+//! lines for the system prompt (world `context-extension`). One world per build: the features
+//! exclude each other. The host imports (`log`, `config`, `kv`, `http`, `llm`) are in [`host`],
 //! with the shared types ([`Effect`], [`CallContext`], ...) at the crate root.
 //!
 //! Everything also compiles for the build machine, so a guest's logic is unit-tested with a
@@ -44,10 +46,27 @@ pub mod host {
 /// wit-bindgen's export glue of two worlds cannot live in one crate.)
 #[doc(hidden)]
 pub mod world {
-    #[cfg(not(feature = "player"))]
+    #[cfg(not(any(feature = "player", feature = "context")))]
     wit_bindgen::generate!({
         path: "../../wit/xiaozhi-extension@0.2.0",
         world: "tool-extension",
+        with: {
+            "xiaozhi:extension/types@0.2.0": crate::host::types,
+            "xiaozhi:extension/log@0.2.0": crate::host::log,
+            "xiaozhi:extension/config@0.2.0": crate::host::config,
+            "xiaozhi:extension/kv@0.2.0": crate::host::kv,
+            "xiaozhi:extension/http@0.2.0": crate::host::http,
+            "xiaozhi:extension/llm@0.2.0": crate::host::llm,
+        },
+        default_bindings_module: "xiaozhi_sdk::world",
+        pub_export_macro: true,
+        export_macro_name: "__export_world",
+    });
+
+    #[cfg(feature = "context")]
+    wit_bindgen::generate!({
+        path: "../../wit/xiaozhi-extension@0.2.0",
+        world: "context-extension",
         with: {
             "xiaozhi:extension/types@0.2.0": crate::host::types,
             "xiaozhi:extension/log@0.2.0": crate::host::log,
@@ -118,6 +137,12 @@ pub trait Player {
     fn read(token: &str, index: u32) -> Result<Option<PcmChunk>, ExtensionError>;
 }
 
+/// Lines for the system prompt at session start (world `context-extension`, feature `context`).
+pub trait Context {
+    /// The lines for the session in `context` (the host keeps at most 16 of 300 characters).
+    fn lines(context: &CallContext) -> Result<Vec<String>, ExtensionError>;
+}
+
 /// Runs `T` on the arguments text (an object; empty text is `{}`).
 pub fn run<T: Tool>(arguments_json: &str, context: &CallContext) -> Result<ToolResult, ExtensionError> {
     let arguments = Arguments::parse(arguments_json)?;
@@ -130,7 +155,7 @@ pub fn unknown_tool(name: &str) -> ExtensionError {
 }
 
 /// Exports the `tool` interface for the tools given (types implementing [`Tool`]).
-#[cfg(not(feature = "player"))]
+#[cfg(not(any(feature = "player", feature = "context")))]
 #[macro_export]
 macro_rules! export_tools {
     ($($tool:ty),+ $(,)?) => {
@@ -198,5 +223,25 @@ macro_rules! export_player {
         }
 
         $crate::world::__export_world!(__XiaozhiPlayer with_types_in $crate::world);
+    };
+}
+
+/// Exports the `context` interface from the [`Context`] `provider` (feature `context`).
+#[cfg(feature = "context")]
+#[macro_export]
+macro_rules! export_context {
+    ($provider:ty) => {
+        #[doc(hidden)]
+        pub struct __XiaozhiContext;
+
+        impl $crate::world::exports::xiaozhi::extension::context::Guest for __XiaozhiContext {
+            fn lines(
+                context: $crate::CallContext,
+            ) -> ::std::result::Result<::std::vec::Vec<::std::string::String>, $crate::ExtensionError> {
+                <$provider as $crate::Context>::lines(&context)
+            }
+        }
+
+        $crate::world::__export_world!(__XiaozhiContext with_types_in $crate::world);
     };
 }
