@@ -781,6 +781,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn device_records_from_ota_checks_are_limited_per_address() {
+        let f = fixture(|c| c.limits.new_devices_per_ip_per_minute = 2);
+        for i in 0..4 {
+            let (status, ..) = call(ota_from(&format!("aa:bb:cc:00:0e:{i:02}"), CLIENT, "10.0.0.7:1"), &f.ctx).await;
+            assert_eq!(status, StatusCode::OK, "the check is answered either way");
+        }
+        let seen = |keys: Vec<String>| keys.into_iter().filter(|k| k.ends_with("/seen")).count();
+        assert_eq!(seen(f.ctx.store.keys("device/").await.unwrap()), 2, "two new records per address and minute");
+        // A device with a record is refreshed, whatever the count; another address has its own.
+        call(ota_from("aa:bb:cc:00:0e:00", CLIENT, "10.0.0.7:1"), &f.ctx).await;
+        call(ota_from("aa:bb:cc:00:0e:09", CLIENT, "10.0.0.8:1"), &f.ctx).await;
+        assert_eq!(seen(f.ctx.store.keys("device/").await.unwrap()), 3);
+        let record = crate::store::device_seen(f.ctx.store.as_ref(), "aa:bb:cc:00:0e:00").await.unwrap().unwrap();
+        assert_eq!(record.board.as_deref(), Some("bread-compact-wifi"));
+    }
+
+    #[tokio::test]
     async fn admin_routes_need_the_http_port_and_loopback_or_the_token() {
         let admin = |path: &str, peer: &str, admin_port: bool, token: Option<&str>| {
             let mut req = Request::get(path);
