@@ -14,7 +14,7 @@ pub mod hass;
 use xiaozhi_sdk::{Arguments, CallContext, Effect, ExtensionError, Tool, ToolDefinition};
 
 fn settings() -> Result<hass::Settings, ExtensionError> {
-    hass::Settings::read(|key| xiaozhi_sdk::host::config::get(key))
+    hass::Settings::read(xiaozhi_sdk::host::config::get)
 }
 
 /// The devices named in the settings, for the descriptions (none when unset).

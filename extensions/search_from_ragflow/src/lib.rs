@@ -27,7 +27,7 @@ impl Tool for SearchFromRagflow {
     fn call(arguments: &Arguments, _context: &CallContext) -> Result<Vec<Effect>, ExtensionError> {
         let question = arguments.str("question").or_else(|| arguments.str("query"));
         let question = question.ok_or_else(|| ExtensionError::InvalidArguments("question is missing".into()))?;
-        let settings = ragflow::Settings::read(|key| xiaozhi_sdk::host::config::get(key))?;
+        let settings = ragflow::Settings::read(xiaozhi_sdk::host::config::get)?;
         let text = ragflow::search(&settings, question, xiaozhi_sdk::web::send)?;
         Ok(vec![Effect::ReplyToLlm(text)])
     }

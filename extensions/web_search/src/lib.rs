@@ -21,7 +21,7 @@ Search the web for current or unfamiliar facts, then answer from the results.";
 
     fn call(arguments: &Arguments, _context: &CallContext) -> Result<Vec<Effect>, ExtensionError> {
         let query = arguments.required("query")?;
-        let settings = search::Settings::read(|key| xiaozhi_sdk::host::config::get(key))?;
+        let settings = search::Settings::read(xiaozhi_sdk::host::config::get)?;
         let text = search::run(&settings, query, xiaozhi_sdk::web::send)?;
         Ok(vec![Effect::ReplyToLlm(text)])
     }
