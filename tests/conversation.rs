@@ -155,27 +155,13 @@ async fn abort_stops_audio_within_one_frame() -> anyhow::Result<()> {
             None => anyhow::bail!("no audio before abort"),
         }
     }
-    let aborted_at = Instant::now();
-    device.abort().await?;
-    let mut late_frames = 0;
-    let mut stop_at = None;
-    while let Some((at, event)) = device.next_event(Duration::from_secs(2)).await {
-        match event {
-            xiaozhi_server::simulator::SimEvent::Audio { .. } if at > aborted_at + Duration::from_millis(60) => {
-                late_frames += 1
-            }
-            xiaozhi_server::simulator::SimEvent::Json(v) if v["type"] == "tts" && v["state"] == "stop" => {
-                stop_at.get_or_insert(at);
-            }
-            _ => {}
-        }
-        if stop_at.is_some_and(|s: Instant| at > s + Duration::from_millis(500)) {
-            break;
-        }
-    }
-    let stop_at = stop_at.expect("tts stop after abort");
-    assert!(stop_at.duration_since(aborted_at) < Duration::from_millis(500));
-    assert!(late_frames <= 1, "{late_frames} audio frames arrived more than one frame after the abort");
+    let aborted = xiaozhi_e2e::harness::abort_and_watch(&mut device, Duration::from_millis(60)).await?;
+    assert!(aborted.stop_after < Duration::from_millis(500));
+    assert!(
+        aborted.late_frames <= 1,
+        "{} audio frames arrived more than one frame after the abort",
+        aborted.late_frames
+    );
     // The session goes on.
     mock.set_reply("🙂 Yes, I am here.");
     device.detect("are you still there").await?;

@@ -361,24 +361,9 @@ async fn play_music_plays_the_song_paced_abort_stops_it_and_the_next_question_wo
         }
     }
     assert!(song_started.is_some(), "the long song started: {seen:?}");
-    let aborted_at = Instant::now();
-    device.abort().await?;
-    let (mut late_frames, mut stop_at) = (0, None);
-    while let Some((at, event)) = device.next_event(Duration::from_secs(2)).await {
-        match event {
-            SimEvent::Audio { .. } if at > aborted_at + Duration::from_millis(frame_ms) => late_frames += 1,
-            SimEvent::Json(v) if v["type"] == "tts" && v["state"] == "stop" => {
-                stop_at.get_or_insert(at);
-            }
-            _ => {}
-        }
-        if stop_at.is_some_and(|s: Instant| at > s + Duration::from_millis(500)) {
-            break;
-        }
-    }
-    let stop_at = stop_at.expect("tts stop after abort");
-    assert!(stop_at.duration_since(aborted_at) < Duration::from_millis(500));
-    assert!(late_frames <= 1, "{late_frames} frames arrived more than one frame after the abort");
+    let aborted = xiaozhi_e2e::harness::abort_and_watch(&mut device, Duration::from_millis(frame_ms)).await?;
+    assert!(aborted.stop_after < Duration::from_millis(500));
+    assert!(aborted.late_frames <= 1, "{} frames arrived more than one frame after the abort", aborted.late_frames);
 
     // The session goes on.
     mock.set_reply("🙂 Yes, I am here.");

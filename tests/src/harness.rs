@@ -216,3 +216,38 @@ fn tracing_subscriber_init() -> Option<()> {
     let filter = std::env::var("RUST_LOG").ok()?;
     tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init().ok()
 }
+
+/// What an `abort` during a reply came to, as the device saw it.
+pub struct AbortOutcome {
+    /// Audio frames that arrived more than `frame` after the abort was sent.
+    pub late_frames: usize,
+    /// From the abort to `tts stop`.
+    pub stop_after: std::time::Duration,
+}
+
+/// Sends `abort` and watches the downlink until half a second after `tts stop` (at most 2 s
+/// without an event): frames later than one `frame` after the abort, and when `tts stop` came.
+pub async fn abort_and_watch(
+    device: &mut xiaozhi_server::simulator::SimDevice,
+    frame: std::time::Duration,
+) -> anyhow::Result<AbortOutcome> {
+    use std::time::{Duration, Instant};
+    use xiaozhi_server::simulator::SimEvent;
+    let aborted_at = Instant::now();
+    device.abort().await?;
+    let (mut late_frames, mut stop_at) = (0, None);
+    while let Some((at, event)) = device.next_event(Duration::from_secs(2)).await {
+        match event {
+            SimEvent::Audio { .. } if at > aborted_at + frame => late_frames += 1,
+            SimEvent::Json(v) if v["type"] == "tts" && v["state"] == "stop" => {
+                stop_at.get_or_insert(at);
+            }
+            _ => {}
+        }
+        if stop_at.is_some_and(|s: Instant| at > s + Duration::from_millis(500)) {
+            break;
+        }
+    }
+    let stop_at = stop_at.ok_or_else(|| anyhow::anyhow!("no tts stop after the abort"))?;
+    Ok(AbortOutcome { late_frames, stop_after: stop_at.duration_since(aborted_at) })
+}

@@ -154,15 +154,13 @@ pub fn unknown_tool(name: &str) -> ExtensionError {
     ExtensionError::NotFound(format!("unknown tool {name:?}"))
 }
 
-/// Exports the `tool` interface for the tools given (types implementing [`Tool`]).
-#[cfg(not(any(feature = "player", feature = "context")))]
+/// The `tool` export of `$guest` for the tools given: `describe` lists their definitions,
+/// `call` runs the one named.
+#[doc(hidden)]
 #[macro_export]
-macro_rules! export_tools {
-    ($($tool:ty),+ $(,)?) => {
-        #[doc(hidden)]
-        pub struct __XiaozhiTools;
-
-        impl $crate::world::exports::xiaozhi::extension::tool::Guest for __XiaozhiTools {
+macro_rules! __tool_guest {
+    ($guest:ident; $($tool:ty),+) => {
+        impl $crate::world::exports::xiaozhi::extension::tool::Guest for $guest {
             fn describe() -> ::std::vec::Vec<$crate::ToolDefinition> {
                 ::std::vec![$(<$tool as $crate::Tool>::definition()),+]
             }
@@ -180,6 +178,18 @@ macro_rules! export_tools {
                 Err($crate::unknown_tool(&name))
             }
         }
+    };
+}
+
+/// Exports the `tool` interface for the tools given (types implementing [`Tool`]).
+#[cfg(not(any(feature = "player", feature = "context")))]
+#[macro_export]
+macro_rules! export_tools {
+    ($($tool:ty),+ $(,)?) => {
+        #[doc(hidden)]
+        pub struct __XiaozhiTools;
+
+        $crate::__tool_guest!(__XiaozhiTools; $($tool),+);
 
         $crate::world::__export_world!(__XiaozhiTools with_types_in $crate::world);
     };
@@ -194,24 +204,7 @@ macro_rules! export_player {
         #[doc(hidden)]
         pub struct __XiaozhiPlayer;
 
-        impl $crate::world::exports::xiaozhi::extension::tool::Guest for __XiaozhiPlayer {
-            fn describe() -> ::std::vec::Vec<$crate::ToolDefinition> {
-                ::std::vec![$(<$tool as $crate::Tool>::definition()),+]
-            }
-
-            fn call(
-                name: ::std::string::String,
-                arguments_json: ::std::string::String,
-                context: $crate::CallContext,
-            ) -> ::std::result::Result<$crate::ToolResult, $crate::ExtensionError> {
-                $(
-                    if name == <$tool as $crate::Tool>::NAME {
-                        return $crate::run::<$tool>(&arguments_json, &context);
-                    }
-                )+
-                Err($crate::unknown_tool(&name))
-            }
-        }
+        $crate::__tool_guest!(__XiaozhiPlayer; $($tool),+);
 
         impl $crate::world::exports::xiaozhi::extension::media::Guest for __XiaozhiPlayer {
             fn read(
