@@ -1,7 +1,8 @@
 //! End-to-end: the built-in extensions that call web APIs, configured as a Python server user
 //! configures the plugins (`plugins.<id>` in the override file), against mocks of the vendors'
 //! APIs (`tests/src/vendors/`): Home Assistant (`hass_get_state`, `hass_set_state`,
-//! `hass_play_music`), web search (Tavily and Metaso) and RAGFlow (`search_from_ragflow`).
+//! `hass_play_music`), web search (Tavily and Metaso), RAGFlow (`search_from_ragflow`) and the
+//! news tools (China News RSS, newsnow).
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use serde_json::{Value, json};
 use xiaozhi_e2e::harness::TestServer;
 use xiaozhi_e2e::mock::{MockOpenAi, MockScript};
 use xiaozhi_e2e::vendors::home_assistant::HomeAssistantMock;
+use xiaozhi_e2e::vendors::news::{NewsMock, TITLES};
 use xiaozhi_e2e::vendors::ragflow::RagflowMock;
 use xiaozhi_e2e::vendors::web_search::SearchMock;
 
@@ -196,6 +198,64 @@ async fn search_from_ragflow_gives_the_llm_the_knowledge_base_chunks() -> anyhow
     );
     assert_eq!(offered_description(&mock, "search_from_ragflow"), "当用户问退货或配送时调用");
     assert_eq!(rag.requests()[0]["dataset_ids"], json!(["ds-1"]));
+    server.server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn news_tools_read_a_feed_and_newsnow_and_summarise_long_articles_with_the_llm() -> anyhow::Result<()> {
+    // 40 paragraphs: longer than the extension keeps unsummarised, so the server's LLM is asked.
+    let news = NewsMock::start(40).await?;
+    let plugins = format!(
+        "plugins:\n  get_news_from_chinanews:\n    society_rss_url: \"{}\"\n  get_news_from_newsnow:\n    url: \"{}\"\n",
+        news.feed_url(),
+        news.newsnow_url()
+    );
+    let mock =
+        MockOpenAi::start(MockScript::default().rule("用不超过五句话概括", "公园新增了儿童乐园，市民反响热烈。").tool(
+            "news",
+            "get_news_from_chinanews",
+            json!({"category": "社会", "lang": "zh_CN"}),
+            "😊 有一条社会新闻。",
+        ))
+        .await?;
+    let server = TestServer::start(&mock, &plugins).await?;
+    let mut device = server.device("aa:bb:cc:00:05:05", 1).await?;
+
+    // A random item of the feed goes to the LLM, in the Python plugin's words.
+    device.detect("any news today").await?;
+    device.collect_reply(REPLY_WAIT).await?;
+    let told = last_tool_message(&mock);
+    assert!(told.starts_with("根据下列数据，用zh_CN回应用户的新闻查询请求"), "{told}");
+    let title = TITLES.iter().find(|t| told.contains(&format!("新闻标题: {t}"))).copied();
+    let title = title.unwrap_or_else(|| panic!("an item of the feed: {told}"));
+
+    // "Tell me more": the same item's article, summarised by the server's LLM.
+    mock.set_script(MockScript::default().rule("用不超过五句话概括", "公园新增了儿童乐园，市民反响热烈。").tool(
+        "more",
+        "get_news_from_chinanews",
+        json!({"detail": true, "lang": "zh_CN"}),
+        "😊 详细情况是这样的。",
+    ));
+    device.detect("tell me more").await?;
+    device.collect_reply(REPLY_WAIT).await?;
+    let detail = last_tool_message(&mock);
+    assert!(detail.contains(&format!("新闻标题: {title}")), "the item told before: {detail}");
+    assert!(detail.contains("详细内容: 公园新增了儿童乐园，市民反响热烈。"), "summarised: {detail}");
+
+    // newsnow: the source's headline.
+    mock.set_script(MockScript::default().tool(
+        "hot",
+        "get_news_from_newsnow",
+        json!({"source": "百度热搜", "lang": "zh_CN"}),
+        "😊 这是百度热搜。",
+    ));
+    device.detect("what is hot on baidu").await?;
+    device.collect_reply(REPLY_WAIT).await?;
+    let told = last_tool_message(&mock);
+    assert!(TITLES.iter().any(|t| told.contains(&format!("新闻标题: {t}"))), "{told}");
+    let description = offered_description(&mock, "get_news_from_newsnow");
+    assert!(description.contains("澎湃新闻、百度热搜、财联社"), "{description}");
     server.server.shutdown().await;
     Ok(())
 }

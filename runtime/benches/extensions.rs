@@ -3,16 +3,19 @@
 //! Prints the tool call overhead of the WebAssembly `get_time` extension (a fresh store, an
 //! instantiation and the call; p50/p99) next to a native call doing the same work, the load time
 //! with and without the compile cache, and the time from a new `.wasm` landing in the watched
-//! directory to it serving; and the size, load time and call time of `get_lunar` (which carries
-//! the `tyme4rs` calendar). Needs the guests built by `extensions/build.sh`.
+//! directory to it serving; the size, load time and call time of `get_lunar` (which carries
+//! the `tyme4rs` calendar); the size and cold/cached load time of every built-in; the call of a
+//! WIT 0.2 tool (`handle_exit_intent`, SDK) beside a 0.1 one (`get_time`, through the adapter);
+//! and the time from a `play_music` call to its first decoded audio. Needs the guests built by
+//! `extensions/build.sh`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use xiaozhi_server::config::ExtensionsConfig;
+use xiaozhi_server::config::{ExtensionsConfig, Grant};
 use xiaozhi_server::extensions::registry::{self, Registry};
-use xiaozhi_server::extensions::{CallContext, ExtensionHost, HostServices};
+use xiaozhi_server::extensions::{CallContext, Effect, ExtensionHost, ExtensionScope, HostServices, Manifest};
 use xiaozhi_server::store::memory::MemoryStore;
 
 fn guest(name: &str) -> PathBuf {
@@ -22,7 +25,43 @@ fn guest(name: &str) -> PathBuf {
 }
 
 fn host(cache: &Path) -> Arc<ExtensionHost> {
-    let config = ExtensionsConfig { dirs: Vec::new(), cache_dir: cache.to_owned(), grants: Default::default() };
+    granted_host(cache, Default::default())
+}
+
+/// A host granting each built-in what its manifest asks for (a media directory: `media`).
+fn host_for_builtins(cache: &Path, media: &Path) -> Arc<ExtensionHost> {
+    let mut grants = std::collections::BTreeMap::new();
+    for dir in builtins() {
+        let text = std::fs::read_to_string(dir.join("extension.toml")).expect("manifest");
+        let manifest = Manifest::parse(&text).expect("manifest parses");
+        let caps = &manifest.capabilities;
+        let grant = Grant {
+            http_hosts: caps.http_hosts.clone(),
+            kv: caps.kv,
+            llm: caps.llm,
+            media_dirs: caps.media_dirs.iter().map(|name| (name.clone(), media.to_owned())).collect(),
+            ..Grant::default()
+        };
+        grants.insert(manifest.id, grant);
+    }
+    granted_host(cache, grants)
+}
+
+/// Every built-in extension directory (with an `extension.toml`), in name order.
+fn builtins() -> Vec<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../extensions");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .expect("extensions/")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|d| d.join("extension.toml").is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn granted_host(cache: &Path, grants: std::collections::BTreeMap<String, Grant>) -> Arc<ExtensionHost> {
+    let config = ExtensionsConfig { dirs: Vec::new(), cache_dir: cache.to_owned(), grants };
     Arc::new(
         ExtensionHost::new(
             &config,
@@ -124,12 +163,94 @@ async fn main() {
         format!("{:.0} µs", us(percentile(&wasm, 0.5)) - us(percentile(&native, 0.5))),
     );
 
+    // A WIT 0.2 tool (the SDK's handle_exit_intent: three effects) beside a 0.1 one (get_time,
+    // whose text the adapter turns into an effect): the whole call, fresh store and instance.
+    let exit = host.load(&guest("handle_exit_intent")).await.expect("load");
+    let mut v02 = Vec::new();
+    for _ in 0..2000 {
+        let t = Instant::now();
+        host.call_tool(&exit, "handle_exit_intent", r#"{"say_goodbye":"bye"}"#, ctx.clone()).await.expect("call");
+        v02.push(t.elapsed());
+    }
+    v02.sort();
+    row(
+        "0.2 tool call (handle_exit_intent, SDK) p50/p99",
+        format!("{:.0} / {:.0} µs", us(percentile(&v02, 0.5)), us(percentile(&v02, 0.99))),
+    );
+    row(
+        "0.1 tool call through the adapter (get_time) p50/p99",
+        format!("{:.0} / {:.0} µs", us(percentile(&wasm, 0.5)), us(percentile(&wasm, 0.99))),
+    );
+
+    // Every built-in: size, load compiling / from the compile cache.
+    let media = tempfile::tempdir().expect("media");
+    let samples: Vec<i16> = (0..48_000).map(|i| ((i as f32 * 0.05).sin() * 8_000.0) as i16).collect();
+    std::fs::write(media.path().join("tone.wav"), xiaozhi_server::audio::decode::wav_bytes(&samples, 16_000))
+        .expect("song");
+    let builtin_cache = tempfile::tempdir().expect("tempdir");
+    for dir in builtins() {
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let bytes = std::fs::metadata(dir.join(format!("{name}.wasm"))).map(|m| m.len()).unwrap_or_default();
+        let started = Instant::now();
+        let cold = host_for_builtins(builtin_cache.path(), media.path()).load(&dir).await;
+        let cold_ms = started.elapsed();
+        let started = Instant::now();
+        let cached = host_for_builtins(builtin_cache.path(), media.path()).load(&dir).await;
+        let cached_ms = started.elapsed();
+        let figure = match (cold, cached) {
+            (Ok(_), Ok(again)) if again.from_cache => format!(
+                "{} KiB; {:.1} / {:.1} ms",
+                bytes / 1024,
+                cold_ms.as_secs_f64() * 1e3,
+                cached_ms.as_secs_f64() * 1e3
+            ),
+            (Err(e), _) | (_, Err(e)) => format!("{} KiB; not loaded: {e}", bytes / 1024),
+            _ => format!("{} KiB; the second load missed the cache", bytes / 1024),
+        };
+        row(&format!("{name}: size; load compiling / cached"), figure);
+    }
+
+    // play_music: from the call to the first decoded chunk of the song (the speaker takes it
+    // from there; the announcement's speech is the TTS's time and not counted here).
+    let music_root = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(music_root.path().join("play_music")).expect("mkdir");
+    for file in ["extension.toml", "play_music.wasm"] {
+        std::fs::copy(guest("play_music").join(file), music_root.path().join("play_music").join(file)).expect("copy");
+    }
+    let music_host = host_for_builtins(builtin_cache.path(), media.path());
+    let registry = Registry::new(Arc::clone(&music_host), vec![music_root.path().to_owned()]);
+    registry.reload().await;
+    let snapshot = registry.snapshot();
+    let player = snapshot.extensions.get("play_music").cloned().expect("play_music serves");
+    let scope = ExtensionScope { snapshot, host: Arc::clone(&music_host), context: ctx.clone() };
+    let limits = xiaozhi_server::media::MediaLimits { max_bytes: 64 << 20, max_seconds: 1200 };
+    let mut first_audio = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let result =
+            music_host.call_tool(&player, "play_music", r#"{"song_name":"tone"}"#, ctx.clone()).await.expect("call");
+        let Some(Effect::Play(play)) = result.effects.iter().find(|e| matches!(e, Effect::Play(_))).cloned() else {
+            panic!("no play effect: {result:?}")
+        };
+        let mut chunks = xiaozhi_server::media::open(&play.source, &player, &scope, limits).await.expect("open");
+        chunks.recv().await.expect("a first chunk");
+        first_audio.push(t.elapsed());
+    }
+    first_audio.sort();
+    row(
+        "play_music call -> first decoded audio (WAV) p50/p99",
+        format!("{:.0} / {:.0} µs", us(percentile(&first_audio, 0.5)), us(percentile(&first_audio, 0.99))),
+    );
+
     // Hot swap: file landing → new version serving, alternating two components.
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("swap");
     std::fs::create_dir_all(&dir).expect("mkdir");
     let manifest = std::fs::read_to_string(guest("get_time").join("extension.toml")).expect("manifest");
-    std::fs::write(dir.join("extension.toml"), manifest.replace("id = \"get_time\"", "id = \"swap\"")).expect("write");
+    let manifest = manifest.replace("id = \"get_time\"", "id = \"swap\"");
+    // get_time is a WIT 0.1 component, handle_exit_intent a 0.2 one: each lands with its manifest.
+    let manifests = [manifest.clone(), manifest.replace("xiaozhi:extension@0.1.0", "xiaozhi:extension@0.2.0")];
+    std::fs::write(dir.join("extension.toml"), &manifests[0]).expect("write");
     let versions = [
         std::fs::read(guest("get_time").join("get_time.wasm")).expect("wasm"),
         std::fs::read(guest("handle_exit_intent").join("handle_exit_intent.wasm")).expect("wasm"),
@@ -144,6 +265,7 @@ async fn main() {
         let v = i % 2;
         // Make each landing a new file (its bytes change) so the compile cache is not what is
         // measured on the first two swaps only: from the third on, both versions are cached.
+        std::fs::write(dir.join("extension.toml"), &manifests[v]).expect("manifest");
         let tmp = dir.join("swap.wasm.tmp");
         std::fs::write(&tmp, &versions[v]).expect("write");
         let landed = Instant::now();

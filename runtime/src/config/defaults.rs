@@ -247,6 +247,8 @@ impl Default for ExtensionsConfig {
             grants: BTreeMap::from([
                 ("intent_llm".to_owned(), Grant { llm: true, ..Grant::default() }),
                 ("mem_local_short".to_owned(), Grant { kv: true, llm: true, ..Grant::default() }),
+                ("get_news_from_chinanews".to_owned(), Grant { kv: true, llm: true, ..Grant::default() }),
+                ("get_news_from_newsnow".to_owned(), Grant { kv: true, llm: true, ..Grant::default() }),
             ]),
         }
     }

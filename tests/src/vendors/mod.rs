@@ -1,6 +1,6 @@
 //! Protocol peers of the vendors' speech and chat APIs, for the end-to-end tests of the vendor
 //! providers (`runtime/src/{asr,tts,llm}/<type>.rs`), and of the web APIs the built-in
-//! extensions call (Home Assistant, RAGFlow, Tavily, Metaso). Each mock is written from the vendor's
+//! extensions call (Home Assistant, RAGFlow, Tavily, Metaso, China News RSS, newsnow). Each mock is written from the vendor's
 //! published API documentation (its header names the pages): the same framing, authentication,
 //! error frames and end of stream a real vendor endpoint has, on loopback.
 //!
@@ -21,6 +21,7 @@ pub mod gemini;
 pub mod gpt_sovits;
 pub mod home_assistant;
 pub mod minimax;
+pub mod news;
 pub mod ragflow;
 pub mod siliconflow;
 pub mod tencent;
