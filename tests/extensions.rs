@@ -374,6 +374,47 @@ async fn play_music_plays_the_song_paced_abort_stops_it_and_the_next_question_wo
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_calls_a_device_tool_streams_its_own_audio_and_speaks_through_effects() -> anyhow::Result<()> {
+    // The doorbell example (not installed by default): copied into an extensions directory of
+    // this server's own.
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../extensions/examples/doorbell");
+    assert!(example.join("doorbell.wasm").is_file(), "run `extensions/build.sh extensions/examples/doorbell` first");
+    let installed = tempfile::tempdir()?;
+    std::fs::create_dir_all(installed.path().join("doorbell"))?;
+    for file in ["extension.toml", "doorbell.wasm"] {
+        std::fs::copy(example.join(file), installed.path().join("doorbell").join(file))?;
+    }
+    let mock = MockOpenAi::start(MockScript::default().tool(
+        "door",
+        "ring_doorbell",
+        json!({"who": "The postman"}),
+        "😊 I turned the speaker up and rang.",
+    ))
+    .await?;
+    let server = TestServer::start_with_extensions(&mock, installed.path(), "").await?;
+    let mut device = server.device("aa:bb:cc:00:04:0c", 1).await?;
+    let frame_ms = u64::from(device.downlink_frame_ms());
+    device.detect("who is at the door").await?;
+    let (chime, sentences) = song_frames(&mut device, "叮咚", REPLY_WAIT).await;
+    // 1. The device's own volume tool was called (an MCP tools/call over the session).
+    assert!(
+        device.mcp_calls().iter().any(|(name, _)| name == "self.audio_speaker.set_volume"),
+        "{:?}",
+        device.mcp_calls()
+    );
+    assert_eq!(device.volume(), 80);
+    // 2. The chime the extension streamed (1 200 ms, stereo 16 kHz chunks through media.read).
+    let chime_ms = chime.len() as u64 * frame_ms;
+    assert!((1_140..=1_320).contains(&chime_ms), "{chime_ms} ms of chime for 1 200 ms streamed");
+    // 3. Then what it said, and the LLM's answer with the device tool's result.
+    assert_eq!(sentences.first().map(String::as_str), Some("叮咚"), "{sentences:?}");
+    assert!(sentences.iter().any(|s| s == "The postman is at the door"), "{sentences:?}");
+    assert!(sentences.iter().any(|s| s.starts_with("I turned the speaker up")), "{sentences:?}");
+    server.server.shutdown().await;
+    Ok(())
+}
+
 /// The bodies of the chat requests the mock received, in order.
 fn chat_requests(mock: &MockOpenAi) -> Vec<Value> {
     mock.requests().into_iter().filter(|r| r.path.ends_with("/chat/completions")).map(|r| r.body).collect()

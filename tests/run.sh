@@ -18,10 +18,11 @@ fi
 extensions/build.sh
 extensions/examples/exit_c/build.sh
 extensions/examples/exit_py/build.sh
+extensions/build.sh extensions/examples/doorbell
 status=0
 # The guests' own tests, natively, in one shared build directory (their common dependencies,
 # the SDK and wit-bindgen among them, are built once).
-for manifest in extensions/*/Cargo.toml; do
+for manifest in extensions/*/Cargo.toml extensions/examples/*/Cargo.toml; do
   echo "==> guest tests: ${manifest%/Cargo.toml}"
   CARGO_TARGET_DIR=target/guest-tests cargo test --quiet --manifest-path "$manifest" || status=1
 done

@@ -93,7 +93,7 @@ pub async fn open(
             Ok(decode_in_background(what, Box::new(file), format, limits))
         }
         AudioSource::Url(url) => {
-            let bytes = download(url, ext, scope, limits.max_bytes).await?;
+            let bytes = download(url, &ext.grant, ext.id(), scope.host.http_client(), limits.max_bytes).await?;
             let format = format_hint(Path::new(url.split(['?', '#']).next().unwrap_or_default()));
             Ok(decode_in_background(url.clone(), Box::new(std::io::Cursor::new(bytes)), format, limits))
         }
@@ -168,12 +168,13 @@ fn format_hint(path: &Path) -> &'static str {
     }
 }
 
-/// Downloads `url` for `ext`: a granted host, `http`/`https`, at most `max_bytes`, within the
-/// extension's call timeout.
+/// Downloads `url` for the extension `id` with `grant`: a granted host, `http`/`https`, at most
+/// `max_bytes`, within the extension's call timeout.
 async fn download(
     url: &str,
-    ext: &LoadedExtension,
-    scope: &ExtensionScope,
+    grant: &crate::extensions::EffectiveGrant,
+    id: &str,
+    client: &reqwest::Client,
     max_bytes: u64,
 ) -> Result<Vec<u8>, MediaError> {
     let denied = |why: String| MediaError::Denied { what: url.to_owned(), why };
@@ -182,12 +183,12 @@ async fn download(
         return Err(denied("only http and https URLs play".into()));
     }
     let host = parsed.host_str().unwrap_or_default();
-    if !ext.grant.allows_host(host) {
-        return Err(denied(format!("the host {host} is not granted to extension {}", ext.id())));
+    if !grant.allows_host(host) {
+        return Err(denied(format!("the host {host} is not granted to extension {id}")));
     }
     let unreadable = |why: String| MediaError::Unreadable { what: url.to_owned(), why };
     let fetch = async {
-        let mut response = scope.host.http_client().get(parsed).send().await.map_err(|e| unreadable(e.to_string()))?;
+        let mut response = client.get(parsed).send().await.map_err(|e| unreadable(e.to_string()))?;
         if !response.status().is_success() {
             return Err(unreadable(format!("HTTP {}", response.status())));
         }
@@ -200,7 +201,7 @@ async fn download(
         }
         Ok(body)
     };
-    let limit = ext.grant.timeout.max(Duration::from_secs(1));
+    let limit = grant.timeout.max(Duration::from_secs(1));
     tokio::time::timeout(limit, fetch).await.map_err(|_| unreadable(format!("no whole answer within {limit:?}")))?
 }
 
@@ -392,6 +393,56 @@ mod tests {
         }
         assert_eq!(total, 32_000, "2 s of the 3 s file play");
         assert!(chunks >= 10, "{chunks} chunks");
+    }
+
+    /// Serves `body` once per connection on loopback, as a bare HTTP/1.1 answer.
+    async fn serve(body: Vec<u8>) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut request = [0u8; 1024];
+                let _ = socket.read(&mut request).await;
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-type: audio/wav\r\ncontent-length: {}\r\n\r\n", body.len());
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(&body).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_url_plays_only_from_a_granted_host_and_within_the_size_limit() {
+        let wav = decode::wav_bytes(&vec![100i16; 8_000], 16_000);
+        let addr = serve(wav.clone()).await;
+        let url = format!("http://{addr}/bell.wav");
+        let client = reqwest::Client::new();
+        let mut grant = crate::extensions::EffectiveGrant {
+            memory_bytes: 1 << 20,
+            timeout: Duration::from_secs(2),
+            http_hosts: Default::default(),
+            kv: false,
+            llm: false,
+            config: Default::default(),
+            media_dirs: Default::default(),
+        };
+        let err = download(&url, &grant, "x", &client, 1 << 20).await.expect_err("not granted").to_string();
+        assert!(err.contains("the host 127.0.0.1 is not granted to extension x"), "{err}");
+        grant.http_hosts.insert("127.0.0.1".into());
+        let bytes = download(&url, &grant, "x", &client, 1 << 20).await.expect("granted");
+        assert_eq!(bytes, wav);
+        let err = download(&url, &grant, "x", &client, 1_000).await.expect_err("too big").to_string();
+        assert!(err.contains("more than limits.media_file_bytes = 1000"), "{err}");
+        assert!(download("ftp://127.0.0.1/a", &grant, "x", &client, 1 << 20).await.is_err());
+        // What was downloaded plays: half a second at 16 kHz.
+        let limits = MediaLimits { max_bytes: 1 << 20, max_seconds: 10 };
+        let mut rx = decode_in_background(url, Box::new(std::io::Cursor::new(bytes)), "wav", limits);
+        let mut total = 0;
+        while let Some(AudioChunk::Pcm { samples, .. }) = rx.recv().await {
+            total += samples.len();
+        }
+        assert_eq!(total, 8_000);
     }
 
     #[test]

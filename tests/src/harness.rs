@@ -60,6 +60,19 @@ impl TestServer {
         Self::start_from(base, providers, "", "", false).await
     }
 
+    /// Like [`TestServer::start`], with `extensions_dir` searched for extensions too (after the
+    /// repository's).
+    pub async fn start_with_extensions(mock: &MockOpenAi, extensions_dir: &Path, extra: &str) -> anyhow::Result<Self> {
+        let _ = tracing_subscriber_init();
+        let dir = tempfile::tempdir()?;
+        write_override_with(dir.path(), &mock.config_override_yaml(), "", extra, &[extensions_dir])?;
+        let source =
+            ConfigSource { base: repo_root().join("config.yaml"), override_path: dir.path().join(".config.yaml") };
+        let server =
+            server::start(ServerOptions { source, data_dir: dir.path().to_path_buf(), watch_config: false }).await?;
+        Ok(Self { server, dir })
+    }
+
     async fn start_inner(providers: &str, server_extra: &str, extra: &str, watch: bool) -> anyhow::Result<Self> {
         Self::start_from(&repo_root().join("config.yaml"), providers, server_extra, extra, watch).await
     }
@@ -122,15 +135,27 @@ pub async fn metric(http_addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
 /// (`selected_module` and provider dictionaries) and `extra` top-level YAML; `server_extra` goes
 /// inside `server:` (indented by two spaces).
 pub fn write_override(data_dir: &Path, providers: &str, server_extra: &str, extra: &str) -> anyhow::Result<()> {
+    write_override_with(data_dir, providers, server_extra, extra, &[])
+}
+
+/// [`write_override`], with `more_extensions` searched for extensions after the repository's.
+pub fn write_override_with(
+    data_dir: &Path,
+    providers: &str,
+    server_extra: &str,
+    extra: &str,
+    more_extensions: &[&Path],
+) -> anyhow::Result<()> {
     let models = repo_root().join("models").canonicalize().context("models/ is missing: run models/fetch.sh")?;
     let yaml = format!(
         "server:\n  ip: 127.0.0.1\n  port: 0\n  http_port: 0\n{server_extra}\
-         extensions:\n  dirs: [\"{extensions}\"]\n  cache_dir: \"{cache}\"\n\
+         extensions:\n  dirs: [\"{extensions}\"{more}]\n  cache_dir: \"{cache}\"\n\
          models:\n  dir: \"{models}\"\n\
          VAD:\n  SileroVAD:\n    type: silero\n    model_dir: \"{models}\"\n    min_silence_duration_ms: 500\n\
          {providers}{extra}",
         models = models.display(),
         extensions = repo_root().join("extensions").display(),
+        more = more_extensions.iter().map(|d| format!(", \"{}\"", d.display())).collect::<String>(),
         cache = data_dir.join("cache").display(),
     );
     std::fs::create_dir_all(data_dir)?;
