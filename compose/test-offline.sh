@@ -203,7 +203,8 @@ variant="$work/variant/get_time"
 mkdir -p "$(dirname "$variant")"
 cp -R extensions/get_time "$variant"
 rm -f "$variant"/*.wasm
-sed -i "s|\"../../wit/|\"$ROOT/wit/|" "$variant/src/lib.rs"
+# The copy lives elsewhere: its path dependency on the guest SDK must point back here.
+sed -i "s|path = \"../sdk\"|path = \"$ROOT/extensions/sdk\"|" "$variant/Cargo.toml"
 sed -i 's|"Date: |"Date V2X: |; s|当前日期：|当前日期V2X：|' "$variant/src/tool.rs"
 (( $(grep -c 'V2X' "$variant/src/tool.rs") >= 2 )) || fail "could not make the get_time variant"
 extensions/build.sh "$variant" >"$work/variant-build.log" 2>&1 || { tail -20 "$work/variant-build.log"; fail "building the variant"; }

@@ -25,7 +25,7 @@ async fn a_turn_calls_the_get_time_extension_and_the_answer_goes_back_to_the_llm
         reqwest::get(format!("http://{}/xiaozhi/extensions", server.server.http_addr)).await?.json().await?;
     let list = status["extensions"].as_array().cloned().unwrap_or_default();
     let get_time = list.iter().find(|e| e["id"] == "get_time").expect("get_time listed");
-    assert_eq!(get_time["serving"], "0.1.0", "{status}");
+    assert_eq!(get_time["serving"], "0.2.0", "{status}");
     let weather = list.iter().find(|e| e["id"] == "get_weather").expect("get_weather listed");
     assert!(weather["error"].as_str().is_some_and(|e| e.contains("not granted")), "{weather}");
 

@@ -127,7 +127,7 @@ async fn a_typical_user_override_starts_and_its_weather_key_reaches_get_weather(
         reqwest::get(format!("http://{}/xiaozhi/extensions", server.server.http_addr)).await?.json().await?;
     let list = status["extensions"].as_array().cloned().unwrap_or_default();
     let weather = list.iter().find(|e| e["id"] == "get_weather").expect("get_weather listed");
-    assert_eq!(weather["serving"], "0.1.0", "{status}");
+    assert_eq!(weather["serving"], "0.2.0", "{status}");
     let device = server.device("aa:bb:cc:00:0e:02", 1).await?;
     assert_eq!(device.server_hello()["type"], "hello");
     device.close_abruptly().await;

@@ -5,7 +5,8 @@
 //! with and without the compile cache, and the time from a new `.wasm` landing in the watched
 //! directory to it serving; the size, load time and call time of `get_lunar` (which carries
 //! the `tyme4rs` calendar); the size and cold/cached load time of every built-in; the call of a
-//! WIT 0.2 tool (`handle_exit_intent`, SDK) beside a 0.1 one (`get_time`, through the adapter);
+//! `get_time` built against WIT 0.2 (SDK) beside the previous release's 0.1.0 build (through the
+//! adapter);
 //! and the time from a `play_music` call to its first decoded audio. Needs the guests built by
 //! `extensions/build.sh`.
 
@@ -121,14 +122,16 @@ async fn main() {
     );
 
     // Load: cold (compile) vs from the compile cache (a second host on the same cache dir, as
-    // after a restart).
+    // after a restart). get_time as the previous release built it (WIT 0.1.0, through the
+    // adapter), the same tool built against 0.2 with the SDK further down.
+    let get_time_01 = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/extensions/testdata/get_time-0.1.0");
     let started = Instant::now();
-    let cold = host(cache.path()).load(&guest("get_time")).await.expect("load");
+    let cold = host(cache.path()).load(&get_time_01).await.expect("load");
     let cold_ms = started.elapsed();
     assert!(!cold.from_cache);
     let host = host(cache.path());
     let started = Instant::now();
-    let ext = host.load(&guest("get_time")).await.expect("load");
+    let ext = host.load(&get_time_01).await.expect("load");
     let cached_ms = started.elapsed();
     assert!(ext.from_cache);
     row("load get_time, compiling (no cache)", format!("{:.1} ms", cold_ms.as_secs_f64() * 1e3));
@@ -163,22 +166,23 @@ async fn main() {
         format!("{:.0} µs", us(percentile(&wasm, 0.5)) - us(percentile(&native, 0.5))),
     );
 
-    // A WIT 0.2 tool (the SDK's handle_exit_intent: three effects) beside a 0.1 one (get_time,
-    // whose text the adapter turns into an effect): the whole call, fresh store and instance.
-    let exit = host.load(&guest("handle_exit_intent")).await.expect("load");
+    // The same tool, get_time, built against WIT 0.2 with the SDK beside the previous release's
+    // 0.1.0 build (whose text the adapter turns into an effect): the whole call, fresh store and
+    // instance, same work inside.
+    let get_time_02 = host.load(&guest("get_time")).await.expect("load");
     let mut v02 = Vec::new();
     for _ in 0..2000 {
         let t = Instant::now();
-        host.call_tool(&exit, "handle_exit_intent", r#"{"say_goodbye":"bye"}"#, ctx.clone()).await.expect("call");
+        host.call_tool(&get_time_02, "get_time", "{}", ctx.clone()).await.expect("call");
         v02.push(t.elapsed());
     }
     v02.sort();
     row(
-        "0.2 tool call (handle_exit_intent, SDK) p50/p99",
+        "get_time 0.2.0 (SDK) call p50/p99",
         format!("{:.0} / {:.0} µs", us(percentile(&v02, 0.5)), us(percentile(&v02, 0.99))),
     );
     row(
-        "0.1 tool call through the adapter (get_time) p50/p99",
+        "get_time 0.1.0 (previous release, adapter) call p50/p99",
         format!("{:.0} / {:.0} µs", us(percentile(&wasm, 0.5)), us(percentile(&wasm, 0.99))),
     );
 
@@ -246,13 +250,13 @@ async fn main() {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("swap");
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let manifest = std::fs::read_to_string(guest("get_time").join("extension.toml")).expect("manifest");
+    let manifest = std::fs::read_to_string(get_time_01.join("extension.toml")).expect("manifest");
     let manifest = manifest.replace("id = \"get_time\"", "id = \"swap\"");
-    // get_time is a WIT 0.1 component, handle_exit_intent a 0.2 one: each lands with its manifest.
+    // get_time 0.1.0 and handle_exit_intent (0.2) alternate: each lands with its manifest.
     let manifests = [manifest.clone(), manifest.replace("xiaozhi:extension@0.1.0", "xiaozhi:extension@0.2.0")];
     std::fs::write(dir.join("extension.toml"), &manifests[0]).expect("write");
     let versions = [
-        std::fs::read(guest("get_time").join("get_time.wasm")).expect("wasm"),
+        std::fs::read(get_time_01.join("get_time.wasm")).expect("wasm"),
         std::fs::read(guest("handle_exit_intent").join("handle_exit_intent.wasm")).expect("wasm"),
     ];
     let tools = ["get_time", "handle_exit_intent"];

@@ -23,8 +23,9 @@
 //! `export_tools!` exports the `tool` interface (world `tool-extension`) for one or more tools;
 //! with the feature `player`, `export_player!` also exports `media` for tools that stream audio of
 //! their own (world `player-extension`); with the feature `context`, `export_context!` exports
-//! lines for the system prompt (world `context-extension`). One world per build: the features
-//! exclude each other. The host imports (`log`, `config`, `kv`, `http`, `llm`) are in [`host`],
+//! lines for the system prompt (world `context-extension`); with `intent` or `memory`,
+//! `export_intent!` / `export_memory!` export intent recognition or long-term memory. One world per
+//! build: the features exclude each other. The host imports (`log`, `config`, `kv`, `http`, `llm`) are in [`host`],
 //! with the shared types ([`Effect`], [`CallContext`], ...) at the crate root.
 //!
 //! Everything also compiles for the build machine, so a guest's logic is unit-tested with a
@@ -46,10 +47,44 @@ pub mod host {
 /// wit-bindgen's export glue of two worlds cannot live in one crate.)
 #[doc(hidden)]
 pub mod world {
-    #[cfg(not(any(feature = "player", feature = "context")))]
+    #[cfg(not(any(feature = "player", feature = "context", feature = "intent", feature = "memory")))]
     wit_bindgen::generate!({
         path: "../../wit/xiaozhi-extension@0.2.0",
         world: "tool-extension",
+        with: {
+            "xiaozhi:extension/types@0.2.0": crate::host::types,
+            "xiaozhi:extension/log@0.2.0": crate::host::log,
+            "xiaozhi:extension/config@0.2.0": crate::host::config,
+            "xiaozhi:extension/kv@0.2.0": crate::host::kv,
+            "xiaozhi:extension/http@0.2.0": crate::host::http,
+            "xiaozhi:extension/llm@0.2.0": crate::host::llm,
+        },
+        default_bindings_module: "xiaozhi_sdk::world",
+        pub_export_macro: true,
+        export_macro_name: "__export_world",
+    });
+
+    #[cfg(feature = "intent")]
+    wit_bindgen::generate!({
+        path: "../../wit/xiaozhi-extension@0.2.0",
+        world: "intent-extension",
+        with: {
+            "xiaozhi:extension/types@0.2.0": crate::host::types,
+            "xiaozhi:extension/log@0.2.0": crate::host::log,
+            "xiaozhi:extension/config@0.2.0": crate::host::config,
+            "xiaozhi:extension/kv@0.2.0": crate::host::kv,
+            "xiaozhi:extension/http@0.2.0": crate::host::http,
+            "xiaozhi:extension/llm@0.2.0": crate::host::llm,
+        },
+        default_bindings_module: "xiaozhi_sdk::world",
+        pub_export_macro: true,
+        export_macro_name: "__export_world",
+    });
+
+    #[cfg(feature = "memory")]
+    wit_bindgen::generate!({
+        path: "../../wit/xiaozhi-extension@0.2.0",
+        world: "memory-extension",
         with: {
             "xiaozhi:extension/types@0.2.0": crate::host::types,
             "xiaozhi:extension/log@0.2.0": crate::host::log,
@@ -99,8 +134,8 @@ pub mod world {
 }
 
 pub use host::types::{
-    AudioSource, CallContext, DeviceToolCall, Effect, ExtensionError, Message, PcmChunk, PlayAudio, Role,
-    ToolDefinition, ToolResult,
+    AudioSource, CallContext, DeviceToolCall, Effect, ExtensionError, IntentDecision, Message, PcmChunk, PlayAudio,
+    Role, ToolDefinition, ToolResult,
 };
 
 mod arguments;
@@ -143,6 +178,25 @@ pub trait Context {
     fn lines(context: &CallContext) -> Result<Vec<String>, ExtensionError>;
 }
 
+/// Intent recognition (world `intent-extension`, feature `intent`).
+pub trait Intent {
+    /// What to do with `text` after `history` (oldest first), given the session's `tools`.
+    fn detect(
+        history: &[Message],
+        text: &str,
+        tools: &[ToolDefinition],
+        context: &CallContext,
+    ) -> Result<IntentDecision, ExtensionError>;
+}
+
+/// Long-term memory (world `memory-extension`, feature `memory`).
+pub trait Memory {
+    /// What is known that is relevant to `text`, for the system prompt (empty: nothing).
+    fn query(device_id: &str, text: &str) -> Result<String, ExtensionError>;
+    /// Keeps what is worth keeping of a finished dialogue (oldest first).
+    fn save(device_id: &str, messages: &[Message]) -> Result<(), ExtensionError>;
+}
+
 /// Runs `T` on the arguments text (an object; empty text is `{}`).
 pub fn run<T: Tool>(arguments_json: &str, context: &CallContext) -> Result<ToolResult, ExtensionError> {
     let arguments = Arguments::parse(arguments_json)?;
@@ -182,7 +236,7 @@ macro_rules! __tool_guest {
 }
 
 /// Exports the `tool` interface for the tools given (types implementing [`Tool`]).
-#[cfg(not(any(feature = "player", feature = "context")))]
+#[cfg(not(any(feature = "player", feature = "context", feature = "intent", feature = "memory")))]
 #[macro_export]
 macro_rules! export_tools {
     ($($tool:ty),+ $(,)?) => {
@@ -236,5 +290,56 @@ macro_rules! export_context {
         }
 
         $crate::world::__export_world!(__XiaozhiContext with_types_in $crate::world);
+    };
+}
+
+/// Exports the `intent` interface from the [`Intent`] `recogniser` (feature `intent`).
+#[cfg(feature = "intent")]
+#[macro_export]
+macro_rules! export_intent {
+    ($recogniser:ty) => {
+        #[doc(hidden)]
+        pub struct __XiaozhiIntent;
+
+        impl $crate::world::exports::xiaozhi::extension::intent::Guest for __XiaozhiIntent {
+            fn detect(
+                history: ::std::vec::Vec<$crate::Message>,
+                text: ::std::string::String,
+                tools: ::std::vec::Vec<$crate::ToolDefinition>,
+                context: $crate::CallContext,
+            ) -> ::std::result::Result<$crate::IntentDecision, $crate::ExtensionError> {
+                <$recogniser as $crate::Intent>::detect(&history, &text, &tools, &context)
+            }
+        }
+
+        $crate::world::__export_world!(__XiaozhiIntent with_types_in $crate::world);
+    };
+}
+
+/// Exports the `memory` interface from the [`Memory`] `store` (feature `memory`).
+#[cfg(feature = "memory")]
+#[macro_export]
+macro_rules! export_memory {
+    ($store:ty) => {
+        #[doc(hidden)]
+        pub struct __XiaozhiMemory;
+
+        impl $crate::world::exports::xiaozhi::extension::memory::Guest for __XiaozhiMemory {
+            fn query(
+                device_id: ::std::string::String,
+                text: ::std::string::String,
+            ) -> ::std::result::Result<::std::string::String, $crate::ExtensionError> {
+                <$store as $crate::Memory>::query(&device_id, &text)
+            }
+
+            fn save(
+                device_id: ::std::string::String,
+                messages: ::std::vec::Vec<$crate::Message>,
+            ) -> ::std::result::Result<(), $crate::ExtensionError> {
+                <$store as $crate::Memory>::save(&device_id, &messages)
+            }
+        }
+
+        $crate::world::__export_world!(__XiaozhiMemory with_types_in $crate::world);
     };
 }

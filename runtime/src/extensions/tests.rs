@@ -1,5 +1,6 @@
-//! Tests of the extension host with real components: the `get_time` guest built by
-//! `extensions/build.sh get_time`, and small components written here in WAT that misbehave.
+//! Tests of the extension host with real components: `get_time` as the previous release built it
+//! (WIT 0.1.0, kept in `testdata/`), the built-ins built by `extensions/build.sh` (0.2, SDK), and
+//! small components written here in WAT that misbehave.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,15 +10,11 @@ use super::*;
 use crate::config::{ExtensionsConfig, Grant};
 use crate::store::memory::MemoryStore;
 
-/// The `get_time` extension directory; fails with the fix when the guest is not built.
+/// `get_time` as the previous release built it: a WIT 0.1.0 component, kept as test data
+/// (`testdata/get_time-0.1.0/`, its wasm and manifest unchanged), so that the 0.1 adapter is
+/// tested against a real component of that version.
 fn get_time_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../extensions/get_time");
-    assert!(
-        dir.join("get_time.wasm").is_file(),
-        "{}/get_time.wasm is missing: run `extensions/build.sh get_time` first",
-        dir.display()
-    );
-    dir
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src/extensions/testdata/get_time-0.1.0")
 }
 
 fn host(cache: &Path, grants: &[(&str, Grant)]) -> ExtensionHost {
@@ -133,6 +130,7 @@ async fn assert_get_time_works(host: &ExtensionHost, ext: &LoadedExtension) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_time_loads_describes_and_answers_with_the_date() {
+    // The previous release's 0.1.0 component loads and works unchanged, through the adapter.
     let dir = get_time_dir();
     let cache = tempfile::tempdir().expect("tempdir");
     let host = host(cache.path(), &[]);
@@ -548,7 +546,7 @@ async fn hot_swap_under_load_keeps_serving_and_reports_broken_files() {
     let exts = root.path().join("extensions");
     let id = "swap";
     let manifest = tool_manifest(id, "memory_mb = 16\ntimeout_ms = 1000");
-    write_extension(&exts, id, &manifest, &built_guest("get_time"));
+    write_extension(&exts, id, &manifest, &std::fs::read(get_time_dir().join("get_time.wasm")).expect("0.1 get_time"));
     let registry = registry::Registry::new(Arc::new(host(cache.path(), &[])), vec![exts.clone()]);
     assert_eq!(registry.reload().await, 1);
     registry::watch(Arc::clone(&registry), tokio_util::sync::CancellationToken::new());
