@@ -268,7 +268,8 @@ async function extensionsPage() {
   const rows = extensions.map((x) => {
     const g = x.grant;
     const grant = g ? [g.memory_mb + ' MiB', g.timeout_ms + ' ms', g.kv ? 'kv' : null, g.llm ? 'llm' : null,
-      g.http_hosts.length ? 'http: ' + g.http_hosts.join(', ') : null, g.config.length ? 'config: ' + g.config.join(', ') : null]
+      g.http_hosts.length ? 'http: ' + g.http_hosts.join(', ') : null, g.config.length ? 'config: ' + g.config.join(', ') : null,
+      (g.media_dirs || []).length ? 'media: ' + g.media_dirs.join(', ') : null]
       .filter(Boolean).join(' · ') : '—';
     const c = x.calls;
     const calls = c ? c.calls + (c.errors || c.traps || c.timeouts ? ' (' + [c.errors ? c.errors + ' errors' : null,

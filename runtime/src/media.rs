@@ -404,7 +404,8 @@ mod tests {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let mut request = [0u8; 1024];
                 let _ = socket.read(&mut request).await;
-                let head = format!("HTTP/1.1 200 OK\r\ncontent-type: audio/wav\r\ncontent-length: {}\r\n\r\n", body.len());
+                let head =
+                    format!("HTTP/1.1 200 OK\r\ncontent-type: audio/wav\r\ncontent-length: {}\r\n\r\n", body.len());
                 let _ = socket.write_all(head.as_bytes()).await;
                 let _ = socket.write_all(&body).await;
             }

@@ -85,6 +85,8 @@ pub struct GrantSummary {
     pub llm: bool,
     /// The settings it reads.
     pub config: Vec<String>,
+    /// The media directories it reads and plays from, as `name=path`.
+    pub media_dirs: Vec<String>,
 }
 
 impl GrantSummary {
@@ -96,6 +98,7 @@ impl GrantSummary {
             kv: grant.kv,
             llm: grant.llm,
             config: grant.config.keys().cloned().collect(),
+            media_dirs: grant.media_dirs.iter().map(|(name, dir)| format!("{name}={}", dir.display())).collect(),
         }
     }
 }
