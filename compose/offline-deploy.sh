@@ -12,7 +12,7 @@ if grep -q $'\r' "$0"; then sed -i 's/\r$//' "$0"; exec bash "$0" "$@"; fi # CRL
 #   --timeout S   how long to wait for the server to report healthy (default 180)
 #
 # It fixes Windows line endings in the package's text files, verifies SHA256SUMS, loads the
-# images, creates DIR/{data,redis/data,extensions,models} with the right owners and modes, writes
+# images, creates DIR/{data,redis/data,extensions,models,music} with the right owners and modes, writes
 # DIR/data/.config.yaml from a template unless it exists, starts the stack, waits until the server
 # is healthy and prints the WebSocket and OTA URLs. Running it again changes nothing that works.
 # When DIR holds another version, it is backed up first (DIR/backups/) and its data kept;
@@ -97,7 +97,7 @@ echo "COMPOSE_FILE=$compose_file" >>.env.new
 mv .env.new .env
 echo "    $compose_file ($variant store), images $(env_value XIAOZHI_IMAGE) $( [[ $variant == redis ]] && env_value REDIS_IMAGE)"
 
-mkdir -p data redis/data extensions models
+mkdir -p data redis/data extensions models music
 if [[ ! -f data/.config.yaml ]]; then
     install -m 0640 "$PKG/config/config.$variant.yaml" data/.config.yaml
     echo "    wrote data/.config.yaml (edit it for your providers)"
@@ -110,7 +110,7 @@ if ((fresh)); then
     cp -R "$PKG/models/." models/
     echo "    installed $(find "$PKG/extensions" -mindepth 1 -maxdepth 1 -type d | wc -l) built-in extensions and the models"
 fi
-chmod -R a+rX extensions models
+chmod -R a+rX extensions models music
 echo "$version" >VERSION
 
 step "starting ($("${COMPOSE[@]}" version --short 2>/dev/null || echo compose))"
