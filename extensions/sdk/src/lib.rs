@@ -42,95 +42,43 @@ pub mod host {
     pub use self::xiaozhi::extension::{config, http, kv, llm, log, types};
 }
 
-/// The world the extension exports: `tool-extension`, or `player-extension` (tools and `media`)
-/// with the feature `player`. Its import types are those of [`host`]. (One world per build:
-/// wit-bindgen's export glue of two worlds cannot live in one crate.)
+/// The world the extension exports: `tool-extension`, or with one of the features `player`
+/// (tools and `media`), `context`, `intent` or `memory` the world of that name. Its import types
+/// are those of [`host`]. (One world per build: wit-bindgen's export glue of two worlds cannot
+/// live in one crate.)
 #[doc(hidden)]
 pub mod world {
+    /// The bindings of `$world`, its imports taken from [`crate::host`].
+    macro_rules! export_world {
+        ($world:literal) => {
+            wit_bindgen::generate!({
+                path: "../../wit/xiaozhi-extension@0.2.0",
+                world: $world,
+                with: {
+                    "xiaozhi:extension/types@0.2.0": crate::host::types,
+                    "xiaozhi:extension/log@0.2.0": crate::host::log,
+                    "xiaozhi:extension/config@0.2.0": crate::host::config,
+                    "xiaozhi:extension/kv@0.2.0": crate::host::kv,
+                    "xiaozhi:extension/http@0.2.0": crate::host::http,
+                    "xiaozhi:extension/llm@0.2.0": crate::host::llm,
+                },
+                default_bindings_module: "xiaozhi_sdk::world",
+                pub_export_macro: true,
+                export_macro_name: "__export_world",
+            });
+        };
+    }
+
     #[cfg(not(any(feature = "player", feature = "context", feature = "intent", feature = "memory")))]
-    wit_bindgen::generate!({
-        path: "../../wit/xiaozhi-extension@0.2.0",
-        world: "tool-extension",
-        with: {
-            "xiaozhi:extension/types@0.2.0": crate::host::types,
-            "xiaozhi:extension/log@0.2.0": crate::host::log,
-            "xiaozhi:extension/config@0.2.0": crate::host::config,
-            "xiaozhi:extension/kv@0.2.0": crate::host::kv,
-            "xiaozhi:extension/http@0.2.0": crate::host::http,
-            "xiaozhi:extension/llm@0.2.0": crate::host::llm,
-        },
-        default_bindings_module: "xiaozhi_sdk::world",
-        pub_export_macro: true,
-        export_macro_name: "__export_world",
-    });
-
+    export_world!("tool-extension");
     #[cfg(feature = "intent")]
-    wit_bindgen::generate!({
-        path: "../../wit/xiaozhi-extension@0.2.0",
-        world: "intent-extension",
-        with: {
-            "xiaozhi:extension/types@0.2.0": crate::host::types,
-            "xiaozhi:extension/log@0.2.0": crate::host::log,
-            "xiaozhi:extension/config@0.2.0": crate::host::config,
-            "xiaozhi:extension/kv@0.2.0": crate::host::kv,
-            "xiaozhi:extension/http@0.2.0": crate::host::http,
-            "xiaozhi:extension/llm@0.2.0": crate::host::llm,
-        },
-        default_bindings_module: "xiaozhi_sdk::world",
-        pub_export_macro: true,
-        export_macro_name: "__export_world",
-    });
-
+    export_world!("intent-extension");
     #[cfg(feature = "memory")]
-    wit_bindgen::generate!({
-        path: "../../wit/xiaozhi-extension@0.2.0",
-        world: "memory-extension",
-        with: {
-            "xiaozhi:extension/types@0.2.0": crate::host::types,
-            "xiaozhi:extension/log@0.2.0": crate::host::log,
-            "xiaozhi:extension/config@0.2.0": crate::host::config,
-            "xiaozhi:extension/kv@0.2.0": crate::host::kv,
-            "xiaozhi:extension/http@0.2.0": crate::host::http,
-            "xiaozhi:extension/llm@0.2.0": crate::host::llm,
-        },
-        default_bindings_module: "xiaozhi_sdk::world",
-        pub_export_macro: true,
-        export_macro_name: "__export_world",
-    });
-
+    export_world!("memory-extension");
     #[cfg(feature = "context")]
-    wit_bindgen::generate!({
-        path: "../../wit/xiaozhi-extension@0.2.0",
-        world: "context-extension",
-        with: {
-            "xiaozhi:extension/types@0.2.0": crate::host::types,
-            "xiaozhi:extension/log@0.2.0": crate::host::log,
-            "xiaozhi:extension/config@0.2.0": crate::host::config,
-            "xiaozhi:extension/kv@0.2.0": crate::host::kv,
-            "xiaozhi:extension/http@0.2.0": crate::host::http,
-            "xiaozhi:extension/llm@0.2.0": crate::host::llm,
-        },
-        default_bindings_module: "xiaozhi_sdk::world",
-        pub_export_macro: true,
-        export_macro_name: "__export_world",
-    });
-
+    export_world!("context-extension");
     #[cfg(feature = "player")]
-    wit_bindgen::generate!({
-        path: "../../wit/xiaozhi-extension@0.2.0",
-        world: "player-extension",
-        with: {
-            "xiaozhi:extension/types@0.2.0": crate::host::types,
-            "xiaozhi:extension/log@0.2.0": crate::host::log,
-            "xiaozhi:extension/config@0.2.0": crate::host::config,
-            "xiaozhi:extension/kv@0.2.0": crate::host::kv,
-            "xiaozhi:extension/http@0.2.0": crate::host::http,
-            "xiaozhi:extension/llm@0.2.0": crate::host::llm,
-        },
-        default_bindings_module: "xiaozhi_sdk::world",
-        pub_export_macro: true,
-        export_macro_name: "__export_world",
-    });
+    export_world!("player-extension");
 }
 
 pub use host::types::{
