@@ -30,27 +30,14 @@ impl Tool for ChinaNews {
         let lang = arguments.str("lang").unwrap_or("zh_CN");
         let config = xiaozhi_sdk::host::config::get;
         if arguments.bool("detail").unwrap_or(false) {
-            let Some((title, link)) = xiaozhi_sdk::host::kv::get(news::LAST_KEY)?.as_deref().and_then(news::recalled)
-            else {
-                return Ok(vec![Effect::ReplyToLlm("抱歉，没有找到最近查询的新闻，请先获取一条新闻。".into())]);
-            };
-            let page =
-                xiaozhi_sdk::web::send(&xiaozhi_sdk::web::get(&link, &[])).and_then(|r| xiaozhi_sdk::web::text(&r));
-            let body = match page.map(|html| news::page_text(&html)) {
-                Ok(body) if !body.is_empty() => news::summarised(body, news::summarise_with_host_llm),
-                _ => return Ok(vec![Effect::ReplyToLlm(format!("抱歉，无法获取《{title}》的详细内容。"))]),
-            };
-            return Ok(vec![Effect::ReplyToLlm(news::detail_text(&title, &body, lang))]);
+            return Ok(vec![Effect::ReplyToLlm(news::tell_more(lang, &[])?)]);
         }
         let (key, default) = feed_for(arguments.str("category").unwrap_or_default());
         let url = config(key).or_else(|| config("default_rss_url")).unwrap_or_else(|| default.to_owned());
         let feed = xiaozhi_sdk::web::text(&xiaozhi_sdk::web::send(&xiaozhi_sdk::web::get(&url, &[]))?)?;
         let items = news::parse_rss(&feed)?;
-        let Some(item) = news::pick(&items, news::random()) else {
-            return Ok(vec![Effect::ReplyToLlm("抱歉，未能获取到新闻信息，请稍后再试。".into())]);
-        };
-        xiaozhi_sdk::host::kv::set(news::LAST_KEY, &news::remembered(item))?;
-        Ok(vec![Effect::ReplyToLlm(news::news_text(item, lang))])
+        let text = news::tell_one(&items, lang, "抱歉，未能获取到新闻信息，请稍后再试。".into())?;
+        Ok(vec![Effect::ReplyToLlm(text)])
     }
 }
 

@@ -93,17 +93,7 @@ impl Tool for NewsNow {
     fn call(arguments: &Arguments, _context: &CallContext) -> Result<Vec<Effect>, ExtensionError> {
         let lang = arguments.str("lang").unwrap_or("zh_CN");
         if arguments.bool("detail").unwrap_or(false) {
-            let Some((title, link)) = xiaozhi_sdk::host::kv::get(news::LAST_KEY)?.as_deref().and_then(news::recalled)
-            else {
-                return Ok(vec![Effect::ReplyToLlm("抱歉，没有找到最近查询的新闻，请先获取一条新闻。".into())]);
-            };
-            let request = xiaozhi_sdk::web::get(&link, &[("User-Agent", "Mozilla/5.0")]);
-            let page = xiaozhi_sdk::web::send(&request).and_then(|r| xiaozhi_sdk::web::text(&r));
-            let body = match page.map(|html| news::page_text(&html)) {
-                Ok(body) if !body.is_empty() => news::summarised(body, news::summarise_with_host_llm),
-                _ => return Ok(vec![Effect::ReplyToLlm(format!("抱歉，无法获取《{title}》的详细内容。"))]),
-            };
-            return Ok(vec![Effect::ReplyToLlm(news::detail_text(&title, &body, lang))]);
+            return Ok(vec![Effect::ReplyToLlm(news::tell_more(lang, &[("User-Agent", "Mozilla/5.0")])?)]);
         }
         let sources = offered(xiaozhi_sdk::host::config::get("news_sources").as_deref());
         let (name, id) = source_id(arguments.str("source").unwrap_or_default(), &sources);
@@ -114,13 +104,8 @@ impl Tool for NewsNow {
             Ok(answer) => news::parse_newsnow(&answer),
             Err(_) => Vec::new(),
         };
-        let Some(item) = news::pick(&items, news::random()) else {
-            return Ok(vec![Effect::ReplyToLlm(format!(
-                "抱歉，未能从{name}获取到新闻信息，请稍后再试或尝试其他新闻源。"
-            ))]);
-        };
-        xiaozhi_sdk::host::kv::set(news::LAST_KEY, &news::remembered(item))?;
-        Ok(vec![Effect::ReplyToLlm(news::news_text(item, lang))])
+        let none = format!("抱歉，未能从{name}获取到新闻信息，请稍后再试或尝试其他新闻源。");
+        Ok(vec![Effect::ReplyToLlm(news::tell_one(&items, lang, none)?)])
     }
 }
 

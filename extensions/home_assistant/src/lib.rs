@@ -17,9 +17,15 @@ fn settings() -> Result<hass::Settings, ExtensionError> {
     hass::Settings::read(xiaozhi_sdk::host::config::get)
 }
 
-/// The devices named in the settings, for the descriptions (none when unset).
-fn devices() -> String {
-    hass::device_list(xiaozhi_sdk::host::config::get("devices").as_deref())
+/// `T`'s definition with the devices named in the settings appended to its description (so the
+/// LLM knows the entity ids).
+fn with_devices<T: Tool>() -> ToolDefinition {
+    let devices = hass::device_list(xiaozhi_sdk::host::config::get("devices").as_deref());
+    ToolDefinition {
+        name: T::NAME.into(),
+        description: format!("{}{devices}", T::DESCRIPTION),
+        parameters_json: T::PARAMETERS.into(),
+    }
 }
 
 /// `hass_get_state`.
@@ -27,13 +33,11 @@ pub struct GetState;
 
 impl Tool for GetState {
     const NAME: &'static str = "hass_get_state";
+    const DESCRIPTION: &'static str = hass::GET_DESCRIPTION;
+    const PARAMETERS: &'static str = hass::GET_PARAMETERS;
 
     fn definition() -> ToolDefinition {
-        ToolDefinition {
-            name: Self::NAME.into(),
-            description: format!("{}{}", hass::GET_DESCRIPTION, devices()),
-            parameters_json: hass::GET_PARAMETERS.into(),
-        }
+        with_devices::<Self>()
     }
 
     fn call(arguments: &Arguments, _context: &CallContext) -> Result<Vec<Effect>, ExtensionError> {
@@ -47,13 +51,11 @@ pub struct SetState;
 
 impl Tool for SetState {
     const NAME: &'static str = "hass_set_state";
+    const DESCRIPTION: &'static str = hass::SET_DESCRIPTION;
+    const PARAMETERS: &'static str = hass::SET_PARAMETERS;
 
     fn definition() -> ToolDefinition {
-        ToolDefinition {
-            name: Self::NAME.into(),
-            description: format!("{}{}", hass::SET_DESCRIPTION, devices()),
-            parameters_json: hass::SET_PARAMETERS.into(),
-        }
+        with_devices::<Self>()
     }
 
     fn call(arguments: &Arguments, _context: &CallContext) -> Result<Vec<Effect>, ExtensionError> {
@@ -70,13 +72,11 @@ pub struct PlayMusic;
 
 impl Tool for PlayMusic {
     const NAME: &'static str = "hass_play_music";
+    const DESCRIPTION: &'static str = hass::PLAY_DESCRIPTION;
+    const PARAMETERS: &'static str = hass::PLAY_PARAMETERS;
 
     fn definition() -> ToolDefinition {
-        ToolDefinition {
-            name: Self::NAME.into(),
-            description: format!("{}{}", hass::PLAY_DESCRIPTION, devices()),
-            parameters_json: hass::PLAY_PARAMETERS.into(),
-        }
+        with_devices::<Self>()
     }
 
     fn call(arguments: &Arguments, _context: &CallContext) -> Result<Vec<Effect>, ExtensionError> {

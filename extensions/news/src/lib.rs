@@ -175,6 +175,28 @@ pub fn summarise_with_host_llm(text: &str) -> Result<String, ExtensionError> {
     )
 }
 
+/// "Tell me more": the article of the last item told to this device (its `kv`), fetched with
+/// `headers` and summarised when long, as the text for the LLM; what to say instead when there
+/// is no such item or its page cannot be read.
+pub fn tell_more(lang: &str, headers: &[(&str, &str)]) -> Result<String, ExtensionError> {
+    let Some((title, link)) = xiaozhi_sdk::host::kv::get(LAST_KEY)?.as_deref().and_then(recalled) else {
+        return Ok("抱歉，没有找到最近查询的新闻，请先获取一条新闻。".into());
+    };
+    let page = xiaozhi_sdk::web::send(&xiaozhi_sdk::web::get(&link, headers)).and_then(|r| xiaozhi_sdk::web::text(&r));
+    match page.map(|html| page_text(&html)) {
+        Ok(body) if !body.is_empty() => Ok(detail_text(&title, &summarised(body, summarise_with_host_llm), lang)),
+        _ => Ok(format!("抱歉，无法获取《{title}》的详细内容。")),
+    }
+}
+
+/// One of `items` at random, remembered for "tell me more", as the text for the LLM; `none`
+/// when there are no items.
+pub fn tell_one(items: &[Item], lang: &str, none: String) -> Result<String, ExtensionError> {
+    let Some(item) = pick(items, random()) else { return Ok(none) };
+    xiaozhi_sdk::host::kv::set(LAST_KEY, &remembered(item))?;
+    Ok(news_text(item, lang))
+}
+
 /// A random number from the host (WASI random, through std's hasher seeding).
 pub fn random() -> u64 {
     use std::hash::{BuildHasher, Hasher};
