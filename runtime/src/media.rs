@@ -87,10 +87,13 @@ pub async fn open(
 ) -> Result<mpsc::Receiver<AudioChunk>, MediaError> {
     match source {
         AudioSource::File(path) => {
-            let what = path.clone();
-            let (file, real) = open_granted_file(&ext.grant.media_dirs, path, limits.max_bytes)?;
-            let format = format_hint(&real);
-            Ok(decode_in_background(what, Box::new(file), format, limits))
+            // Resolving and opening touch the file system: off the async workers.
+            let (dirs, guest_path) = (ext.grant.media_dirs.clone(), path.clone());
+            let opened = tokio::task::spawn_blocking(move || open_granted_file(&dirs, &guest_path, limits.max_bytes))
+                .await
+                .map_err(|e| MediaError::Unreadable { what: path.clone(), why: e.to_string() })?;
+            let (file, real) = opened?;
+            Ok(decode_in_background(path.clone(), Box::new(file), format_hint(&real), limits))
         }
         AudioSource::Url(url) => {
             let bytes = download(url, &ext.grant, ext.id(), scope.host.http_client(), limits.max_bytes).await?;

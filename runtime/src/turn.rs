@@ -352,28 +352,13 @@ async fn apply(
                 tracing::info!("the session's system prompt changes ({})", call.name);
                 out.prompt = Some(cut(prompt));
             }
-            Effect::Play(audio) => {
-                let opened = match (&from, &ctx.extensions) {
-                    (Some(ext), Some(scope)) => {
-                        crate::media::open(&audio.source, ext, scope, crate::media::MediaLimits::of(&config.limits))
-                            .await
-                            .map_err(|e| e.to_string())
-                    }
-                    _ => Err("only an extension can play audio".to_owned()),
-                };
-                match opened {
-                    Ok(chunks) => {
-                        tracing::info!("tool {} plays {:?}", call.name, audio.source);
-                        let title = audio.title.map(cut);
-                        notes.push(format!("playing {}", title.as_deref().unwrap_or("audio")));
-                        let _ = sentences.tx.send(Sentence::Audio { title, chunks }).await;
-                    }
-                    Err(why) => {
-                        tracing::warn!("tool {}: {why}", call.name);
-                        for_llm.push(why);
-                    }
+            Effect::Play(audio) => match play(ctx, sentences, from.as_ref(), audio, &cut).await {
+                Ok(note) => notes.push(note),
+                Err(why) => {
+                    tracing::warn!("tool {}: {why}", call.name);
+                    for_llm.push(why);
                 }
-            }
+            },
             Effect::CallDeviceTool { name, arguments_json } => {
                 let answer = ctx.tools.call_device(&name, &arguments_json, timeout).await;
                 for_llm.push(cut(answer.unwrap_or_else(|why| why)));
@@ -384,6 +369,28 @@ async fn apply(
     let result = [for_llm, notes, said].into_iter().find(|texts| !texts.is_empty()).map(|texts| texts.join("\n"));
     out.messages.push(ChatMessage::tool_result(call.id.clone(), result.unwrap_or_else(|| "done".to_owned())));
     ask_llm
+}
+
+/// Opens the audio a tool's `play` effect names (under the grant of `from`, the extension that
+/// answered) and queues it for the voice side after what came before; the note for the dialogue,
+/// or why it cannot play (for the LLM).
+async fn play(
+    ctx: &TurnContext,
+    sentences: &Sentences,
+    from: Option<&Arc<LoadedExtension>>,
+    audio: crate::extensions::PlayAudio,
+    cut: &impl Fn(String) -> String,
+) -> Result<String, String> {
+    let (Some(ext), Some(scope)) = (from, &ctx.extensions) else {
+        return Err("only an extension can play audio".to_owned());
+    };
+    let limits = crate::media::MediaLimits::of(&ctx.services.config.limits);
+    let chunks = crate::media::open(&audio.source, ext, scope, limits).await.map_err(|e| e.to_string())?;
+    tracing::info!("{} plays {:?}", ext.id(), audio.source);
+    let title = audio.title.map(cut);
+    let note = format!("playing {}", title.as_deref().unwrap_or("audio"));
+    let _ = sentences.tx.send(Sentence::Audio { title, chunks }).await;
+    Ok(note)
 }
 
 /// One sentence for the [`voice`] side.

@@ -49,21 +49,31 @@ impl From<wit::ToolResult> for ToolResult {
     }
 }
 
-/// A streamed chunk mixed down to mono; `None` when its shape is unusable (a rate outside
-/// 8–48 kHz, no channels or more than two, samples not a whole number of frames).
-pub(crate) fn mono_chunk(chunk: wit::PcmChunk) -> Option<PcmChunk> {
+/// A streamed chunk mixed down to mono, or why it is unusable: a rate outside 8–48 kHz, no
+/// channels or more than two, samples not a whole number of frames, no samples, or longer than
+/// [`MAX_CHUNK_SECONDS`](super::host::MAX_CHUNK_SECONDS).
+pub(crate) fn mono_chunk(chunk: wit::PcmChunk) -> Result<PcmChunk, String> {
     let wit::PcmChunk { samples, sample_rate, channels } = chunk;
+    let shape = || "a chunk needs 1 or 2 channels, whole frames and a rate of 8000 to 48000".to_owned();
     if !(8_000..=48_000).contains(&sample_rate) {
-        return None;
+        return Err(shape());
     }
     let samples = match channels {
         1 => samples,
         2 if samples.len() % 2 == 0 => {
             samples.chunks_exact(2).map(|pair| ((i32::from(pair[0]) + i32::from(pair[1])) / 2) as i16).collect()
         }
-        _ => return None,
+        _ => return Err(shape()),
     };
-    Some(PcmChunk { samples, sample_rate })
+    if samples.is_empty() {
+        // An empty chunk would let a stream run forever without playing anything.
+        return Err("a chunk holds no samples (end the stream with none instead)".to_owned());
+    }
+    let most = super::host::MAX_CHUNK_SECONDS;
+    if samples.len() as u64 > u64::from(sample_rate * most) {
+        return Err(format!("a chunk is longer than {most} s"));
+    }
+    Ok(PcmChunk { samples, sample_rate })
 }
 
 super::bindings::common_conversions!();

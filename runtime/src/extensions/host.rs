@@ -62,6 +62,8 @@ pub const MAX_CONTEXT_LINES: usize = 16;
 pub const MAX_CONTEXT_LINE_CHARS: usize = 300;
 /// Most audio one `media.read` chunk may carry.
 pub const MAX_CHUNK_SECONDS: u32 = 10;
+/// Most effects one tool result may carry.
+pub const MAX_EFFECTS: usize = 32;
 
 /// What the host offers extensions from the rest of the server.
 #[derive(Clone)]
@@ -428,6 +430,13 @@ impl ExtensionHost {
                 .await?;
             result.map(ToolResult::from).map_err(|err| guest_error(ext, call, b::describe_guest_error(&err)))
         });
+        let result = result.and_then(|result| {
+            bounded_effects(result).map_err(|message| ExtensionError::InvalidOutput {
+                id: ext.id().to_owned(),
+                call,
+                message,
+            })
+        });
         self.counted(ext, call, result)
     }
 
@@ -521,15 +530,7 @@ impl ExtensionHost {
             })
             .await?;
         let lines = result
-            .map(|lines| {
-                lines
-                    .iter()
-                    .map(|line| line.trim())
-                    .filter(|line| !line.is_empty())
-                    .take(MAX_CONTEXT_LINES)
-                    .map(|line| crate::text::cut_chars(line, MAX_CONTEXT_LINE_CHARS).into_owned())
-                    .collect()
-            })
+            .map(|lines| capped_lines(&lines))
             .map_err(|err| guest_error(ext, call, super::bindings_v02::describe_guest_error(&err)));
         self.counted(ext, call, lines)
     }
@@ -560,13 +561,7 @@ impl ExtensionHost {
         let chunk = match result {
             Err(err) => Err(guest_error(ext, call, super::bindings_v02::describe_guest_error(&err))),
             Ok(None) => Ok(None),
-            Ok(Some(chunk)) => match super::bindings_v02::mono_chunk(chunk) {
-                None => Err(invalid("a chunk needs 1 or 2 channels, whole frames and a rate of 8000 to 48000".into())),
-                Some(chunk) if chunk.samples.len() as u64 > u64::from(chunk.sample_rate * MAX_CHUNK_SECONDS) => {
-                    Err(invalid(format!("a chunk is longer than {MAX_CHUNK_SECONDS} s")))
-                }
-                Some(chunk) => Ok(Some(chunk)),
-            },
+            Ok(Some(chunk)) => super::bindings_v02::mono_chunk(chunk).map(Some).map_err(invalid),
         };
         self.counted(ext, call, chunk)
     }
@@ -653,6 +648,26 @@ impl ExtensionHost {
             }
         }
     }
+}
+
+/// A tool result with at most [`MAX_EFFECTS`] effects (else why not).
+pub(crate) fn bounded_effects(result: ToolResult) -> Result<ToolResult, String> {
+    if result.effects.len() > MAX_EFFECTS {
+        return Err(format!("{} effects, more than {MAX_EFFECTS}", result.effects.len()));
+    }
+    Ok(result)
+}
+
+/// A `context` extension's lines as the prompt takes them: trimmed, blank ones dropped, at most
+/// [`MAX_CONTEXT_LINES`], each cut at [`MAX_CONTEXT_LINE_CHARS`] characters.
+pub(crate) fn capped_lines(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|line| line.trim())
+        .filter(|line| !line.is_empty())
+        .take(MAX_CONTEXT_LINES)
+        .map(|line| crate::text::cut_chars(line, MAX_CONTEXT_LINE_CHARS).into_owned())
+        .collect()
 }
 
 /// The engine configuration; `pooling` selects the pooling allocator.

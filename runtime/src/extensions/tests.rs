@@ -1015,3 +1015,72 @@ async fn play_music_chooses_a_song_from_the_granted_folder() {
         .expect("unknown song");
     assert!(matches!(&unknown.effects[..], [Effect::ReplyToLlm(text)] if text.contains("两只老虎")), "{unknown:?}");
 }
+
+/// The caps on what a `context` extension adds and on a streamed chunk's shape and length.
+#[test]
+fn context_lines_and_stream_chunks_are_capped() {
+    let many: Vec<String> = (0..40).map(|i| if i % 2 == 0 { format!(" line {i} ") } else { "  ".into() }).collect();
+    let kept = host::capped_lines(&many);
+    assert_eq!(kept.len(), host::MAX_CONTEXT_LINES, "blank lines dropped, the rest capped");
+    assert_eq!(kept[0], "line 0");
+    let long = vec!["字".repeat(host::MAX_CONTEXT_LINE_CHARS + 50)];
+    let cut = &host::capped_lines(&long)[0];
+    assert!(cut.starts_with(&"字".repeat(host::MAX_CONTEXT_LINE_CHARS)), "{cut}");
+    assert!(cut.ends_with("[50 more characters cut]"), "{cut}");
+
+    use super::bindings_v02::xiaozhi::extension::types::PcmChunk as Wit;
+    let chunk = |samples: Vec<i16>, sample_rate, channels| Wit { samples, sample_rate, channels };
+    let stereo = super::bindings_v02::mono_chunk(chunk(vec![100, 300, -100, -300], 16_000, 2)).expect("stereo");
+    assert_eq!(stereo.samples, vec![200, -200], "mixed down to mono");
+    for bad in [chunk(vec![1, 2, 3], 16_000, 2), chunk(vec![1], 4_000, 1), chunk(vec![1], 16_000, 3)] {
+        assert!(super::bindings_v02::mono_chunk(bad).is_err());
+    }
+    assert!(super::bindings_v02::mono_chunk(chunk(Vec::new(), 16_000, 1)).is_err(), "an empty chunk");
+    let speak = |n: usize| ToolResult { effects: vec![Effect::Speak("hi".into()); n] };
+    assert!(host::bounded_effects(speak(host::MAX_EFFECTS)).is_ok());
+    assert_eq!(host::bounded_effects(speak(host::MAX_EFFECTS + 1)), Err("33 effects, more than 32".into()));
+    let eleven_seconds = vec![0i16; 8_000 * 11];
+    let err = super::bindings_v02::mono_chunk(chunk(eleven_seconds, 8_000, 1)).expect_err("too long");
+    assert_eq!(err, format!("a chunk is longer than {} s", host::MAX_CHUNK_SECONDS));
+}
+
+/// A `stream` source: the doorbell example's chime, pulled through `media.read` chunk by chunk,
+/// mixed down to mono, and cut at the playback limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_source_is_pulled_mixed_down_and_cut_at_the_limit() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../extensions/examples/doorbell");
+    assert!(dir.join("doorbell.wasm").is_file(), "run `extensions/build.sh extensions/examples/doorbell` first");
+    let cache = tempfile::tempdir().expect("tempdir");
+    let host = Arc::new(host(cache.path(), &[]));
+    let ext = host.load(&dir).await.expect("doorbell loads");
+    let scope = ExtensionScope {
+        snapshot: Arc::new(Snapshot { extensions: [("doorbell".to_owned(), Arc::clone(&ext))].into_iter().collect() }),
+        host: Arc::clone(&host),
+        context: ctx("aa:bb", "en"),
+    };
+    let total = |max_seconds| {
+        let (ext, scope) = (Arc::clone(&ext), scope.clone());
+        async move {
+            let limits = crate::media::MediaLimits { max_bytes: 1 << 20, max_seconds };
+            let source = AudioSource::Stream("chime:880:1200".into());
+            let mut chunks = crate::media::open(&source, &ext, &scope, limits).await.expect("the stream opens");
+            let mut samples = 0;
+            while let Some(crate::audio::chunks::AudioChunk::Pcm { samples: s, sample_rate }) = chunks.recv().await {
+                assert_eq!(sample_rate, 16_000);
+                samples += s.len();
+            }
+            samples
+        }
+    };
+    assert_eq!(total(10).await, 16_000 * 1_200 / 1_000, "the whole 1.2 s chime, one sample per frame");
+    assert_eq!(total(1).await, 16_000, "cut at media_seconds");
+    let err = crate::media::open(
+        &AudioSource::Stream("bell".into()),
+        &ext,
+        &scope,
+        crate::media::MediaLimits { max_bytes: 1 << 20, max_seconds: 10 },
+    )
+    .await
+    .expect_err("an unknown stream fails before playing");
+    assert!(err.to_string().contains("no stream"), "{err}");
+}
