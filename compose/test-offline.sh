@@ -263,7 +263,10 @@ until sim --text "hello embedded" >"$work/embedded.log" 2>&1 && grep -q "sentenc
 done
 (cd "$deploy3" && docker-compose restart >/dev/null 2>&1)
 (cd "$deploy3" && source ./common.sh && find_compose && wait_healthy 120)
-history_of "$deploy3" | grep -q "hello embedded" || fail "the embedded store lost the history across a restart"
+# (Into a file first: with pipefail, `grep -q` leaving a pipe early can fail the writer.)
+history_of "$deploy3" >"$work/embedded-history.json" || fail "no export from the embedded variant"
+grep -q "hello embedded" "$work/embedded-history.json" ||
+    { excerpt "$work/embedded-history.json"; fail "the embedded store lost the history across a restart"; }
 
 step "passed"
 printf '    %s\n' "${figures[@]}"

@@ -111,6 +111,40 @@ async fn typed_turn_and_history() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A device that asks again the moment it gets `tts stop` (as a quick user with the firmware's
+/// auto mode does) is answered with the whole dialogue so far: the turn reports its exchange
+/// before the speaker ends the reply. (It raced before: the chat apps' conversation tests lost
+/// their conversation on a loaded machine when the next question overtook the report.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_asked_the_moment_a_reply_ends_sees_the_whole_dialogue() -> anyhow::Result<()> {
+    let mock = MockOpenAi::start(MockScript::default().reply("Ok.")).await?;
+    let server = TestServer::start(&mock, "").await?;
+    mock.warm_tts(&["Ok"]).await?;
+    let mut device = server.device("aa:bb:cc:00:00:07", 1).await?;
+    const TURNS: usize = 10;
+    for turn in 0..TURNS {
+        device.detect(&format!("question {turn}")).await?;
+        device.collect_reply(REPLY_WAIT).await?;
+    }
+    let chats: Vec<_> = mock.requests().into_iter().filter(|r| r.path.ends_with("/chat/completions")).collect();
+    assert_eq!(chats.len(), TURNS);
+    for (turn, chat) in chats.iter().enumerate() {
+        let messages = chat.body["messages"].as_array().cloned().unwrap_or_default();
+        let dialogue: Vec<String> = messages
+            .iter()
+            .filter(|m| m["role"] != "system")
+            .map(|m| format!("{}: {}", m["role"].as_str().unwrap_or("?"), m["content"].as_str().unwrap_or("")))
+            .collect();
+        let expected: Vec<String> = (0..turn)
+            .flat_map(|k| [format!("user: question {k}"), "assistant: Ok.".to_owned()])
+            .chain([format!("user: question {turn}")])
+            .collect();
+        assert_eq!(dialogue, expected, "request {turn}");
+    }
+    server.server.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn llm_calls_the_device_volume_tool() -> anyhow::Result<()> {
     let mock = MockOpenAi::start(MockScript::default().tool(

@@ -107,15 +107,24 @@ pub async fn context_lines(scope: &ExtensionScope) -> Arc<[String]> {
     lines.into()
 }
 
-/// Runs one reply to its end or until its token is cancelled.
-pub async fn run(ctx: TurnContext) -> TurnOutcome {
+/// Runs one reply until all of it is queued for the speaker, or until its token is cancelled.
+/// The dialogue it returns is known before the device hears the reply's end: the caller records
+/// it, then waits for the speech with [`finish`], so a device that asks again the moment it gets
+/// `tts stop` is answered with this exchange in its history.
+pub async fn run(ctx: &TurnContext) -> TurnOutcome {
     let mut outcome = TurnOutcome::default();
     tokio::select! {
         biased;
         _ = ctx.cancel.cancelled() => {}
-        _ = run_inner(&ctx, &mut outcome) => {}
+        _ = run_inner(ctx, &mut outcome) => {}
     }
     outcome
+}
+
+/// Waits until the speaker has sent the reply's last frame and `tts stop` (at once when the turn
+/// is cancelled).
+pub async fn finish(ctx: &TurnContext) {
+    ctx.speaker.finish(&ctx.cancel).await;
 }
 
 async fn run_inner(ctx: &TurnContext, out: &mut TurnOutcome) {
@@ -128,7 +137,6 @@ async fn run_inner(ctx: &TurnContext, out: &mut TurnOutcome) {
         Reply::Error => {
             let speak = async move { sentences.say(&config.system_error_response, true).await };
             tokio::join!(speak, voice(ctx, rx));
-            ctx.speaker.finish(&ctx.cancel).await;
             return;
         }
         Reply::Goodbye => {
@@ -140,7 +148,6 @@ async fn run_inner(ctx: &TurnContext, out: &mut TurnOutcome) {
     out.messages.push(ChatMessage::new(Role::User, request));
     let goodbye = matches!(ctx.reply, Reply::Goodbye);
     tokio::join!(respond(ctx, out, sentences, goodbye), voice(ctx, rx));
-    ctx.speaker.finish(&ctx.cancel).await;
 }
 
 /// The thinking side of a turn whose user message is the last of `out.messages`: memory into

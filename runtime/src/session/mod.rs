@@ -177,8 +177,11 @@ async fn recognition(services: Arc<Services>, mut feed: mpsc::Receiver<Feed>, re
 enum TurnReport {
     /// ASR finished (`None`: it failed).
     Transcript { turn: TurnId, text: Option<String> },
-    /// The reply is over.
-    Done { turn: TurnId, outcome: TurnOutcome },
+    /// The reply is written and queued for the speaker: its dialogue, reported before the device
+    /// hears the reply end (the device may ask again the moment it gets `tts stop`).
+    Said { outcome: TurnOutcome },
+    /// The reply is over: the speaker has sent `tts stop` (or the turn was cancelled).
+    Done { turn: TurnId, close: bool },
 }
 
 /// The running turn, as the shell holds it.
@@ -257,7 +260,10 @@ impl Session {
                 biased;
                 _ = shutdown.cancelled() => Event::Shutdown,
                 _ = self.outbox.gone() => Event::WireGone,
-                Some(report) = self.reports.recv() => self.on_report(report),
+                Some(report) = self.reports.recv() => match self.on_report(report) {
+                    Some(event) => event,
+                    None => continue,
+                },
                 incoming = connection.recv() => match self.on_incoming(incoming) {
                     Some(event) => event,
                     None => continue,
@@ -507,18 +513,20 @@ impl Session {
         let reports = self.reports_tx.clone();
         self.replies_due += 1;
         tokio::spawn(tracing::Instrument::in_current_span(async move {
-            let outcome = crate::turn::run(ctx).await;
-            let _ = reports.send(TurnReport::Done { turn: id, outcome }).await;
+            let outcome = crate::turn::run(&ctx).await;
+            let close = outcome.close;
+            let _ = reports.send(TurnReport::Said { outcome }).await;
+            crate::turn::finish(&ctx).await;
+            let _ = reports.send(TurnReport::Done { turn: id, close }).await;
         }));
     }
 
-    /// A turn's report as a state event; a finished reply's messages join the dialogue and the
-    /// stored history whether or not the turn was cancelled meanwhile.
-    fn on_report(&mut self, report: TurnReport) -> Event {
+    /// A turn's report as a state event, if it is one; a reply's messages join the dialogue and
+    /// the stored history whether or not the turn was cancelled meanwhile.
+    fn on_report(&mut self, report: TurnReport) -> Option<Event> {
         match report {
-            TurnReport::Transcript { turn, text } => Event::Transcript { turn, text },
-            TurnReport::Done { turn, outcome } => {
-                self.replies_due = self.replies_due.saturating_sub(1);
+            TurnReport::Transcript { turn, text } => Some(Event::Transcript { turn, text }),
+            TurnReport::Said { outcome } => {
                 let cap = self.services.config.limits.history_entry_bytes;
                 let messages: Vec<ChatMessage> =
                     outcome.messages.into_iter().map(|message| crate::llm::capped(message, cap)).collect();
@@ -528,10 +536,14 @@ impl Session {
                     self.prompt = outcome.prompt;
                 }
                 trim_history(&mut self.history, HISTORY_LIMIT);
+                None
+            }
+            TurnReport::Done { turn, close } => {
+                self.replies_due = self.replies_due.saturating_sub(1);
                 if self.turn.as_ref().is_some_and(|t| t.id == turn) {
                     self.count_turn("answered");
                 }
-                Event::TurnDone { turn, close: outcome.close }
+                Some(Event::TurnDone { turn, close })
             }
         }
     }
