@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 seconds="${FUZZ_SECONDS:-20}"
-targets=(frame device_message ota_request manifest config udp_packet)
+targets=(frame device_message ota_request manifest config udp_packet mqtt_packet)
 if ! cargo +nightly --version >/dev/null 2>&1; then
   echo "fuzz: the nightly toolchain is missing (rustup toolchain install nightly)" >&2
   exit 1

@@ -1,7 +1,7 @@
 //! # xiaozhi-server
 //!
-//! A server for xiaozhi ESP32 voice assistants: devices stream 16 kHz Opus over a WebSocket, the
-//! server finds the end of each utterance, transcribes it, asks an LLM (with tool calls into the
+//! A server for xiaozhi ESP32 voice assistants: devices stream 16 kHz Opus over a WebSocket (or
+//! MQTT + encrypted UDP), the server finds the end of each utterance, transcribes it, asks an LLM (with tool calls into the
 //! device over MCP), speaks the answer sentence by sentence and streams paced Opus back.
 //!
 //! # Layout
@@ -14,8 +14,8 @@
 //!   placeholders and writes the migration report of `check-config`.
 //! - [`services`]: the config and providers a new session starts with (rebuilt on config change).
 //! - [`server`]: the hyper accept loops (WebSocket port and HTTP port, header timeout, bounded
-//!   socket buffers), routing, the WebSocket upgrade and graceful shutdown. It never parses frames
-//!   or audio.
+//!   socket buffers), routing, the WebSocket upgrade, the MQTT endpoint's start and graceful
+//!   shutdown. It never parses frames or audio.
 //! - [`http`]: the plain HTTP routes: OTA check, activation (codes, key proofs, the new-device
 //!   rate limit), firmware download, health, the vision endpoint, the admin routes (metrics, extensions) behind
 //!   the HTTP port and an admin token, and the console (`http::console`: sign-in, the JSON API
@@ -23,11 +23,14 @@
 //!   plain HTML/CSS/JS pages from `runtime/console/` built into the binary, among them the talk
 //!   page, a browser tab that is a device on the WebSocket protocol).
 //! - [`auth`]: device tokens compatible with the Python server (HMAC-SHA256) and the allow-list.
-//! - [`protocol`]: pure codecs: typed JSON messages both ways, binary frames v1/v2/v3, MCP JSON-RPC.
+//! - [`protocol`]: pure codecs: typed JSON messages both ways, binary frames v1/v2/v3, MCP JSON-RPC,
+//!   the MQTT identity (client id, HMAC password) and the encrypted UDP audio packets.
 //! - [`connection`]: owns the wire of one device: typed [`connection::Event`]s in, typed
 //!   [`connection::Outbound`] messages out through one byte-bounded queue and one writer task
 //!   (write deadline, close with a timeout); framing, protocol version and session id live only
-//!   there.
+//!   there. Two transports: the WebSocket (`connection::ws`), and MQTT for the JSON
+//!   (`connection::mqtt`, the built-in endpoint: one client task per device, a session per hello)
+//!   with UDP for the audio (`connection::udp`, one socket, a channel per session).
 //! - [`session`]: the per-device task: [`session::state`] is its rules as a pure state machine
 //!   (`step(event, now) → actions`), the rest performs the actions (listener: VAD, pre-roll,
 //!   utterance buffer; turns; the registry).

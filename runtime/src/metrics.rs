@@ -10,6 +10,8 @@
 //! | `xiaozhi_provider_errors_total` | counter | `provider`: `asr`, `llm`, `tts` |
 //! | `xiaozhi_extension_calls_total` | counter | `extension`, `call` (`tool.call`, …), `outcome`: `ok`, `error`, `trap`, `timeout` |
 //! | `xiaozhi_extension_call_seconds` | histogram: one extension call, instantiation included, whatever its outcome | `extension` |
+//! | `xiaozhi_mqtt_refused_total` | counter: MQTT connections the built-in endpoint refused | `reason`: `bad_password`, `bad_client_id`, `protocol` (not MQTT 3.1.1, or a first packet that is not CONNECT), `full` (`limits.mqtt_clients`), `no_connect` (no CONNECT within `limits.mqtt_connect_timeout_ms`) |
+//! | `xiaozhi_udp_dropped_total` | counter: UDP audio datagrams dropped | `reason`: `short`, `type`, `ssrc`, `length`, `replayed`, `sequence_jump`, `not_audio` (another key), `unknown_ssrc` (no such session), `other_address` (not the address the session learnt), `session_busy` (the session's queue is full) |
 //! | `xiaozhi_devices_dropped_total` | counter: connections we gave up on | `reason`: `not_reading` (the queue filled or one write took longer than `limits.write_timeout_ms`), `write_failed` |
 //! | `xiaozhi_limits_hit_total` | counter: inputs cut or refused at a limit | `limit`: the `limits` key (`device_tools`, `tool_result_chars`, …) |
 //! | `xiaozhi_downlink_frames_total` | counter: downlink Opus frames by how they were made | `path`: `encoded` (PCM encoded here), `passed_through` (a TTS's Opus packet sent as it was) |
@@ -147,6 +149,10 @@ pub struct Metrics {
     pub devices_dropped: Family<DroppedLabels, Counter>,
     /// Inputs cut or refused at a limit, by limit.
     pub limits_hit: Family<LimitLabels, Counter>,
+    /// MQTT connections refused by the built-in endpoint, by reason.
+    pub mqtt_refused: Family<DroppedLabels, Counter>,
+    /// UDP audio datagrams dropped, by reason.
+    pub udp_dropped: Family<DroppedLabels, Counter>,
     /// Encoder complexity steps, by direction.
     pub encoder_steps: Family<StepLabels, Counter>,
     /// Downlink frames by how they were made.
@@ -195,6 +201,10 @@ impl Metrics {
         registry.register("xiaozhi_devices_dropped", "Connections given up on, by reason", devices_dropped.clone());
         let limits_hit = Family::<LimitLabels, Counter>::default();
         registry.register("xiaozhi_limits_hit", "Inputs cut or refused at a limit, by limit", limits_hit.clone());
+        let mqtt_refused = Family::<DroppedLabels, Counter>::default();
+        registry.register("xiaozhi_mqtt_refused", "MQTT connections refused, by reason", mqtt_refused.clone());
+        let udp_dropped = Family::<DroppedLabels, Counter>::default();
+        registry.register("xiaozhi_udp_dropped", "UDP audio datagrams dropped, by reason", udp_dropped.clone());
         let downlink_frames = Family::<FrameLabels, Counter>::default();
         registry.register(
             "xiaozhi_downlink_frames",
@@ -220,6 +230,8 @@ impl Metrics {
             extension_tallies: std::sync::Mutex::default(),
             devices_dropped,
             limits_hit,
+            mqtt_refused,
+            udp_dropped,
             encoder_steps,
             downlink_frames,
         })
@@ -233,6 +245,18 @@ impl Metrics {
     /// Counts a connection given up on (`not_reading`, `write_failed`).
     pub fn device_dropped(&self, reason: &'static str) {
         self.devices_dropped.get_or_create(&DroppedLabels { reason }).inc();
+    }
+
+    /// Counts an MQTT connection refused (`bad_password`, `bad_client_id`, `protocol`, `full`,
+    /// `no_connect`).
+    pub fn mqtt_refused(&self, reason: &'static str) {
+        self.mqtt_refused.get_or_create(&DroppedLabels { reason }).inc();
+    }
+
+    /// Counts a UDP datagram dropped (see [`crate::protocol::udp::Dropped::reason`], and
+    /// `unknown_ssrc`, `other_address`, `session_busy`).
+    pub fn udp_dropped(&self, reason: &'static str) {
+        self.udp_dropped.get_or_create(&DroppedLabels { reason }).inc();
     }
 
     /// Counts one finished extension call by its outcome (`ok`, `error`, `trap`, `timeout`).

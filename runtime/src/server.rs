@@ -61,6 +61,8 @@ pub struct RunningServer {
     pub ws_addr: SocketAddr,
     /// Where OTA and health answer.
     pub http_addr: SocketAddr,
+    /// The built-in MQTT endpoint and its UDP audio socket, when `mqtt.enabled`.
+    pub mqtt_addrs: Option<(SocketAddr, SocketAddr)>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     _watcher: Option<config::watch::ConfigWatcher>,
@@ -166,6 +168,10 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.server.ip, config.server.http_port))?;
     let http_addr = http_listener.local_addr()?;
+    let mqtt = match config.mqtt.enabled {
+        true => Some(bind_mqtt(&config, Arc::clone(&metrics), &shutdown).await?),
+        false => None,
+    };
 
     let tasks = TaskTracker::new();
     let app = Arc::new(App {
@@ -176,6 +182,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
             data_dir: options.data_dir.clone(),
             auth_key: Arc::from(key.as_str()),
             ws_port: ws_addr.port(),
+            mqtt_port: mqtt.as_ref().and_then(|(listener, _)| listener.local_addr().ok()).map(|a| a.port()),
             extensions,
             store: state,
             metrics,
@@ -215,13 +222,83 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     tasks.spawn(accept_loop(ws_listener, Arc::clone(&app), Port::WebSocket));
     tasks.spawn(accept_loop(http_listener, Arc::clone(&app), Port::Http));
     tracing::info!("WebSocket on ws://{ws_addr}{WS_PATH}/, OTA on http://{http_addr}/xiaozhi/ota/");
+    let mut mqtt_addrs = None;
+    if let Some((listener, udp)) = mqtt {
+        let (mqtt_addr, udp_addr) = (listener.local_addr()?, udp.local_addr()?);
+        tracing::info!("MQTT on {mqtt_addr}, UDP audio on {udp_addr}");
+        mqtt_addrs = Some((mqtt_addr, udp_addr));
+        let starter = Arc::clone(&app);
+        let start: crate::connection::mqtt::StartSession = Arc::new(move |new| {
+            let app = Arc::clone(&starter);
+            starter.tasks.spawn(mqtt_session(app, new));
+        });
+        let metrics = Arc::clone(&app.http.metrics);
+        let config = app.http.config.clone();
+        tasks.spawn(crate::connection::mqtt::serve(listener, config, udp, metrics, start, shutdown.clone()));
+    }
     let console_path = config.console.path.trim_end_matches('/');
     if config.console.password.is_empty() {
         tracing::info!("the console is off: set console.password in data/.config.yaml to turn it on");
     } else {
         tracing::info!("console API on http://{http_addr}{console_path}/api/ (sign in with console.password)");
     }
-    Ok(RunningServer { ws_addr, http_addr, shutdown, tasks, _watcher: watcher, mcp_endpoint, mcp_servers })
+    Ok(RunningServer { ws_addr, http_addr, mqtt_addrs, shutdown, tasks, _watcher: watcher, mcp_endpoint, mcp_servers })
+}
+
+/// Binds the built-in MQTT endpoint's TCP port and its UDP audio socket (`mqtt:`).
+async fn bind_mqtt(
+    config: &Config,
+    metrics: Arc<crate::metrics::Metrics>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(TcpListener, Arc<crate::connection::udp::UdpEndpoint>)> {
+    let ip = config.server.ip.as_str();
+    let listener = TcpListener::bind((ip, config.mqtt.port))
+        .await
+        .with_context(|| format!("cannot listen for MQTT on {ip}:{}", config.mqtt.port))?;
+    let udp_addr = tokio::net::lookup_host((ip, config.mqtt.udp_port))
+        .await?
+        .next()
+        .with_context(|| format!("{ip} is not an address"))?;
+    let udp = crate::connection::udp::UdpEndpoint::start(udp_addr, metrics, shutdown.clone())
+        .await
+        .with_context(|| format!("cannot bind UDP {udp_addr}"))?;
+    Ok((listener, udp))
+}
+
+/// Runs one session the MQTT endpoint opened: the activation check, the device's services, then
+/// the same session as over WebSocket.
+async fn mqtt_session(app: Arc<App>, new: crate::connection::mqtt::NewSession) {
+    let crate::connection::mqtt::NewSession { identity, connection, outbox, local_addr } = new;
+    let config = Arc::clone(&app.http.config.borrow());
+    let (device_id, client_id) = (identity.device_id, identity.client_id);
+    if config.activation.enabled && !http::activation::admits(app.http.store.as_ref(), &device_id, &client_id).await {
+        tracing::warn!(device = %device_id, "MQTT session refused: device not activated (or bound with another Client-Id)");
+        outbox.close("device not activated").await;
+        return;
+    }
+    let host = match local_addr.ip() {
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let device = DeviceInfo { device_id, client_id, vision: vision_offer(&app, &config, Some(&host)) };
+    let services = Arc::clone(&app.services.borrow());
+    let services = app.services_for(services, &device.device_id).await;
+    session::run(connection, outbox, device, services, app.shutdown.clone()).await;
+}
+
+/// With a vision model selected, where the device is told to post photos: our HTTP port on the
+/// host it reached us at (or `server.vision_explain`).
+fn vision_offer(app: &App, config: &Config, host: Option<&str>) -> Option<crate::vision::VisionOffer> {
+    config.providers.vllm.as_ref().map(|_| crate::vision::VisionOffer {
+        url: crate::vision::endpoint_url(
+            &config.server.vision_explain,
+            host,
+            &http::ota::configured_host(config),
+            app.http_port,
+        ),
+        key: Arc::clone(&app.http.auth_key),
+        lifetime: config.limits.vision_token_seconds,
+    })
 }
 
 /// Starts the WebAssembly extension host, loads the extension folders and watches them. A host
@@ -568,21 +645,8 @@ async fn upgrade(mut req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) ->
         return text_response(StatusCode::FORBIDDEN, "device not activated: run the OTA check and bind its code");
     }
 
-    // With a vision model selected, the device is told where to post photos: our HTTP port on the
-    // host it reached us at (or `server.vision_explain`).
-    let vision = config.providers.vllm.as_ref().map(|_| {
-        let host = req.headers().get(hyper::header::HOST).and_then(|v| v.to_str().ok()).and_then(http::ota::valid_host);
-        crate::vision::VisionOffer {
-            url: crate::vision::endpoint_url(
-                &config.server.vision_explain,
-                host,
-                &http::ota::configured_host(&config),
-                app.http_port,
-            ),
-            key: Arc::clone(&app.http.auth_key),
-            lifetime: config.limits.vision_token_seconds,
-        }
-    });
+    let host = req.headers().get(hyper::header::HOST).and_then(|v| v.to_str().ok()).and_then(http::ota::valid_host);
+    let vision = vision_offer(&app, &config, host);
     let upgrade = hyper::upgrade::on(&mut req);
     let device = DeviceInfo { device_id, client_id, vision };
     let framing = Framing { header_version, gateway };

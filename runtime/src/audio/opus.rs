@@ -99,6 +99,18 @@ impl OpusDecoder {
     }
 }
 
+/// Whether `packet` can be one of the device's uplink packets: empty (DTX), or an Opus packet
+/// whose frames add up to `frame_ms` of 16 kHz audio. Used by the UDP transport, whose encryption
+/// has no integrity check: a datagram under another key opens into bytes that rarely pass.
+pub fn is_uplink_packet(packet: &[u8], frame_ms: u32) -> bool {
+    if packet.is_empty() {
+        return true;
+    }
+    let Ok(packet) = Packet::try_from(packet) else { return false };
+    let expected = usize::try_from(frame_ms.saturating_mul(16)).unwrap_or(usize::MAX);
+    audiopus::packet::nb_samples(packet, SampleRate::Hz16000).is_ok_and(|n| n == expected)
+}
+
 /// A mono Opus encoder (one per downlink stream).
 #[derive(Debug)]
 pub struct OpusEncoder {

@@ -122,6 +122,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             limits: LimitsConfig::default(),
             console: ConsoleConfig::default(),
+            mqtt: MqttConfig::default(),
             providers: Providers::default(),
         }
     }
@@ -149,6 +150,7 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             auth_key: String::new(),
             mqtt_gateway: String::new(),
+            mqtt_signature_key: String::new(),
             admin_token: String::new(),
             mcp_endpoint_path: "/mcp_endpoint/mcp".into(),
         }
@@ -290,6 +292,10 @@ impl Default for LimitsConfig {
             mcp_server_start_timeout_ms: 10_000,
             mcp_server_call_timeout_ms: 30_000,
             mcp_server_restart_ms: 1000,
+            mqtt_clients: 10_000,
+            mqtt_connect_timeout_ms: 10_000,
+            mqtt_packet_bytes: 64 * 1024,
+            udp_channel_timeout: 120,
         }
     }
 }
@@ -416,6 +422,19 @@ impl Default for PiperConfig {
             noise_w: None,
             espeak: "espeak-ng".into(),
             threads: 1,
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            port: 1883,
+            udp_port: 8884,
+            endpoint: String::new(),
+            udp_host: String::new(),
+            keepalive: 240,
         }
     }
 }

@@ -198,9 +198,13 @@ const KEY_NOTES: &[(&str, &str, &str)] = &[
 /// dotted path (a prefix matches everything under it), supported or not, and the note.
 const SETTING_NOTES: &[(&str, bool, &str)] = &[
     ("server.auth.tokens", false, "device tokens are HMAC-signed (server.auth_key); see README \"Devices and tokens\""),
-    ("server.mqtt_gateway", false, "devices connect over WebSocket here"),
-    ("server.mqtt_signature_key", false, "no MQTT here"),
-    ("server.udp_gateway", false, "no UDP audio here"),
+    (
+        "server.mqtt_gateway",
+        true,
+        "OTA sends devices to this gateway while the built-in endpoint (mqtt.enabled) is off",
+    ),
+    ("server.mqtt_signature_key", true, "OTA issues MQTT passwords with it; the built-in endpoint (mqtt:) checks them"),
+    ("server.udp_gateway", false, "the gateway's own setting; the built-in endpoint's UDP address is mqtt.udp_host"),
     ("log.log_format", false, "logs go to stderr in one format; log.log_level works"),
     ("log.log_format_file", false, "logs go to stderr; redirect them to a file"),
     ("log.log_dir", false, "logs go to stderr; redirect them to a file"),

@@ -98,6 +98,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The console (its sign-in and JSON API) on the HTTP port.
     pub console: ConsoleConfig,
+    /// The built-in MQTT + UDP endpoint: the firmware's second transport.
+    pub mqtt: MqttConfig,
     /// The selected providers, typed; filled by [`load()`], never read from YAML.
     #[serde(skip)]
     pub providers: Providers,
@@ -124,8 +126,14 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     /// Secret for device tokens; empty = `manager-api.secret`, else a random per-process key.
     pub auth_key: String,
-    /// MQTT gateway address (accepted for compatibility; OTA never returns `mqtt` unless set).
+    /// The Python server's key: `host:port` of an external MQTT gateway (the Node
+    /// `xiaozhi-mqtt-gateway`, which bridges to our WebSocket with `?from=mqtt_gateway`). When set
+    /// and the built-in endpoint (`mqtt.enabled`) is off, OTA sends devices there.
     pub mqtt_gateway: String,
+    /// The key of the MQTT password (`base64(HMAC-SHA256(client_id + "|" + username))`): OTA
+    /// issues passwords with it and the built-in endpoint checks them; empty = no check (as the
+    /// gateway does without `MQTT_SIGNATURE_KEY`).
+    pub mqtt_signature_key: String,
     /// Token for the admin routes (`/metrics`, `/xiaozhi/extensions*`) on the HTTP port, sent as
     /// `Authorization: Bearer <token>`; empty = those routes answer loopback callers only.
     pub admin_token: String,
@@ -321,6 +329,28 @@ pub struct StoreConfig {
     pub instance_id: String,
 }
 
+/// `mqtt:` — the built-in MQTT + UDP endpoint (device-protocol.md §3): MQTT 3.1.1 for the JSON
+/// messages, AES-128-CTR encrypted UDP for the audio.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MqttConfig {
+    /// Whether the endpoint runs; OTA then gives devices the `mqtt` block instead of `websocket`.
+    pub enabled: bool,
+    /// The MQTT port (plain TCP; the firmware takes port 8883 as TLS, so do not use it here).
+    pub port: u16,
+    /// The UDP audio port (one socket for every session).
+    pub udp_port: u16,
+    /// `host:port` devices are given for MQTT; empty = the host the OTA request reached and
+    /// `port`.
+    pub endpoint: String,
+    /// The address devices send UDP audio to (the hello's `udp.server`); empty = the local
+    /// address the device's MQTT connection reached.
+    pub udp_host: String,
+    /// The keep-alive given to devices, seconds (the firmware's default is 240); a client that
+    /// sends nothing for 1.5 × its CONNECT keep-alive is closed.
+    pub keepalive: u16,
+}
+
 /// `limits:` — the bound on every per-device and per-caller resource. What happens at each limit
 /// is in the README ("Limits and security"); every value must be above zero.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -407,6 +437,16 @@ pub struct LimitsConfig {
     /// Milliseconds before an MCP server that went away is started again; doubles per failure up
     /// to 60 s, and resets once a connection has lasted 60 s.
     pub mcp_server_restart_ms: u64,
+    /// MQTT clients connected to the built-in endpoint at once; more are refused (CONNACK
+    /// "server unavailable").
+    pub mqtt_clients: usize,
+    /// Milliseconds an MQTT client has to send CONNECT after connecting.
+    pub mqtt_connect_timeout_ms: u64,
+    /// Largest MQTT packet a device may send, bytes; a larger one closes its connection.
+    pub mqtt_packet_bytes: usize,
+    /// Seconds a UDP audio channel may go without a valid packet or MQTT message before its
+    /// session ends (the firmware's own channel timeout is 120 s).
+    pub udp_channel_timeout: u64,
 }
 
 /// The store backends.

@@ -19,8 +19,12 @@
 //! `tts stop` still reaches the device), but waits at most [`CLOSE_TIMEOUT`] for it: a device that
 //! does not take it is dropped then.
 //!
-//! The transport itself is in [`ws`] (WebSocket); the session above never sees a socket.
+//! The transports are [`ws`] (WebSocket) and [`mqtt`] (MQTT for the JSON, encrypted UDP for the
+//! audio, through [`udp`]); each is a reader of [`Event`]s and a writer task draining the
+//! [`Outbox`]. The session above never sees a socket, nor which transport it is on.
 
+pub mod mqtt;
+pub mod udp;
 pub mod ws;
 
 use std::sync::Arc;
@@ -35,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{AudioParams, LimitsConfig};
 use crate::metrics::Metrics;
 use crate::protocol::frame::{FrameError, ProtocolVersion};
-use crate::protocol::message::{ClientHello, Inbound, MessageError, ServerMessage};
+use crate::protocol::message::{ClientHello, Inbound, MessageError, ServerMessage, UdpParams};
 use crate::speaker::Tts;
 
 /// How long we wait for the device after sending Close before dropping TCP.
@@ -132,9 +136,19 @@ struct WriterSide {
     shared: Arc<Shared>,
 }
 
+/// How a connection's messages travel, as far as our hello tells the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// Everything over one WebSocket.
+    WebSocket,
+    /// JSON over MQTT, audio over UDP as the hello's `udp` object says.
+    Udp(UdpParams),
+}
+
 /// State shared by the [`Outbox`] handles and the writer.
 struct Shared {
     session_id: Arc<str>,
+    transport: Transport,
     /// The binary protocol version; set by the reader when the hello names it.
     version: Arc<AtomicU8>,
     /// Queue room in bytes.
@@ -164,12 +178,14 @@ impl Outbox {
     fn new(
         session_id: Arc<str>,
         version: Arc<AtomicU8>,
+        transport: Transport,
         limits: &LimitsConfig,
         metrics: Arc<Metrics>,
     ) -> (Self, WriterSide) {
         let room_bytes = limits.outbound_queue_bytes.clamp(MAX_MESSAGE, Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {
             session_id,
+            transport,
             version,
             room: Arc::new(Semaphore::new(room_bytes)),
             room_bytes,
@@ -264,11 +280,22 @@ impl Outbox {
     fn to_json(&self, msg: Outbound) -> String {
         let session_id = self.shared.session_id.to_string();
         let message = match msg {
-            Outbound::Hello { audio_params } => ServerMessage::Hello {
-                version: self.shared.version().number(),
-                transport: "websocket".into(),
-                session_id,
-                audio_params,
+            Outbound::Hello { audio_params } => match &self.shared.transport {
+                Transport::WebSocket => ServerMessage::Hello {
+                    version: self.shared.version().number(),
+                    transport: "websocket".into(),
+                    session_id,
+                    audio_params,
+                    udp: None,
+                },
+                // The gateway's hello: version 3 over MQTT, whatever the binary framing would be.
+                Transport::Udp(udp) => ServerMessage::Hello {
+                    version: 3,
+                    transport: "udp".into(),
+                    session_id,
+                    audio_params,
+                    udp: Some(udp.clone()),
+                },
             },
             Outbound::Stt(text) => ServerMessage::Stt { text, session_id },
             Outbound::Emotion { emoji, name } => ServerMessage::Llm { text: emoji, emotion: name, session_id },
@@ -305,9 +332,35 @@ fn permits(len: usize) -> u32 {
     u32::try_from(len.saturating_add(ITEM_OVERHEAD)).unwrap_or(u32::MAX)
 }
 
+/// Where a connection's events come from.
+enum Reader {
+    /// The device's WebSocket.
+    Ws(ws::Reader),
+    /// Fed by the transport's tasks (MQTT messages and UDP audio); closed when the session is
+    /// over on the device's side.
+    Channel(mpsc::Receiver<Event>),
+}
+
+impl Reader {
+    async fn recv(&mut self, version: ProtocolVersion) -> Event {
+        match self {
+            Self::Ws(ws) => ws.recv(version).await,
+            Self::Channel(rx) => rx.recv().await.unwrap_or(Event::Gone),
+        }
+    }
+
+    async fn drain(&mut self) {
+        match self {
+            Self::Ws(ws) => ws.drain().await,
+            // Over MQTT the device does not answer our goodbye: nothing to wait for.
+            Self::Channel(_) => {}
+        }
+    }
+}
+
 /// The read half of a device connection.
 pub struct Connection {
-    inner: ws::Reader,
+    inner: Reader,
     session_id: Arc<str>,
     version: Arc<AtomicU8>,
     /// The `Protocol-Version` header, if any: it wins over the hello's `version`.
@@ -373,7 +426,7 @@ mod tests {
 
     fn outbox(limits: &LimitsConfig) -> (Outbox, WriterSide) {
         let version = Arc::new(AtomicU8::new(1));
-        Outbox::new(Arc::from("sid"), version, limits, Metrics::new())
+        Outbox::new(Arc::from("sid"), version, Transport::WebSocket, limits, Metrics::new())
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
-use super::{CLOSE_TIMEOUT, Connection, Event, Item, MAX_MESSAGE, Outbox, WriterSide, initial_version};
+use super::{CLOSE_TIMEOUT, Connection, Event, Item, MAX_MESSAGE, Outbox, Transport, WriterSide, initial_version};
 use crate::config::LimitsConfig;
 use crate::metrics::Metrics;
 use crate::protocol::frame::{self, KIND_JSON, KIND_OPUS, ProtocolVersion};
@@ -63,10 +63,11 @@ pub async fn open(
     let session_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
     let version = initial_version(framing.header_version, framing.gateway);
     let version = Arc::new(AtomicU8::new(version.number() as u8));
-    let (outbox, writer) = Outbox::new(Arc::clone(&session_id), Arc::clone(&version), limits, metrics);
+    let (outbox, writer) =
+        Outbox::new(Arc::clone(&session_id), Arc::clone(&version), Transport::WebSocket, limits, metrics);
     tokio::spawn(write_loop(sink, writer));
     let connection = Connection {
-        inner: Reader { stream },
+        inner: super::Reader::Ws(Reader { stream }),
         session_id,
         version,
         header_version: framing.header_version,

@@ -80,6 +80,8 @@ pub struct HttpContext {
     pub auth_key: Arc<str>,
     /// The port the WebSocket listener really bound (given to devices in the OTA answer).
     pub ws_port: u16,
+    /// The port the built-in MQTT endpoint really bound, when it runs (for the OTA `mqtt` block).
+    pub mqtt_port: Option<u16>,
     /// The extension registry (`GET /xiaozhi/extensions`, `POST /xiaozhi/extensions/reload`).
     pub extensions: Option<Arc<crate::extensions::Registry>>,
     /// Where device bindings and activation codes live.
@@ -328,9 +330,10 @@ where
     } else {
         ota::OtaActivation::Admitted
     };
-    let (data_dir, key, ws_port) = (ctx.data_dir.clone(), ctx.auth_key.to_string(), ctx.ws_port);
+    let (data_dir, key) = (ctx.data_dir.clone(), ctx.auth_key.to_string());
+    let ports = ota::Ports { ws: ctx.ws_port, mqtt: ctx.mqtt_port };
     let built = tokio::task::spawn_blocking(move || {
-        ota::answer(&request, &config, &data_dir, &key, ws_port, SystemTime::now(), &decision)
+        ota::answer(&request, &config, &data_dir, &key, ports, SystemTime::now(), &decision)
     })
     .await;
     match built {
@@ -549,6 +552,7 @@ mod tests {
             data_dir: dir.path().to_path_buf(),
             auth_key: Arc::from("k3y"),
             ws_port: 18000,
+            mqtt_port: None,
             extensions: None,
             store: Arc::new(crate::store::memory::MemoryStore::new()),
             metrics: crate::metrics::Metrics::new(),
@@ -605,10 +609,7 @@ mod tests {
 
     #[tokio::test]
     async fn ota_token_only_when_auth_is_on_and_not_allow_listed() {
-        let f = fixture(|c| {
-            c.server.auth.enabled = true;
-            c.server.mqtt_gateway = "mqtt.example.com:1883".into();
-        });
+        let f = fixture(|c| c.server.auth.enabled = true);
         let v = ota(&f.ctx).await;
         assert!(v.get("mqtt").is_none());
         let token = v["websocket"]["token"].as_str().unwrap();
@@ -621,6 +622,40 @@ mod tests {
             c.server.auth.allowed_devices = vec![DEVICE.into()];
         });
         assert!(ota(&f.ctx).await["websocket"].get("token").is_none());
+    }
+
+    #[tokio::test]
+    async fn ota_sends_devices_to_mqtt_with_the_keys_the_firmware_stores() {
+        // The Python server's key: an external gateway.
+        let f = fixture(|c| {
+            c.server.mqtt_gateway = "mqtt.example.com:1883".into();
+            c.server.mqtt_signature_key = "s1gn".into();
+        });
+        let v = ota(&f.ctx).await;
+        assert!(v.get("websocket").is_none(), "mqtt wins on the device: only one block is sent");
+        let mqtt = &v["mqtt"];
+        let client_id = format!("GID_xiaozhi@@@{}@@@{CLIENT}", DEVICE.replace(':', "_"));
+        assert_eq!(mqtt["endpoint"], "mqtt.example.com:1883");
+        assert_eq!(mqtt["client_id"], client_id.as_str());
+        assert_eq!(mqtt["publish_topic"], "device-server");
+        assert_eq!(mqtt["subscribe_topic"], format!("devices/p2p/{}", DEVICE.replace(':', "_")));
+        assert_eq!(mqtt["keepalive"], 240);
+        let (user, pass) = (mqtt["username"].as_str().unwrap(), mqtt["password"].as_str().unwrap());
+        assert!(crate::protocol::mqtt::password_ok("s1gn", &client_id, user, pass));
+        let mut keys: Vec<&str> = mqtt.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["client_id", "endpoint", "keepalive", "password", "publish_topic", "subscribe_topic", "username"]
+        );
+
+        // The built-in endpoint: the host the device reached, the bound port.
+        let mut f = fixture(|c| c.mqtt.enabled = true);
+        f.ctx.mqtt_port = Some(11883);
+        assert_eq!(ota(&f.ctx).await["mqtt"]["endpoint"], "192.168.1.10:11883");
+        let mut f = fixture(|c| c.mqtt.endpoint = "xz.example.com:1883".into());
+        f.ctx.mqtt_port = Some(11883);
+        assert_eq!(ota(&f.ctx).await["mqtt"]["endpoint"], "xz.example.com:1883");
     }
 
     #[tokio::test]

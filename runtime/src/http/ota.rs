@@ -16,6 +16,7 @@ use super::firmware;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::protocol::frame::ProtocolVersion;
+use crate::protocol::mqtt;
 
 /// What the OTA check needs from the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +153,52 @@ fn http_base(config: &Config, host: Option<&str>) -> String {
     }
 }
 
+/// The ports this server really bound, given to devices in the OTA answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// The WebSocket listener.
+    pub ws: u16,
+    /// The built-in MQTT endpoint, when it runs.
+    pub mqtt: Option<u16>,
+}
+
+/// The `mqtt` block for a device, when it is to use MQTT: the built-in endpoint when it runs
+/// (`mqtt.endpoint`, else the host the OTA request reached and the MQTT port), else the Python
+/// server's `server.mqtt_gateway`. Exactly the keys the firmware stores (device-protocol.md §5.2),
+/// plus the `subscribe_topic` older firmware subscribed to.
+pub fn mqtt_block(req: &OtaRequest, config: &Config, mqtt_port: Option<u16>) -> Option<Value> {
+    let endpoint = match mqtt_port {
+        Some(port) => match config.mqtt.endpoint.trim() {
+            "" => {
+                let host = req
+                    .host
+                    .as_deref()
+                    .map(host_without_port)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| configured_host(config));
+                format!("{host}:{port}")
+            }
+            endpoint => endpoint.to_owned(),
+        },
+        None => match config.server.mqtt_gateway.trim() {
+            "" => return None,
+            gateway => gateway.to_owned(),
+        },
+    };
+    let client_id = mqtt::client_id(&req.device_id, &req.client_id);
+    let username = mqtt::username("unknown");
+    let password = mqtt::password(config.server.mqtt_signature_key.trim(), &client_id, &username);
+    Some(json!({
+        "endpoint": endpoint,
+        "client_id": client_id,
+        "username": username,
+        "password": password,
+        "publish_topic": mqtt::PUBLISH_TOPIC,
+        "subscribe_topic": mqtt::device_topic(&req.device_id),
+        "keepalive": config.mqtt.keepalive,
+    }))
+}
+
 /// Epoch milliseconds of `now`.
 fn epoch_ms(now: SystemTime) -> u64 {
     now.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or_default()
@@ -167,7 +214,7 @@ pub fn answer(
     config: &Config,
     data_dir: &Path,
     auth_key: &str,
-    ws_port: u16,
+    ports: Ports,
     now: SystemTime,
     activation: &OtaActivation,
 ) -> Value {
@@ -192,22 +239,13 @@ pub fn answer(
         out.insert("firmware".into(), section);
     }
 
-    let mut websocket = Map::new();
-    websocket.insert("url".into(), websocket_url(config, req.host.as_deref(), ws_port).into());
-    let auth = Authenticator::new(auth_key.to_string(), &config.server.auth);
-    if auth.requires_token(&req.device_id) && *activation == OtaActivation::Admitted {
-        let secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
-        websocket.insert("token".into(), auth.issue(&req.client_id, &req.device_id, secs).into());
-    }
-    if let Some(version) = ProtocolVersion::from_number(config.xiaozhi.version) {
-        websocket.insert("version".into(), version.number().into());
-    }
-    out.insert("websocket".into(), Value::Object(websocket));
-
-    if !config.server.mqtt_gateway.trim().is_empty() {
-        tracing::warn!(
-            "server.mqtt_gateway is set, but MQTT is not implemented yet: devices are sent to the WebSocket"
-        );
+    // `mqtt` wins over `websocket` on the device, so only one is sent; a device that is not
+    // admitted yet (it stays in activation and starts no protocol) gets the WebSocket one.
+    let mqtt = mqtt_block(req, config, ports.mqtt).filter(|_| *activation == OtaActivation::Admitted);
+    if let Some(mqtt) = mqtt {
+        out.insert("mqtt".into(), mqtt);
+    } else {
+        out.insert("websocket".into(), websocket_section(req, config, auth_key, ports.ws, now, activation));
     }
 
     match activation {
@@ -228,6 +266,29 @@ pub fn answer(
         OtaActivation::Withheld { challenge: None } | OtaActivation::Admitted => {}
     }
     Value::Object(out)
+}
+
+/// The `websocket` block: the URL, the device's token when it needs one and is admitted, the
+/// binary protocol version.
+fn websocket_section(
+    req: &OtaRequest,
+    config: &Config,
+    auth_key: &str,
+    ws_port: u16,
+    now: SystemTime,
+    activation: &OtaActivation,
+) -> Value {
+    let mut websocket = Map::new();
+    websocket.insert("url".into(), websocket_url(config, req.host.as_deref(), ws_port).into());
+    let auth = Authenticator::new(auth_key.to_string(), &config.server.auth);
+    if auth.requires_token(&req.device_id) && *activation == OtaActivation::Admitted {
+        let secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+        websocket.insert("token".into(), auth.issue(&req.client_id, &req.device_id, secs).into());
+    }
+    if let Some(version) = ProtocolVersion::from_number(config.xiaozhi.version) {
+        websocket.insert("version".into(), version.number().into());
+    }
+    Value::Object(websocket)
 }
 
 #[cfg(test)]

@@ -202,12 +202,20 @@ pub enum ServerMessage {
     Hello {
         /// The protocol version in use.
         version: u32,
-        /// `websocket`.
+        /// `websocket`, or `udp` over MQTT.
         transport: String,
         /// This session's id; the device echoes it.
         session_id: String,
         /// What we encode the downlink at.
         audio_params: AudioParams,
+        /// Over MQTT: where and how the session's audio travels.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        udp: Option<UdpParams>,
+    },
+    /// Over MQTT: the session is over (the device closes its audio channel).
+    Goodbye {
+        /// Session id.
+        session_id: String,
     },
     /// The recognized user text.
     Stt {
@@ -254,6 +262,21 @@ pub enum ServerMessage {
         /// Session id.
         session_id: String,
     },
+}
+
+/// The hello's `udp` object (device-protocol.md §3.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UdpParams {
+    /// The address the device sends its datagrams to.
+    pub server: String,
+    /// The UDP port.
+    pub port: u16,
+    /// Always `aes-128-ctr`.
+    pub encryption: String,
+    /// The session's AES-128 key, 32 hex digits.
+    pub key: String,
+    /// The session's nonce (the header template), 32 hex digits.
+    pub nonce: String,
 }
 
 /// `tts.state`.
@@ -335,8 +358,10 @@ mod tests {
             transport: "websocket".into(),
             session_id: "abc".into(),
             audio_params: AudioParams { format: "opus".into(), sample_rate: 24000, channels: 1, frame_duration: 60 },
+            udp: None,
         };
         let v: Value = serde_json::from_str(&hello.to_json()).unwrap();
+        assert!(v.get("udp").is_none());
         assert_eq!(v["type"], "hello");
         assert_eq!(v["transport"], "websocket");
         assert_eq!(v["session_id"], "abc");

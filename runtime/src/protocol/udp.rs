@@ -7,9 +7,11 @@
 //! both in its hello; the nonce fixes `type` (1), `flags` and the `ssrc` of every packet, and each
 //! side counts its own `sequence` from 1. A receiver drops a datagram that is short, of another
 //! type or ssrc, whose length disagrees with `payload_len`, or whose sequence is not above the
-//! last one it accepted (a replay or a stale packet); a gap is accepted. CTR has no integrity
-//! check: a packet sealed under another key opens into bytes that are not Opus, which the
-//! session's decoder refuses and counts.
+//! last one it accepted (a replay or a stale packet), or more than [`MAX_JUMP`] above it; a gap
+//! is accepted. CTR has no integrity check, so the receiver also checks what a packet opens into
+//! (the caller's `is_audio`: an Opus packet of the session's frame duration): one sealed under
+//! another key opens into other bytes, is dropped, and does not move the sequence (a forger cannot
+//! push it ahead of the device's).
 
 use aes::cipher::{KeyIvInit, StreamCipher};
 
@@ -17,6 +19,9 @@ use aes::cipher::{KeyIvInit, StreamCipher};
 pub const HEADER_LEN: usize = 16;
 /// The only packet type (audio).
 pub const AUDIO: u8 = 0x01;
+/// The largest sequence step accepted: about a minute of 60 ms packets lost in a row. The device
+/// counts from 1 on every hello, so a larger step is not its packet.
+pub const MAX_JUMP: u32 = 1000;
 
 type Aes128Ctr = ctr::Ctr128BE<aes::Aes128>;
 
@@ -159,6 +164,32 @@ pub enum Dropped {
         /// The sequence received.
         got: u32,
     },
+    /// Too far above the last sequence accepted.
+    #[error("sequence {got} is more than {MAX_JUMP} above {last}")]
+    Jump {
+        /// The last sequence accepted.
+        last: u32,
+        /// The sequence received.
+        got: u32,
+    },
+    /// It opened into bytes that are not the session's audio (another key, or garbage).
+    #[error("it does not open into an audio packet (another key?)")]
+    NotAudio,
+}
+
+impl Dropped {
+    /// A short name, for metrics labels.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Short => "short",
+            Self::Kind(_) => "type",
+            Self::Ssrc(_) => "ssrc",
+            Self::Length { .. } => "length",
+            Self::Replayed { .. } => "replayed",
+            Self::Jump { .. } => "sequence_jump",
+            Self::NotAudio => "not_audio",
+        }
+    }
 }
 
 /// The receiving side of one direction: checks and opens packets.
@@ -186,8 +217,9 @@ impl Opener {
         Self { keys, last: 0, gaps: 0 }
     }
 
-    /// Checks and decrypts `datagram`; the sequence only advances when it is accepted.
-    pub fn open(&mut self, datagram: &[u8]) -> Result<Opened, Dropped> {
+    /// Checks and decrypts `datagram`, and accepts it when `is_audio` says its payload is the
+    /// session's audio; the sequence only advances when it is accepted.
+    pub fn open(&mut self, datagram: &[u8], is_audio: impl FnOnce(&[u8]) -> bool) -> Result<Opened, Dropped> {
         let Some((head, body)) = datagram.split_first_chunk::<HEADER_LEN>() else { return Err(Dropped::Short) };
         let header = Header::from_bytes(head);
         if header.kind != AUDIO {
@@ -203,12 +235,18 @@ impl Opener {
             return Err(Dropped::Replayed { last: self.last, got: header.sequence });
         }
         let missing = header.sequence - self.last - 1;
+        if missing >= MAX_JUMP {
+            return Err(Dropped::Jump { last: self.last, got: header.sequence });
+        }
+        let mut payload = body.to_vec();
+        Aes128Ctr::new(&self.keys.key.into(), &(*head).into()).apply_keystream(&mut payload);
+        if !is_audio(&payload) {
+            return Err(Dropped::NotAudio);
+        }
         if missing > 0 {
             self.gaps += 1;
         }
         self.last = header.sequence;
-        let mut payload = body.to_vec();
-        Aes128Ctr::new(&self.keys.key.into(), &(*head).into()).apply_keystream(&mut payload);
         Ok(Opened { header, payload, missing })
     }
 
@@ -221,6 +259,10 @@ impl Opener {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn any(_: &[u8]) -> bool {
+        true
+    }
 
     fn keys() -> SessionKeys {
         SessionKeys::new(*b"0123456789abcdef", 0x0102_0304)
@@ -245,15 +287,15 @@ mod tests {
         assert_ne!(&first[HEADER_LEN..], b"opus one", "the payload is encrypted");
         assert_eq!(&first[..4], &[0x01, 0x00, 0x00, 0x08], "type, flags, payload_len");
         assert_eq!(&first[12..16], &1u32.to_be_bytes(), "the first sequence is 1");
-        let opened = server.open(&first).expect("opens");
+        let opened = server.open(&first, any).expect("opens");
         assert_eq!(opened.payload, b"opus one");
         assert_eq!(opened.header.timestamp, 60);
-        assert_eq!(server.open(&first), Err(Dropped::Replayed { last: 1, got: 1 }), "a replay");
+        assert_eq!(server.open(&first, any), Err(Dropped::Replayed { last: 1, got: 1 }), "a replay");
         let _lost = device.seal(b"two", 120);
         let third = device.seal(b"three", 180).expect("sealed");
-        let opened = server.open(&third).expect("a gap is accepted");
+        let opened = server.open(&third, any).expect("a gap is accepted");
         assert_eq!((opened.payload.as_slice(), opened.missing, server.gaps()), (b"three".as_slice(), 1, 1));
-        assert_eq!(server.open(&first), Err(Dropped::Replayed { last: 3, got: 1 }), "a stale packet");
+        assert_eq!(server.open(&first, any), Err(Dropped::Replayed { last: 3, got: 1 }), "a stale packet");
     }
 
     #[test]
@@ -261,21 +303,27 @@ mod tests {
         let mut device = Sealer::new(keys());
         let mut server = Opener::new(keys());
         let packet = device.seal(b"abc", 0).expect("sealed");
-        assert_eq!(server.open(&packet[..10]), Err(Dropped::Short));
+        assert_eq!(server.open(&packet[..10], any), Err(Dropped::Short));
         let mut other = packet.clone();
         other[0] = 2;
-        assert_eq!(server.open(&other), Err(Dropped::Kind(2)));
+        assert_eq!(server.open(&other, any), Err(Dropped::Kind(2)));
         let mut stranger = packet.clone();
         stranger[7] = 0xFF;
-        assert_eq!(server.open(&stranger), Err(Dropped::Ssrc(0x0102_03FF)));
-        assert_eq!(server.open(&packet[..HEADER_LEN + 2]), Err(Dropped::Length { said: 3, got: 2 }));
+        assert_eq!(server.open(&stranger, any), Err(Dropped::Ssrc(0x0102_03FF)));
+        assert_eq!(server.open(&packet[..HEADER_LEN + 2], any), Err(Dropped::Length { said: 3, got: 2 }));
         // None of those moved the sequence: the real packet still opens.
-        assert_eq!(server.open(&packet).expect("opens").payload, b"abc");
-        // Another key opens into other bytes (CTR has no check): the Opus decoder refuses them.
+        assert_eq!(server.open(&packet, any).expect("opens").payload, b"abc");
+        // Another key opens into other bytes (CTR has no check): they are not the audio, and the
+        // forger's far-ahead sequence does not stop the device's next packet.
         let mut forger = Sealer::new(SessionKeys::new(*b"fedcba9876543210", 0x0102_0304));
         let _ = forger.seal(b"x", 0);
         let forged = forger.seal(b"abc", 0).expect("sealed");
-        assert_ne!(server.open(&forged).expect("the header is valid").payload, b"abc");
+        assert_eq!(server.open(&forged, |p| p == b"abc"), Err(Dropped::NotAudio));
+        let mut far = forged.clone();
+        far[12..16].copy_from_slice(&(2 + MAX_JUMP).to_be_bytes());
+        assert_eq!(server.open(&far, any), Err(Dropped::Jump { last: 1, got: 2 + MAX_JUMP }));
+        let next = device.seal(b"def", 60).expect("sealed");
+        assert_eq!(server.open(&next, |p| p == b"def").expect("opens").payload, b"def");
         assert!(device.seal(&vec![0; 70_000], 0).is_none());
     }
 

@@ -25,6 +25,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::cli::TransportArg;
 use super::{SimConfig, SimDevice, SimEvent};
 use crate::protocol::message::ListenMode;
 
@@ -67,6 +68,13 @@ pub struct BenchArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// The devices' transport: `mqtt` asks each device's OTA check (--ota) for its mqtt block
+    /// and talks MQTT + UDP, like the firmware.
+    #[arg(long, value_enum, default_value_t = TransportArg::Websocket)]
+    pub transport: TransportArg,
+    /// The OTA URL (needed with --transport mqtt).
+    #[arg(long)]
+    pub ota: Option<String>,
 }
 
 /// One finished turn.
@@ -156,6 +164,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn bench(args: &BenchArgs, pcm: Vec<i16>, voiced_end: Duration) -> anyhow::Result<BenchReport> {
+    if args.transport == TransportArg::Mqtt && args.ota.is_none() {
+        bail!("--transport mqtt needs --ota (each device's credentials come from its OTA check)");
+    }
     let usage_before = args.pid.and_then(process_usage);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.max_seconds);
@@ -167,7 +178,7 @@ async fn bench(args: &BenchArgs, pcm: Vec<i16>, voiced_end: Duration) -> anyhow:
     let gap = Duration::from_secs_f64(1.0 / args.ramp.max(0.1));
     for i in 0..args.devices {
         tokio::time::sleep_until(tokio::time::Instant::from_std(started + gap * i)).await;
-        let cfg = SimConfig {
+        let mut cfg = SimConfig {
             url: args.server.clone(),
             device_id: format!(
                 "02:be:{:02x}:{:02x}:{:02x}:{:02x}",
@@ -179,6 +190,13 @@ async fn bench(args: &BenchArgs, pcm: Vec<i16>, voiced_end: Duration) -> anyhow:
             client_id: format!("00000000-0000-4000-8000-{i:012x}"),
             ..SimConfig::default()
         };
+        if let (TransportArg::Mqtt, Some(ota)) = (args.transport, &args.ota) {
+            let answer = super::cli::ota_fetch(ota, &cfg).await;
+            if let Err(e) = answer.and_then(|body| super::cli::apply_ota(&body, &mut cfg, TransportArg::Mqtt, false)) {
+                tracing::warn!("device {i}: no MQTT settings from the OTA check: {e:#}");
+                continue;
+            }
+        }
         let device = match SimDevice::connect(cfg).await {
             Ok(device) => device,
             Err(e) => {
@@ -316,6 +334,7 @@ fn print_report(args: &BenchArgs, r: &BenchReport) {
     let row = |what: &str, value: String| println!("| {what:<44} | {value:>28} |");
     println!("| {:<44} | {:>28} |", "bench", "result");
     println!("|{}|{}|", "-".repeat(46), "-".repeat(30));
+    row("transport", format!("{:?}", args.transport).to_lowercase());
     row("devices connected / asked", format!("{} / {}", r.connected, r.devices));
     row("turns completed / failed", format!("{} / {}", r.turns_completed, r.turns_failed));
     let l = &r.latency_ms;

@@ -90,6 +90,24 @@ pub struct SimulateArgs {
     /// Do not announce MCP in the hello (the firmware does; without it no tool list is held).
     #[arg(long)]
     pub no_mcp: bool,
+    /// The transport the device is to use: the OTA answer decides, as on the firmware (`mqtt`
+    /// needs --ota, whose answer must then carry the mqtt block).
+    #[arg(long, value_enum, default_value_t = TransportArg::Websocket)]
+    pub transport: TransportArg,
+    /// Over MQTT: subscribe to the OTA block's subscribe_topic, as firmware before 2025 did (a
+    /// stock broker such as mosquitto delivers to the device only then).
+    #[arg(long)]
+    pub subscribe: bool,
+}
+
+/// `--transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TransportArg {
+    /// WebSocket.
+    #[default]
+    Websocket,
+    /// MQTT + UDP.
+    Mqtt,
 }
 
 /// Runs the simulated conversation described by `args`, printing one line per event.
@@ -111,8 +129,12 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         mcp: !args.no_mcp,
         ..SimConfig::default()
     };
-    if let Some(ota) = &args.ota {
-        ota_check(ota, &mut cfg).await?;
+    match &args.ota {
+        Some(ota) => ota_check(ota, &mut cfg, args.transport, args.subscribe).await?,
+        None if args.transport == TransportArg::Mqtt => {
+            bail!("--transport mqtt needs --ota (the credentials come from it)")
+        }
+        None => {}
     }
     let mut device = SimDevice::connect(cfg).await?;
     println!(
@@ -300,8 +322,16 @@ fn ota_body(cfg: &SimConfig) -> Value {
     })
 }
 
-/// POSTs the OTA check and applies the response to `cfg` like the firmware stores it in NVS.
-async fn ota_check(url: &str, cfg: &mut SimConfig) -> anyhow::Result<()> {
+/// POSTs the OTA check, prints the answer and applies it to `cfg` like the firmware stores it in
+/// NVS.
+async fn ota_check(url: &str, cfg: &mut SimConfig, transport: TransportArg, subscribe: bool) -> anyhow::Result<()> {
+    let body = ota_fetch(url, cfg).await?;
+    println!("ota: {body}");
+    apply_ota(&body, cfg, transport, subscribe)
+}
+
+/// POSTs the firmware's OTA check for `cfg`'s device and returns the answer.
+pub async fn ota_fetch(url: &str, cfg: &SimConfig) -> anyhow::Result<Value> {
     let client = reqwest::Client::builder().timeout(OTA_TIMEOUT).build()?;
     let response = client
         .post(url)
@@ -319,14 +349,13 @@ async fn ota_check(url: &str, cfg: &mut SimConfig) -> anyhow::Result<()> {
     if status != reqwest::StatusCode::OK {
         bail!("OTA check answered HTTP {status}: {}", text.trim());
     }
-    let body: Value = serde_json::from_str(&text).with_context(|| format!("OTA response is not JSON: {text}"))?;
-    println!("ota: {body}");
-    apply_ota(&body, cfg)
+    serde_json::from_str(&text).with_context(|| format!("OTA response is not JSON: {text}"))
 }
 
 /// Applies an OTA response the way the firmware does (§5.2): activation blocks, `mqtt` wins over
-/// `websocket`, and the websocket url/token/version replace the current ones.
-fn apply_ota(body: &Value, cfg: &mut SimConfig) -> anyhow::Result<()> {
+/// `websocket`, and the websocket url/token/version replace the current ones. The transport it
+/// picks must be `expected`.
+pub fn apply_ota(body: &Value, cfg: &mut SimConfig, expected: TransportArg, subscribe: bool) -> anyhow::Result<()> {
     if let Some(activation) = body.get("activation")
         && (activation.get("code").is_some() || activation.get("challenge").is_some())
     {
@@ -335,8 +364,19 @@ fn apply_ota(body: &Value, cfg: &mut SimConfig) -> anyhow::Result<()> {
             activation.get("message").and_then(Value::as_str).unwrap_or("(no message)")
         );
     }
-    if body.get("mqtt").is_some() {
-        bail!("the OTA response has an \"mqtt\" section, so the firmware would use MQTT, not WebSocket");
+    if let Some(block) = body.get("mqtt") {
+        if expected != TransportArg::Mqtt {
+            bail!("the OTA response has an \"mqtt\" section, so the firmware would use MQTT, not WebSocket");
+        }
+        let mut settings = super::mqtt::MqttSettings::from_ota(block)?;
+        settings.subscribe = subscribe;
+        cfg.transport = super::SimTransport::Mqtt(settings);
+        return Ok(());
+    }
+    if expected == TransportArg::Mqtt {
+        bail!(
+            "the OTA response has no \"mqtt\" section, so the firmware would use the WebSocket (is mqtt.enabled on?)"
+        );
     }
     let Some(ws) = body.get("websocket") else {
         bail!("the OTA response has no \"websocket\" section (the firmware would fall back to MQTT)");
@@ -397,15 +437,29 @@ mod tests {
         let mut cfg = SimConfig::default();
         let body = json!({"server_time":{"timestamp":1,"timezone_offset":480},
             "websocket":{"url":"ws://10.0.0.2:8000/xiaozhi/v1/","token":"abc","version":2}});
-        apply_ota(&body, &mut cfg).unwrap();
+        apply_ota(&body, &mut cfg, TransportArg::Websocket, false).unwrap();
         assert_eq!(cfg.url, "ws://10.0.0.2:8000/xiaozhi/v1/");
         assert_eq!(cfg.token.as_deref(), Some("abc"));
         assert_eq!(cfg.protocol_version, 2);
-        apply_ota(&json!({"websocket":{"version":"3"}}), &mut cfg).unwrap();
+        apply_ota(&json!({"websocket":{"version":"3"}}), &mut cfg, TransportArg::Websocket, false).unwrap();
         assert_eq!(cfg.protocol_version, 1, "a string version reads back as 0 = v1");
-        assert!(apply_ota(&json!({"websocket":{},"mqtt":{"endpoint":"x"}}), &mut cfg).is_err());
-        let err = apply_ota(&json!({"websocket":{},"activation":{"code":"123456","message":"go\n123456"}}), &mut cfg)
-            .unwrap_err();
+        assert!(
+            apply_ota(&json!({"websocket":{},"mqtt":{"endpoint":"x"}}), &mut cfg, TransportArg::Websocket, false)
+                .is_err()
+        );
+        assert!(apply_ota(&json!({"websocket":{}}), &mut cfg, TransportArg::Mqtt, false).is_err());
+        let mqtt = json!({"endpoint":"10.0.0.2:1883","client_id":"GID_x@@@aa_bb_cc_dd_ee_ff@@@u","publish_topic":"device-server"});
+        apply_ota(&json!({ "mqtt": mqtt }), &mut cfg, TransportArg::Mqtt, true).unwrap();
+        let crate::simulator::SimTransport::Mqtt(settings) = &cfg.transport else { panic!("{:?}", cfg.transport) };
+        assert!(settings.subscribe && settings.endpoint == "10.0.0.2:1883");
+        cfg.transport = crate::simulator::SimTransport::WebSocket;
+        let err = apply_ota(
+            &json!({"websocket":{},"activation":{"code":"123456","message":"go\n123456"}}),
+            &mut cfg,
+            TransportArg::Websocket,
+            false,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("123456"));
         let body = ota_body(&cfg);
         assert_eq!(body["mac_address"], DEFAULT_DEVICE_ID);

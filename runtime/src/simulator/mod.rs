@@ -1,7 +1,8 @@
-//! A device simulator that speaks the firmware's protocol (device-protocol.md §1, §2, §4, §7): the
-//! WebSocket handshake with the firmware's headers, the firmware hello and the checks it makes on
-//! the server hello, the `listen`/`abort` messages, real-time 60 ms Opus uplink in binary protocol
-//! v1/v2/v3, the device side of MCP, and the Speaking rule for downlink audio.
+//! A device simulator that speaks the firmware's protocol (device-protocol.md §1–§4, §7): the
+//! WebSocket handshake with the firmware's headers, or MQTT + encrypted UDP ([`mqtt`]); the
+//! firmware hello and the checks it makes on the server hello, the `listen`/`abort` messages,
+//! real-time 60 ms Opus uplink in binary protocol v1/v2/v3 (or UDP datagrams), the device side of
+//! MCP, and the Speaking rule for downlink audio.
 //!
 //! [`SimDevice`] is used by the `simulate` subcommand ([`cli`]) and by the end-to-end tests. One
 //! reader task owns the socket's read half: it decodes binary frames, answers the server's MCP
@@ -11,6 +12,7 @@
 pub mod bench;
 pub mod cli;
 pub mod mcp;
+pub mod mqtt;
 pub mod reply;
 
 use std::collections::VecDeque;
@@ -83,6 +85,18 @@ pub struct SimConfig {
     /// call of it posts this photo and the call's `question` to the vision URL of `initialize`,
     /// answering with the response body, as the firmware does.
     pub camera: Option<Arc<Vec<u8>>>,
+    /// WebSocket (`url`), or MQTT + UDP with the OTA block's settings.
+    pub transport: SimTransport,
+}
+
+/// How a simulated device reaches the server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SimTransport {
+    /// The WebSocket at [`SimConfig::url`].
+    #[default]
+    WebSocket,
+    /// MQTT for the JSON, UDP for the audio.
+    Mqtt(mqtt::MqttSettings),
 }
 
 impl Default for SimConfig {
@@ -98,6 +112,7 @@ impl Default for SimConfig {
             mcp_ignore_requests: 0,
             mcp_reply_delay: Duration::ZERO,
             camera: None,
+            transport: SimTransport::WebSocket,
         }
     }
 }
@@ -152,13 +167,17 @@ fn parse_server_hello(v: &Value) -> anyhow::Result<ServerHello> {
     })
 }
 
-/// The firmware hello (§1.2), with the keys in the firmware's order.
+/// The firmware hello (§1.2, §3.1), with the keys in the firmware's order.
 fn client_hello(cfg: &SimConfig) -> String {
-    let mut s = format!(r#"{{"type":"hello","version":{}"#, cfg.protocol_version);
+    let (version, transport) = match cfg.transport {
+        SimTransport::WebSocket => (cfg.protocol_version, "websocket"),
+        SimTransport::Mqtt(_) => (3, "udp"),
+    };
+    let mut s = format!(r#"{{"type":"hello","version":{version}"#);
     if cfg.mcp {
         s.push_str(r#","features":{"mcp":true}"#);
     }
-    s.push_str(r#","transport":"websocket""#);
+    s.push_str(&format!(r#","transport":"{transport}""#));
     if cfg.hello_audio_params {
         s.push_str(r#","audio_params":{"format":"opus","sample_rate":16000,"channels":1,"frame_duration":60}"#);
     }
@@ -202,6 +221,17 @@ struct McpBehaviour {
     camera: Option<(Arc<Vec<u8>>, String, String)>,
 }
 
+impl McpBehaviour {
+    fn of(cfg: &SimConfig) -> Self {
+        Self {
+            enabled: cfg.mcp,
+            ignore: cfg.mcp_ignore_requests,
+            delay: cfg.mcp_reply_delay,
+            camera: cfg.camera.clone().map(|photo| (photo, cfg.device_id.clone(), cfg.client_id.clone())),
+        }
+    }
+}
+
 fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -211,6 +241,11 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// What the writer task is asked to do.
 enum Outgoing {
     Send(Message),
+    /// One uplink Opus packet (framed per the protocol version, or sealed into a datagram).
+    Audio {
+        opus: Vec<u8>,
+        timestamp: u32,
+    },
     /// Flush and stop (the caller then drops the socket without a Close frame).
     Shutdown,
 }
@@ -263,6 +298,8 @@ pub struct SimDevice {
     encoder: Mutex<UplinkEncoder>,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
+    /// Over MQTT: the audio channel.
+    udp: Option<Arc<mqtt::Audio>>,
 }
 
 impl std::fmt::Debug for SimDevice {
@@ -289,6 +326,10 @@ impl SimDevice {
     /// with `type:"hello"` and a string `transport`. A refused upgrade is an error naming the HTTP
     /// status. Messages that arrive before the hello are kept as events.
     pub async fn connect(cfg: SimConfig) -> anyhow::Result<SimDevice> {
+        if let SimTransport::Mqtt(settings) = &cfg.transport {
+            let settings = settings.clone();
+            return Self::connect_mqtt(cfg, &settings).await;
+        }
         let version = ProtocolVersion::from_number(cfg.protocol_version)
             .ok_or_else(|| anyhow!("protocol version {} is not 1, 2 or 3", cfg.protocol_version))?;
         let mut request =
@@ -334,13 +375,8 @@ impl SimDevice {
         }));
         let (sink, stream) = ws.split();
         let (out, out_rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write_loop(sink, out_rx));
-        let behaviour = McpBehaviour {
-            enabled: cfg.mcp,
-            ignore: cfg.mcp_ignore_requests,
-            delay: cfg.mcp_reply_delay,
-            camera: cfg.camera.clone().map(|photo| (photo, cfg.device_id.clone(), cfg.client_id.clone())),
-        };
+        let writer = tokio::spawn(write_loop(sink, version, out_rx));
+        let behaviour = McpBehaviour::of(&cfg);
         let reader = tokio::spawn(read_loop(stream, version, behaviour, Arc::clone(&shared), events_tx, out.clone()));
         let encoder = Mutex::new(UplinkEncoder::new()?);
         Ok(SimDevice {
@@ -355,7 +391,72 @@ impl SimDevice {
             encoder,
             reader,
             writer,
+            udp: None,
         })
+    }
+
+    /// Connects over MQTT + UDP ([`mqtt`]): CONNECT with the OTA block's credentials, the hello
+    /// (version 3, `transport: udp`), up to 10 s for the server hello with its `udp` object, then
+    /// one frame of silence so the server learns the device's UDP address.
+    async fn connect_mqtt(cfg: SimConfig, settings: &mqtt::MqttSettings) -> anyhow::Result<SimDevice> {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let mut protocol_errors = Vec::new();
+        let connected = mqtt::connect(settings, client_hello(&cfg), &events_tx, &mut protocol_errors).await?;
+        let connected_at = Instant::now();
+        let hello = connected.parsed;
+        let shared = Arc::new(Mutex::new(Shared {
+            session_id: hello.session_id,
+            downlink_rate: hello.sample_rate,
+            downlink_frame_ms: hello.frame_duration,
+            mcp: DeviceState { camera: cfg.camera.is_some(), ..DeviceState::default() },
+            mcp_requests: 0,
+            protocol_errors,
+        }));
+        let audio = connected.audio;
+        let (out, out_rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(mqtt::write_loop(
+            connected.client,
+            settings.publish_topic.clone(),
+            Arc::clone(&audio),
+            out_rx,
+        ));
+        let behaviour = McpBehaviour::of(&cfg);
+        let reader = tokio::spawn(mqtt::read_loop(
+            connected.eventloop,
+            Arc::clone(&audio),
+            behaviour,
+            Arc::clone(&shared),
+            events_tx,
+            out.clone(),
+        ));
+        let device = SimDevice {
+            cfg,
+            version: ProtocolVersion::V3,
+            server_hello: connected.hello,
+            connected_at,
+            out,
+            events,
+            pending: VecDeque::new(),
+            shared,
+            encoder: Mutex::new(UplinkEncoder::new()?),
+            reader,
+            writer,
+            udp: Some(audio),
+        };
+        device.stream_silence(Duration::from_millis(u64::from(UPLINK_FRAME_MS))).await?;
+        Ok(device)
+    }
+
+    /// Over MQTT: the session's UDP key and nonce, and the server's UDP address (tests forge
+    /// datagrams with them).
+    pub fn udp_channel(&self) -> Option<(crate::protocol::udp::SessionKeys, std::net::SocketAddr)> {
+        let audio = self.udp.as_ref()?;
+        Some((audio.keys.clone(), audio.server_addr().ok()?))
+    }
+
+    /// `{"session_id":S,"type":"goodbye"}`: the device closes its audio channel (MQTT).
+    pub async fn goodbye(&self) -> anyhow::Result<()> {
+        self.send_text_raw(format!(r#"{{"session_id":{},"type":"goodbye"}}"#, quote(&self.session_id()))).await
     }
 
     /// The configuration this device connected with.
@@ -478,9 +579,9 @@ impl SimDevice {
     /// the connection opened).
     pub async fn send_opus(&self, packet: &[u8]) -> anyhow::Result<()> {
         let timestamp = (self.connected_at.elapsed().as_millis() % (1u128 << 32)) as u32;
-        let mut out = Vec::with_capacity(packet.len() + 16);
-        frame::encode(self.version, packet, timestamp, &mut out);
-        self.enqueue(Message::binary(out))
+        self.out
+            .send(Outgoing::Audio { opus: packet.to_vec(), timestamp })
+            .map_err(|_| anyhow!("the connection is closed"))
     }
 
     fn encode(&self, pcm: &[i16]) -> anyhow::Result<Vec<Vec<u8>>> {
@@ -756,9 +857,22 @@ fn close_text(frame: Option<tungstenite::protocol::CloseFrame>) -> String {
     }
 }
 
-async fn write_loop(mut sink: SplitSink<Ws, Message>, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+async fn write_loop(
+    mut sink: SplitSink<Ws, Message>,
+    version: ProtocolVersion,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+) {
     while let Some(cmd) = rx.recv().await {
+        let cmd = match cmd {
+            Outgoing::Audio { opus, timestamp } => {
+                let mut out = Vec::with_capacity(opus.len() + 16);
+                frame::encode(version, &opus, timestamp, &mut out);
+                Outgoing::Send(Message::binary(out))
+            }
+            cmd => cmd,
+        };
         match cmd {
+            Outgoing::Audio { .. } => {}
             Outgoing::Send(msg) => {
                 if let Err(e) = sink.send(msg).await {
                     tracing::debug!("simulator: write failed: {e}");
