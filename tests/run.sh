@@ -9,7 +9,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # redis-server: the store tests run both backends, Redis as a real process on a free port.
 # sox with its MP3 format: the MP3 decoding test makes its input with it.
 # chromium and chromium-driver: the console's pages are tested in real headless Chromium.
-models/setup.sh redis-server sox libsox-fmt-mp3 chromium chromium-driver
+# mosquitto: the MQTT fleet test runs two instances behind a real broker on a free port.
+models/setup.sh redis-server sox libsox-fmt-mp3 chromium chromium-driver mosquitto
 # The SenseVoice tests build their small stand-in model with PyPI's onnx and numpy.
 if ! python3 -c 'import onnx, numpy' 2>/dev/null; then
   python3 -m pip install --quiet "onnx>=1.16" "numpy>=1.24" ||

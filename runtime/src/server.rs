@@ -124,6 +124,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     let first = Arc::clone(&config);
     let instance: Arc<str> = Arc::from(instance_name(&config).as_str());
     let announced = Arc::clone(&instance);
+    let services_instance = Arc::clone(&instance);
     let (services, cache) = tokio::task::spawn_blocking(move || {
         let mut cache = ModelCache::new(state, announced, metrics);
         cache.extensions = extensions;
@@ -182,7 +183,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
             data_dir: options.data_dir.clone(),
             auth_key: Arc::from(key.as_str()),
             ws_port: ws_addr.port(),
-            mqtt_port: mqtt.as_ref().and_then(|(listener, _)| listener.local_addr().ok()).map(|a| a.port()),
+            mqtt_port: mqtt.as_ref().map(|sockets| sockets.port),
             extensions,
             store: state,
             metrics,
@@ -223,10 +224,8 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     tasks.spawn(accept_loop(http_listener, Arc::clone(&app), Port::Http));
     tracing::info!("WebSocket on ws://{ws_addr}{WS_PATH}/, OTA on http://{http_addr}/xiaozhi/ota/");
     let mut mqtt_addrs = None;
-    if let Some((listener, udp)) = mqtt {
-        let (mqtt_addr, udp_addr) = (listener.local_addr()?, udp.local_addr()?);
-        tracing::info!("MQTT on {mqtt_addr}, UDP audio on {udp_addr}");
-        mqtt_addrs = Some((mqtt_addr, udp_addr));
+    if let Some(MqttSockets { listener, udp, port }) = mqtt {
+        let udp_addr = udp.local_addr()?;
         let starter = Arc::clone(&app);
         let start: crate::connection::mqtt::StartSession = Arc::new(move |new| {
             let app = Arc::clone(&starter);
@@ -234,7 +233,29 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         });
         let metrics = Arc::clone(&app.http.metrics);
         let config = app.http.config.clone();
-        tasks.spawn(crate::connection::mqtt::serve(listener, config, udp, metrics, start, shutdown.clone()));
+        match listener {
+            Some(listener) => {
+                let mqtt_addr = listener.local_addr()?;
+                tracing::info!("MQTT on {mqtt_addr}, UDP audio on {udp_addr}");
+                mqtt_addrs = Some((mqtt_addr, udp_addr));
+                tasks.spawn(crate::connection::mqtt::serve(listener, config, udp, metrics, start, shutdown.clone()));
+            }
+            None => {
+                tracing::info!("MQTT fleet mode: devices on the broker (port {port} in OTA), UDP audio on {udp_addr}");
+                mqtt_addrs = Some((SocketAddr::new(udp_addr.ip(), port), udp_addr));
+                let store = Arc::clone(&app.http.store);
+                let instance = Arc::clone(&services_instance);
+                tasks.spawn(crate::connection::broker::serve(
+                    config,
+                    udp,
+                    metrics,
+                    start,
+                    store,
+                    instance,
+                    shutdown.clone(),
+                ));
+            }
+        }
     }
     let console_path = config.console.path.trim_end_matches('/');
     if config.console.password.is_empty() {
@@ -245,16 +266,32 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     Ok(RunningServer { ws_addr, http_addr, mqtt_addrs, shutdown, tasks, _watcher: watcher, mcp_endpoint, mcp_servers })
 }
 
-/// Binds the built-in MQTT endpoint's TCP port and its UDP audio socket (`mqtt:`).
+/// The MQTT transport's sockets: the built-in endpoint's TCP port (none in fleet mode, where the
+/// devices are on the external broker) and the UDP audio socket.
+struct MqttSockets {
+    listener: Option<TcpListener>,
+    udp: Arc<crate::connection::udp::UdpEndpoint>,
+    /// The port devices are given in OTA: ours, or the broker's.
+    port: u16,
+}
+
+/// Binds the MQTT transport's sockets (`mqtt:`).
 async fn bind_mqtt(
     config: &Config,
     metrics: Arc<crate::metrics::Metrics>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<(TcpListener, Arc<crate::connection::udp::UdpEndpoint>)> {
+) -> anyhow::Result<MqttSockets> {
     let ip = config.server.ip.as_str();
-    let listener = TcpListener::bind((ip, config.mqtt.port))
-        .await
-        .with_context(|| format!("cannot listen for MQTT on {ip}:{}", config.mqtt.port))?;
+    let (listener, port) = match config.mqtt.broker_address() {
+        Some(broker) => (None, broker.map_err(anyhow::Error::msg)?.1),
+        None => {
+            let listener = TcpListener::bind((ip, config.mqtt.port))
+                .await
+                .with_context(|| format!("cannot listen for MQTT on {ip}:{}", config.mqtt.port))?;
+            let port = listener.local_addr()?.port();
+            (Some(listener), port)
+        }
+    };
     let udp_addr = tokio::net::lookup_host((ip, config.mqtt.udp_port))
         .await?
         .next()
@@ -262,7 +299,7 @@ async fn bind_mqtt(
     let udp = crate::connection::udp::UdpEndpoint::start(udp_addr, metrics, shutdown.clone())
         .await
         .with_context(|| format!("cannot bind UDP {udp_addr}"))?;
-    Ok((listener, udp))
+    Ok(MqttSockets { listener, udp, port })
 }
 
 /// Runs one session the MQTT endpoint opened: the activation check, the device's services, then
@@ -271,7 +308,13 @@ async fn mqtt_session(app: Arc<App>, new: crate::connection::mqtt::NewSession) {
     let crate::connection::mqtt::NewSession { identity, connection, outbox, local_addr } = new;
     let config = Arc::clone(&app.http.config.borrow());
     let (device_id, client_id) = (identity.device_id, identity.client_id);
-    if config.activation.enabled && !http::activation::admits(app.http.store.as_ref(), &device_id, &client_id).await {
+    // In fleet mode the broker authenticates devices and their client id is not known here: the
+    // device must be bound, with whatever Client-Id.
+    let admitted = async || match client_id.as_str() {
+        "" => http::activation::binding(app.http.store.as_ref(), &device_id).await.ok().flatten().is_some(),
+        client_id => http::activation::admits(app.http.store.as_ref(), &device_id, client_id).await,
+    };
+    if config.activation.enabled && !admitted().await {
         tracing::warn!(device = %device_id, "MQTT session refused: device not activated (or bound with another Client-Id)");
         outbox.close("device not activated").await;
         return;
@@ -640,7 +683,13 @@ async fn upgrade(mut req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) ->
         tracing::warn!(device = %device_id, %peer, "refused: token revoked");
         return text_response(StatusCode::UNAUTHORIZED, "authentication failed: token revoked");
     }
-    if config.activation.enabled && !http::activation::admits(app.http.store.as_ref(), &device_id, &client_id).await {
+    // In fleet mode the broker authenticates devices and their client id is not known here: the
+    // device must be bound, with whatever Client-Id.
+    let admitted = async || match client_id.as_str() {
+        "" => http::activation::binding(app.http.store.as_ref(), &device_id).await.ok().flatten().is_some(),
+        client_id => http::activation::admits(app.http.store.as_ref(), &device_id, client_id).await,
+    };
+    if config.activation.enabled && !admitted().await {
         tracing::warn!(device = %device_id, %peer, "refused: device not activated (or bound with another Client-Id)");
         return text_response(StatusCode::FORBIDDEN, "device not activated: run the OTA check and bind its code");
     }

@@ -11,6 +11,7 @@ pub mod browser;
 pub mod harness;
 pub mod jpeg;
 pub mod mock;
+pub mod mosquitto;
 pub mod providers;
 pub mod python;
 pub mod raw;

@@ -435,6 +435,10 @@ impl Default for MqttConfig {
             endpoint: String::new(),
             udp_host: String::new(),
             keepalive: 240,
+            broker: String::new(),
+            broker_username: String::new(),
+            broker_password: String::new(),
+            share_group: "xiaozhi".into(),
         }
     }
 }

@@ -998,6 +998,38 @@ fn validate(config: &Config, problems: &mut Vec<ConfigError>) {
             ),
         );
     }
+    let mqtt = &config.mqtt;
+    if mqtt.enabled {
+        match mqtt.broker_address() {
+            Some(Err(why)) => invalid("mqtt.broker", why),
+            Some(Ok(_)) => {
+                if config.store.kind != super::StoreKind::Redis {
+                    invalid(
+                        "mqtt.broker",
+                        "fleet mode needs store.type: redis (the device registry decides which instance serves a device)"
+                            .into(),
+                    );
+                }
+                if mqtt.udp_host.trim().is_empty() {
+                    invalid(
+                        "mqtt.udp_host",
+                        "fleet mode needs the address devices send this instance's UDP audio to".into(),
+                    );
+                }
+                let group = mqtt.share_group.trim();
+                if group.is_empty() || group.contains(['/', '+', '#']) {
+                    invalid("mqtt.share_group", format!("{group:?} is not a topic level"));
+                }
+            }
+            None if mqtt.port != 0 && [config.server.port, config.server.http_port].contains(&mqtt.port) => {
+                invalid(
+                    "mqtt.port",
+                    format!("{} is also a port of server:; the listeners need different ports", mqtt.port),
+                );
+            }
+            None => {}
+        }
+    }
     if config.server.port != 0 && config.server.port == config.server.http_port {
         invalid(
             "server.http_port",
@@ -1267,6 +1299,24 @@ TTS:
         let mut base = yaml("server: {port: 8000}");
         deep_merge(&mut base, yaml("server: off"));
         assert_eq!(base, yaml("server: off"));
+    }
+
+    #[test]
+    fn mqtt_fleet_mode_needs_redis_a_udp_host_and_a_broker_url() {
+        let loaded = load_over_repo("mqtt:\n  enabled: true\n").expect("the built-in endpoint loads");
+        assert_eq!(loaded.config.mqtt.broker_address(), None);
+        let err = expect_error(load_over_repo("mqtt:\n  enabled: true\n  broker: mqtt://broker:1883\n"));
+        assert!(err.contains("mqtt.broker") && err.contains("store.type: redis"), "{err}");
+        assert!(err.contains("mqtt.udp_host"), "{err}");
+        let fleet = "store:\n  type: redis\nmqtt:\n  enabled: true\n  udp_host: 10.0.0.5\n  broker: ";
+        let loaded = load_over_repo(&format!("{fleet}mqtt://broker:11883\n")).expect("fleet mode loads");
+        assert_eq!(loaded.config.mqtt.broker_address(), Some(Ok(("broker".to_owned(), 11883))));
+        let loaded = load_over_repo(&format!("{fleet}broker\n")).expect("the default port");
+        assert_eq!(loaded.config.mqtt.broker_address(), Some(Ok(("broker".to_owned(), 1883))));
+        let err = expect_error(load_over_repo(&format!("{fleet}mqtt://broker:x\n")));
+        assert!(err.contains("the port is not a number"), "{err}");
+        let err = expect_error(load_over_repo("mqtt:\n  enabled: true\n  port: 8003\n"));
+        assert!(err.contains("mqtt.port"), "{err}");
     }
 
     #[test]

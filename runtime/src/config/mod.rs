@@ -349,6 +349,36 @@ pub struct MqttConfig {
     /// The keep-alive given to devices, seconds (the firmware's default is 240); a client that
     /// sends nothing for 1.5 × its CONNECT keep-alive is closed.
     pub keepalive: u16,
+    /// Fleet mode: an external broker (`mqtt://host:port`) that devices connect to and every
+    /// instance joins as a client; empty = the built-in endpoint on `port`. Needs `store.type:
+    /// redis` (the device registry decides which instance serves a device) and `udp_host`.
+    pub broker: String,
+    /// The user name and password this instance gives the broker (empty: none).
+    pub broker_username: String,
+    /// See `broker_username`.
+    pub broker_password: String,
+    /// The shared-subscription group the instances share the devices' topic in.
+    pub share_group: String,
+}
+
+impl MqttConfig {
+    /// The broker's host and port in fleet mode (`None`: the built-in endpoint).
+    pub fn broker_address(&self) -> Option<Result<(String, u16), String>> {
+        let raw = self.broker.trim();
+        if raw.is_empty() {
+            return None;
+        }
+        let rest = raw.strip_prefix("mqtt://").or_else(|| raw.strip_prefix("tcp://")).unwrap_or(raw);
+        let rest = rest.trim_end_matches('/');
+        Some(match rest.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() => port
+                .parse::<u16>()
+                .map(|port| (host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
+                .map_err(|_| format!("{raw:?}: the port is not a number")),
+            None if !rest.is_empty() && !rest.contains('/') => Ok((rest.to_owned(), 1883)),
+            _ => Err(format!("{raw:?} is not mqtt://host:port")),
+        })
+    }
 }
 
 /// `limits:` — the bound on every per-device and per-caller resource. What happens at each limit

@@ -20,9 +20,10 @@
 //! does not take it is dropped then.
 //!
 //! The transports are [`ws`] (WebSocket) and [`mqtt`] (MQTT for the JSON, encrypted UDP for the
-//! audio, through [`udp`]); each is a reader of [`Event`]s and a writer task draining the
-//! [`Outbox`]. The session above never sees a socket, nor which transport it is on.
+//! audio, through [`udp`]; devices on the built-in endpoint, or on an external broker in fleet
+//! mode, [`broker`]); each is a reader of [`Event`]s and a writer task draining the [`Outbox`]. The session above never sees a socket, nor which transport it is on.
 
+pub mod broker;
 pub mod mqtt;
 pub mod udp;
 pub mod ws;

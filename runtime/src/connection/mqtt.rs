@@ -35,7 +35,7 @@ use rumqttc::mqttbytes::v4::{
 };
 use rumqttc::mqttbytes::{Protocol, QoS};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +52,15 @@ const CLIENT_QUEUE: usize = 256;
 
 /// Events queued for one session (its messages and audio): about 15 s of 60 ms packets.
 const SESSION_QUEUE: usize = 256;
+
+/// A packet for a client's writer, and who waits until it is written.
+type Queued = (Packet, Option<oneshot::Sender<()>>);
+
+/// How long audio waits after a message published through an external broker, which delivers
+/// it over its own connection to the device: the firmware drops audio that arrives before
+/// `tts start` puts it in Speaking. (Through the built-in endpoint the message is written to the
+/// device's socket before the audio is sent.)
+const BROKER_SETTLE: Duration = Duration::from_millis(50);
 
 /// How often a client's channel idleness is checked.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
@@ -71,8 +80,8 @@ pub struct NewSession {
 /// Starts a session (the server spawns [`crate::session::run`] with the device's services).
 pub type StartSession = Arc<dyn Fn(NewSession) + Send + Sync>;
 
-/// What every client task shares.
-struct Endpoint {
+/// What every device link shares.
+pub(super) struct Endpoint {
     config: watch::Receiver<Arc<Config>>,
     udp: Arc<UdpEndpoint>,
     metrics: Arc<Metrics>,
@@ -81,6 +90,19 @@ struct Endpoint {
     /// The live connection of each client id: a newer one closes the older.
     by_client_id: Mutex<HashMap<String, (u64, CancellationToken)>>,
     shutdown: CancellationToken,
+}
+
+impl Endpoint {
+    pub(super) fn new(
+        config: watch::Receiver<Arc<Config>>,
+        udp: Arc<UdpEndpoint>,
+        metrics: Arc<Metrics>,
+        start: StartSession,
+        shutdown: CancellationToken,
+        clients: Arc<Semaphore>,
+    ) -> Self {
+        Self { config, udp, metrics, start, clients, by_client_id: Mutex::default(), shutdown }
+    }
 }
 
 /// Serves MQTT clients on `listener` until `shutdown`.
@@ -93,15 +115,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let max_clients = config.borrow().limits.mqtt_clients.min(Semaphore::MAX_PERMITS);
-    let endpoint = Arc::new(Endpoint {
-        config,
-        udp,
-        metrics,
-        start,
-        clients: Arc::new(Semaphore::new(max_clients)),
-        by_client_id: Mutex::default(),
-        shutdown: shutdown.clone(),
-    });
+    let clients = Arc::new(Semaphore::new(max_clients));
+    let endpoint = Arc::new(Endpoint::new(config, udp, metrics, start, shutdown.clone(), clients));
     let mut next_id = 0u64;
     loop {
         let (stream, peer) = tokio::select! {
@@ -205,7 +220,7 @@ async fn serve_client(
     }
     tracing::info!(device = %who.device_id, %peer, "MQTT client connected");
 
-    let (packets, packets_rx) = mpsc::channel::<Packet>(CLIENT_QUEUE);
+    let (packets, packets_rx) = mpsc::channel::<Queued>(CLIENT_QUEUE);
     let write_timeout = Duration::from_millis(limits.write_timeout_ms.max(1));
     let write_task = tokio::spawn(write_packets(writer, packets_rx, write_timeout));
     // 1.5 × the client's keep-alive (the configured one when it asks for none).
@@ -214,17 +229,15 @@ async fn serve_client(
         k => k,
     };
     let silence = Duration::from_millis(u64::from(keepalive) * 1500);
-    let mut client = Client {
-        endpoint: Arc::clone(&endpoint),
-        who,
-        packets,
-        local_addr,
-        session: None,
-        channel_timeout: Duration::from_secs(limits.udp_channel_timeout.max(1)),
+    let udp_host = match config.mqtt.udp_host.trim() {
+        "" => local_addr.ip().to_string(),
+        host => host.to_owned(),
     };
+    let link = DeviceLink::new(Arc::clone(&endpoint), who, Downlink::Direct(packets.clone()), udp_host, local_addr);
+    let mut client = Client { link, packets };
     let end = client.run(&mut reader, silence, &replaced).await;
-    tracing::info!(device = %client.who.device_id, %peer, "MQTT client gone: {}", match &end { End::Closed(why) => why });
-    client.end_session(false);
+    tracing::info!(device = %client.link.who.device_id, %peer, "MQTT client gone: {}", match &end { End::Closed(why) => why });
+    client.link.end_session(false);
     drop(client);
     let _ = write_task.await;
     let mut clients = lock(&endpoint.by_client_id);
@@ -241,12 +254,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Writes the client's packets in order, each within the write timeout.
 async fn write_packets(
     mut writer: FramedWrite<tokio::net::tcp::OwnedWriteHalf, Codec>,
-    mut packets: mpsc::Receiver<Packet>,
+    mut packets: mpsc::Receiver<Queued>,
     timeout: Duration,
 ) {
-    while let Some(packet) = packets.recv().await {
+    while let Some((packet, written)) = packets.recv().await {
         match tokio::time::timeout(timeout, writer.send(packet)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                if let Some(written) = written {
+                    let _ = written.send(());
+                }
+            }
             Ok(Err(e)) => {
                 tracing::debug!("MQTT write failed: {e}");
                 break;
@@ -259,14 +276,78 @@ async fn write_packets(
     }
 }
 
-/// One connected MQTT client.
-struct Client {
+/// How our messages reach a device.
+#[derive(Clone)]
+pub(super) enum Downlink {
+    /// Its own connection to the built-in endpoint (the client's packet queue).
+    Direct(mpsc::Sender<Queued>),
+    /// Through the external broker (fleet mode).
+    Broker(rumqttc::AsyncClient),
+}
+
+/// Why a message did not go.
+#[derive(Debug)]
+pub(super) enum Undelivered {
+    /// The connection is gone.
+    Gone,
+    /// Nothing was taken within the write timeout.
+    Timeout,
+}
+
+impl Downlink {
+    /// Publishes `text` on `topic` (QoS 0): on the built-in endpoint it returns once the message
+    /// is written to the device's socket, through a broker once the broker client took it; at
+    /// most `timeout`.
+    async fn send(&self, topic: &str, text: String, timeout: Duration) -> Result<(), Undelivered> {
+        let sent = match self {
+            // Returns once the message is written to the device's socket.
+            Self::Direct(packets) => {
+                tokio::time::timeout(timeout, async {
+                    let (written, wait) = oneshot::channel();
+                    packets.send((publish(topic, text), Some(written))).await.map_err(|_| Undelivered::Gone)?;
+                    wait.await.map_err(|_| Undelivered::Gone)
+                })
+                .await
+            }
+            Self::Broker(client) => tokio::time::timeout(
+                timeout,
+                client.publish(topic.to_owned(), rumqttc::QoS::AtMostOnce, false, text.into_bytes()),
+            )
+            .await
+            .map(|sent| sent.map_err(|_| Undelivered::Gone)),
+        };
+        sent.unwrap_or(Err(Undelivered::Timeout))
+    }
+
+    /// Publishes without waiting; false when there is no room.
+    fn try_send(&self, topic: &str, text: String) -> bool {
+        match self {
+            Self::Direct(packets) => packets.try_send((publish(topic, text), None)).is_ok(),
+            Self::Broker(client) => {
+                client.try_publish(topic.to_owned(), rumqttc::QoS::AtMostOnce, false, text.into_bytes()).is_ok()
+            }
+        }
+    }
+}
+
+/// One device on the MQTT transport, whichever way it is connected: its sessions (one per
+/// hello), the messages it publishes, and the end of each session.
+pub(super) struct DeviceLink {
     endpoint: Arc<Endpoint>,
-    who: ClientIdentity,
-    packets: mpsc::Sender<Packet>,
+    pub(super) who: ClientIdentity,
+    downlink: Downlink,
+    /// The hello's `udp.server`.
+    udp_host: String,
+    /// The address the session is told it reached (for the vision URL).
     local_addr: SocketAddr,
     session: Option<Live>,
     channel_timeout: Duration,
+}
+
+/// One connected MQTT client of the built-in endpoint.
+struct Client {
+    link: DeviceLink,
+    packets: mpsc::Sender<Queued>,
 }
 
 /// The client's session under way.
@@ -285,8 +366,8 @@ impl Client {
         loop {
             let packet = tokio::select! {
                 biased;
-                _ = self.endpoint.shutdown.cancelled() => {
-                    self.end_session(true);
+                _ = self.link.endpoint.shutdown.cancelled() => {
+                    self.link.end_session(true);
                     return End::Closed("the server stops".into());
                 }
                 _ = replaced.cancelled() => return End::Closed("a newer connection of the client id".into()),
@@ -295,7 +376,7 @@ impl Client {
                     return End::Closed(format!("silent for {silence:?} (1.5 x its keep-alive)"));
                 }
                 _ = idle_check.tick() => {
-                    self.check_idle();
+                    self.link.check_idle();
                     continue;
                 }
                 packet = reader.next() => packet,
@@ -310,7 +391,7 @@ impl Client {
                 Packet::Publish(publish) => match publish.qos {
                     QoS::ExactlyOnce => return End::Closed("a QoS 2 publish (only 0 and 1 are served)".into()),
                     qos => {
-                        self.on_message(&publish.payload);
+                        self.link.on_message(&publish.payload);
                         (qos == QoS::AtLeastOnce).then(|| Packet::PubAck(PubAck::new(publish.pkid)))
                     }
                 },
@@ -327,15 +408,33 @@ impl Client {
                 other => return End::Closed(format!("an unexpected {} packet", packet_name(&other))),
             };
             if let Some(reply) = reply
-                && self.packets.try_send(reply).is_err()
+                && self.packets.try_send((reply, None)).is_err()
             {
                 return End::Closed("it is not reading".into());
             }
         }
     }
+}
+
+impl DeviceLink {
+    pub(super) fn new(
+        endpoint: Arc<Endpoint>,
+        who: ClientIdentity,
+        downlink: Downlink,
+        udp_host: String,
+        local_addr: SocketAddr,
+    ) -> Self {
+        let channel_timeout = Duration::from_secs(endpoint.config.borrow().limits.udp_channel_timeout.max(1));
+        Self { endpoint, who, downlink, udp_host, local_addr, session: None, channel_timeout }
+    }
+
+    /// Whether a session is under way.
+    pub(super) fn in_session(&self) -> bool {
+        self.session.as_ref().is_some_and(|live| !live.events.is_closed())
+    }
 
     /// One JSON message from the device.
-    fn on_message(&mut self, payload: &Bytes) {
+    pub(super) fn on_message(&mut self, payload: &Bytes) {
         let Ok(text) = std::str::from_utf8(payload) else {
             tracing::debug!(device = %self.who.device_id, "MQTT: a message that is not UTF-8");
             return;
@@ -381,10 +480,7 @@ impl Client {
         let (events, events_rx) = mpsc::channel(SESSION_QUEUE);
         let channel = Arc::new(self.endpoint.udp.open(frame_ms, &events));
         let (key, nonce) = channel.keys().hex();
-        let server = match config.mqtt.udp_host.trim() {
-            "" => self.local_addr.ip().to_string(),
-            host => host.to_owned(),
-        };
+        let server = self.udp_host.clone();
         let port = self.endpoint.udp.local_addr().map(|a| a.port()).unwrap_or(config.mqtt.udp_port);
         let udp = UdpParams { server, port, encryption: "aes-128-ctr".into(), key, nonce };
         let session_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
@@ -396,7 +492,7 @@ impl Client {
             &config.limits,
             Arc::clone(&self.endpoint.metrics),
         );
-        tokio::spawn(write_session(writer, self.packets.clone(), self.who.device_topic(), Arc::clone(&channel)));
+        tokio::spawn(write_session(writer, self.downlink.clone(), self.who.device_topic(), Arc::clone(&channel)));
         let connection = Connection {
             inner: super::Reader::Channel(events_rx),
             session_id: Arc::clone(&session_id),
@@ -417,15 +513,15 @@ impl Client {
 
     /// Ends the session under way, if any: its connection reads the end; with `goodbye`, the
     /// device is told.
-    fn end_session(&mut self, goodbye: bool) {
+    pub(super) fn end_session(&mut self, goodbye: bool) {
         let Some(live) = self.session.take() else { return };
         if goodbye {
-            let _ = self.packets.try_send(publish(&self.who.device_topic(), goodbye_json(&live.session_id)));
+            let _ = self.downlink.try_send(&self.who.device_topic(), goodbye_json(&live.session_id));
         }
     }
 
     /// Ends a session whose channel has been idle for the channel timeout, saying goodbye.
-    fn check_idle(&mut self) {
+    pub(super) fn check_idle(&mut self) {
         let Some(live) = &self.session else { return };
         if live.events.is_closed() {
             // The session ended on our side (and said goodbye).
@@ -466,9 +562,10 @@ fn goodbye_json(session_id: &str) -> String {
 
 /// The writer of one session: JSON as MQTT publishes on the device's topic, audio as UDP
 /// datagrams, and a goodbye when we close. Ends when the session is over, and says so.
-async fn write_session(mut side: WriterSide, packets: mpsc::Sender<Packet>, topic: String, channel: Arc<udp::Channel>) {
+async fn write_session(mut side: WriterSide, downlink: Downlink, topic: String, channel: Arc<udp::Channel>) {
     let shared = Arc::clone(&side.shared);
     let mut unaddressed = false;
+    let mut published: Option<Instant> = None;
     loop {
         let queued = tokio::select! {
             biased;
@@ -480,13 +577,15 @@ async fn write_session(mut side: WriterSide, packets: mpsc::Sender<Packet>, topi
         };
         let text = match queued.item {
             Item::Close(_) => {
-                let goodbye = publish(&topic, goodbye_json(&shared.session_id));
-                let _ = tokio::time::timeout(super::CLOSE_TIMEOUT, packets.send(goodbye)).await;
+                let _ = downlink.send(&topic, goodbye_json(&shared.session_id), super::CLOSE_TIMEOUT).await;
                 break;
             }
             Item::Text(text) => text,
             Item::Audio { turn, .. } if turn.is_cancelled() => continue,
             Item::Audio { opus, timestamp, .. } => {
+                if let (Downlink::Broker(_), Some(at)) = (&downlink, published.take()) {
+                    tokio::time::sleep(BROKER_SETTLE.saturating_sub(at.elapsed())).await;
+                }
                 match channel.send(&opus, timestamp).await {
                     Ok(()) => {}
                     Err(udp::SendError::NoAddress) => {
@@ -500,10 +599,10 @@ async fn write_session(mut side: WriterSide, packets: mpsc::Sender<Packet>, topi
                 continue;
             }
         };
-        match tokio::time::timeout(shared.write_timeout, packets.send(publish(&topic, text))).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => break,
-            Err(_) => {
+        match downlink.send(&topic, text, shared.write_timeout).await {
+            Ok(()) => published = Some(Instant::now()),
+            Err(Undelivered::Gone) => break,
+            Err(Undelivered::Timeout) => {
                 let waited = shared.write_timeout;
                 shared.drop_device("not_reading", &format!("the device took nothing we sent for {waited:?}"));
                 break;

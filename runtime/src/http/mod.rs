@@ -652,7 +652,9 @@ mod tests {
         // The built-in endpoint: the host the device reached, the bound port.
         let mut f = fixture(|c| c.mqtt.enabled = true);
         f.ctx.mqtt_port = Some(11883);
-        assert_eq!(ota(&f.ctx).await["mqtt"]["endpoint"], "192.168.1.10:11883");
+        let v = ota(&f.ctx).await;
+        assert_eq!(v["mqtt"]["endpoint"], "192.168.1.10:11883");
+        assert_eq!(v["mqtt"]["publish_topic"], format!("device-server/{}", DEVICE.replace(':', "_")));
         let mut f = fixture(|c| c.mqtt.endpoint = "xz.example.com:1883".into());
         f.ctx.mqtt_port = Some(11883);
         assert_eq!(ota(&f.ctx).await["mqtt"]["endpoint"], "xz.example.com:1883");

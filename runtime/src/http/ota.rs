@@ -162,9 +162,9 @@ pub struct Ports {
     pub mqtt: Option<u16>,
 }
 
-/// The `mqtt` block for a device, when it is to use MQTT: the built-in endpoint when it runs
-/// (`mqtt.endpoint`, else the host the OTA request reached and the MQTT port), else the Python
-/// server's `server.mqtt_gateway`. Exactly the keys the firmware stores (device-protocol.md §5.2),
+/// The `mqtt` block for a device, when it is to use MQTT: our endpoint when it runs (`mqtt_port`:
+/// the built-in endpoint's, or the external broker's in fleet mode; `mqtt.endpoint`, else the
+/// host the OTA request reached and that port), else the Python server's `server.mqtt_gateway`. Exactly the keys the firmware stores (device-protocol.md §5.2),
 /// plus the `subscribe_topic` older firmware subscribed to.
 pub fn mqtt_block(req: &OtaRequest, config: &Config, mqtt_port: Option<u16>) -> Option<Value> {
     let endpoint = match mqtt_port {
@@ -185,6 +185,11 @@ pub fn mqtt_block(req: &OtaRequest, config: &Config, mqtt_port: Option<u16>) -> 
             gateway => gateway.to_owned(),
         },
     };
+    // The gateway's topic for the gateway; ours names the device (see `device_publish_topic`).
+    let publish_topic = match mqtt_port {
+        Some(_) => mqtt::device_publish_topic(&req.device_id),
+        None => mqtt::PUBLISH_TOPIC.to_owned(),
+    };
     let client_id = mqtt::client_id(&req.device_id, &req.client_id);
     let username = mqtt::username("unknown");
     let password = mqtt::password(config.server.mqtt_signature_key.trim(), &client_id, &username);
@@ -193,7 +198,7 @@ pub fn mqtt_block(req: &OtaRequest, config: &Config, mqtt_port: Option<u16>) -> 
         "client_id": client_id,
         "username": username,
         "password": password,
-        "publish_topic": mqtt::PUBLISH_TOPIC,
+        "publish_topic": publish_topic,
         "subscribe_topic": mqtt::device_topic(&req.device_id),
         "keepalive": config.mqtt.keepalive,
     }))

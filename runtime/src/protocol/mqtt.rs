@@ -43,6 +43,18 @@ impl ClientIdentity {
     }
 }
 
+/// The topic device `device_id` publishes to on our endpoint: `device-server/<mac_>`. The topic
+/// names the device, so that instances sharing an external broker know whose message it is (a
+/// broker does not tell who published).
+pub fn device_publish_topic(device_id: &str) -> String {
+    format!("{PUBLISH_TOPIC}/{}", device_id.replace(':', "_"))
+}
+
+/// The device id of a [`device_publish_topic`] or [`device_topic`] level (`aa_bb_cc_dd_ee_ff`).
+pub fn device_of_topic_level(level: &str) -> Option<String> {
+    parse_client_id(&format!("GID_x@@@{level}")).ok().map(|who| who.device_id)
+}
+
 /// The topic device `device_id` (a MAC with colons) is pushed to: `devices/p2p/<mac_>`.
 pub fn device_topic(device_id: &str) -> String {
     format!("devices/p2p/{}", device_id.replace(':', "_"))
@@ -122,6 +134,9 @@ mod tests {
         assert_eq!(who.device_id, "aa:bb:cc:dd:ee:01");
         assert_eq!(who.client_id, "5f0c6a1e-7b2d-4c8e-9a41-3d2b6f9e0c17");
         assert_eq!(who.device_topic(), "devices/p2p/aa_bb_cc_dd_ee_01");
+        assert_eq!(device_publish_topic(&who.device_id), "device-server/aa_bb_cc_dd_ee_01");
+        assert_eq!(device_of_topic_level("aa_bb_cc_dd_ee_01").as_deref(), Some("aa:bb:cc:dd:ee:01"));
+        assert_eq!(device_of_topic_level("aa_bb@@@x"), None);
         let user = username("192.168.1.20");
         assert_eq!(STANDARD.decode(&user).unwrap(), br#"{"ip":"192.168.1.20"}"#);
         let pass = password("k3y", &id, &user);
