@@ -137,6 +137,18 @@ struct WriterSide {
     shared: Arc<Shared>,
 }
 
+impl WriterSide {
+    /// The next queued item (holding its queue room until dropped); `None` once the connection
+    /// is finished or nothing can be queued any more.
+    async fn next(&mut self) -> Option<Queued> {
+        tokio::select! {
+            biased;
+            _ = self.shared.gone.cancelled() => None,
+            queued = self.rx.recv() => queued,
+        }
+    }
+}
+
 /// How a connection's messages travel, as far as our hello tells the device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Transport {

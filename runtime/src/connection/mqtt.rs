@@ -567,14 +567,7 @@ async fn write_session(mut side: WriterSide, downlink: Downlink, topic: String, 
     let mut unaddressed = false;
     let mut published: Option<Instant> = None;
     loop {
-        let queued = tokio::select! {
-            biased;
-            _ = shared.gone.cancelled() => break,
-            queued = side.rx.recv() => match queued {
-                Some(queued) => queued,
-                None => break,
-            },
-        };
+        let Some(queued) = side.next().await else { break };
         let text = match queued.item {
             Item::Close(_) => {
                 let _ = downlink.send(&topic, goodbye_json(&shared.session_id), super::CLOSE_TIMEOUT).await;

@@ -147,14 +147,7 @@ async fn write_loop(mut sink: SplitSink<WsStream, Message>, mut side: WriterSide
     // Reused for every framed (v2/v3) packet: no allocation per frame beyond the message itself.
     let mut scratch = Vec::new();
     loop {
-        let queued = tokio::select! {
-            biased;
-            _ = shared.gone.cancelled() => break,
-            queued = side.rx.recv() => match queued {
-                Some(queued) => queued,
-                None => break,
-            },
-        };
+        let Some(queued) = side.next().await else { break };
         let message = match queued.item {
             Item::Close(reason) => {
                 let frame = CloseFrame { code: CloseCode::Normal, reason: reason.into() };

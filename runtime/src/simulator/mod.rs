@@ -211,6 +211,20 @@ struct Shared {
     protocol_errors: Vec<String>,
 }
 
+impl Shared {
+    /// The state after the server hello.
+    fn new(hello: ServerHello, cfg: &SimConfig, protocol_errors: Vec<String>) -> Arc<Mutex<Self>> {
+        Arc::new(Mutex::new(Self {
+            session_id: hello.session_id,
+            downlink_rate: hello.sample_rate,
+            downlink_frame_ms: hello.frame_duration,
+            mcp: DeviceState { camera: cfg.camera.is_some(), ..DeviceState::default() },
+            mcp_requests: 0,
+            protocol_errors,
+        }))
+    }
+}
+
 /// How the simulated device's MCP server answers (from [`SimConfig`]).
 #[derive(Debug, Clone)]
 struct McpBehaviour {
@@ -365,14 +379,7 @@ impl SimDevice {
         let (events_tx, events) = mpsc::unbounded_channel();
         let mut protocol_errors = Vec::new();
         let (server_hello, hello) = wait_for_hello(&mut ws, version, &events_tx, &mut protocol_errors).await?;
-        let shared = Arc::new(Mutex::new(Shared {
-            session_id: hello.session_id,
-            downlink_rate: hello.sample_rate,
-            downlink_frame_ms: hello.frame_duration,
-            mcp: DeviceState { camera: cfg.camera.is_some(), ..DeviceState::default() },
-            mcp_requests: 0,
-            protocol_errors,
-        }));
+        let shared = Shared::new(hello, &cfg, protocol_errors);
         let (sink, stream) = ws.split();
         let (out, out_rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write_loop(sink, version, out_rx));
@@ -404,14 +411,7 @@ impl SimDevice {
         let connected = mqtt::connect(settings, client_hello(&cfg), &events_tx, &mut protocol_errors).await?;
         let connected_at = Instant::now();
         let hello = connected.parsed;
-        let shared = Arc::new(Mutex::new(Shared {
-            session_id: hello.session_id,
-            downlink_rate: hello.sample_rate,
-            downlink_frame_ms: hello.frame_duration,
-            mcp: DeviceState { camera: cfg.camera.is_some(), ..DeviceState::default() },
-            mcp_requests: 0,
-            protocol_errors,
-        }));
+        let shared = Shared::new(hello, &cfg, protocol_errors);
         let audio = connected.audio;
         let (out, out_rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(mqtt::write_loop(
