@@ -3,12 +3,14 @@ if grep -q $'\r' "$0"; then sed -i 's/\r$//' "$0"; exec bash "$0" "$@"; fi # CRL
 # Deploys (or upgrades) xiaozhi-server from this offline package on a machine with Docker and no
 # internet. Run it from the unpacked package:
 #
-#   bash offline-deploy.sh [--dir DIR] [--embedded | --redis] [--timeout SECONDS]
+#   bash offline-deploy.sh [--dir DIR] [--embedded | --redis | --mosquitto] [--timeout SECONDS]
 #
 #   --dir DIR     the deployment directory (default /opt/xiaozhi-server); created if missing
 #   --embedded    server alone, state in SQLite (docker-compose.embedded.yml)
 #   --redis       server + Redis with AOF (docker-compose.yml); the default for a new deployment,
 #                 an existing one keeps its choice
+#   --mosquitto   server + Redis + a mosquitto broker, MQTT fleet mode (docker-compose.yml and
+#                 docker-compose.mosquitto.yml); devices get the broker in their OTA answer
 #   --timeout S   how long to wait for the server to report healthy (default 180)
 #
 # It fixes Windows line endings in the package's text files, verifies SHA256SUMS, loads the
@@ -41,6 +43,7 @@ while (($#)); do
         --dir) dir="${2:?--dir needs a directory}"; shift 2 ;;
         --embedded) variant=embedded; shift ;;
         --redis) variant=redis; shift ;;
+        --mosquitto) variant=mosquitto; shift ;;
         --timeout) timeout="${2:?--timeout needs seconds}"; shift 2 ;;
         -h | --help)
             awk 'NR > 2 && /^#/ { sub(/^# ?/, ""); print; next } NR > 2 { exit }' "${BASH_SOURCE[0]}"
@@ -81,26 +84,40 @@ step "deployment directory $dir"
 if [[ -z "$variant" ]]; then
     variant=redis
     [[ "$(env_value COMPOSE_FILE)" == docker-compose.embedded.yml ]] && variant=embedded
+    [[ "$(env_value COMPOSE_FILE)" == *docker-compose.mosquitto.yml ]] && variant=mosquitto
 fi
 compose_file=docker-compose.yml
 [[ "$variant" == embedded ]] && compose_file=docker-compose.embedded.yml
-install -m 0644 "$PKG"/docker-compose.yml "$PKG"/docker-compose.embedded.yml "$PKG"/common.sh .
+[[ "$variant" == mosquitto ]] && compose_file=docker-compose.yml:docker-compose.mosquitto.yml
+install -m 0644 "$PKG"/docker-compose.yml "$PKG"/docker-compose.embedded.yml "$PKG"/docker-compose.mosquitto.yml \
+    "$PKG"/common.sh .
 install -m 0755 "$PKG"/offline-deploy.sh "$PKG"/backup.sh .
 # .env: the package's image names and the chosen compose file; every other line you edited stays.
 if [[ -f .env ]]; then
-    grep -v -E '^(XIAOZHI_IMAGE|REDIS_IMAGE|COMPOSE_FILE)=' .env >.env.new || true
+    grep -v -E '^(XIAOZHI_IMAGE|REDIS_IMAGE|MOSQUITTO_IMAGE|COMPOSE_FILE)=' .env >.env.new || true
 else
-    grep -v -E '^(XIAOZHI_IMAGE|REDIS_IMAGE|COMPOSE_FILE)=' "$PKG/.env" >.env.new || true
+    grep -v -E '^(XIAOZHI_IMAGE|REDIS_IMAGE|MOSQUITTO_IMAGE|COMPOSE_FILE)=' "$PKG/.env" >.env.new || true
 fi
-grep -E '^(XIAOZHI_IMAGE|REDIS_IMAGE)=' "$PKG/.env" >>.env.new
+grep -E '^(XIAOZHI_IMAGE|REDIS_IMAGE|MOSQUITTO_IMAGE)=' "$PKG/.env" >>.env.new
 echo "COMPOSE_FILE=$compose_file" >>.env.new
 mv .env.new .env
-echo "    $compose_file ($variant store), images $(env_value XIAOZHI_IMAGE) $( [[ $variant == redis ]] && env_value REDIS_IMAGE)"
+echo "    $compose_file ($variant store), images $(env_value XIAOZHI_IMAGE) $( [[ $variant != embedded ]] && env_value REDIS_IMAGE) $( [[ $variant == mosquitto ]] && env_value MOSQUITTO_IMAGE)"
 
+ip="$(hostname -I 2>/dev/null | awk '{ print $1 }')"
+ip="${ip:-127.0.0.1}"
 mkdir -p data redis/data extensions models music
+if [[ "$variant" == mosquitto ]]; then
+    mkdir -p mosquitto
+    [[ -f mosquitto/mosquitto.conf ]] || install -m 0644 "$PKG/mosquitto/mosquitto.conf" mosquitto/
+fi
 if [[ ! -f data/.config.yaml ]]; then
-    install -m 0640 "$PKG/config/config.$variant.yaml" data/.config.yaml
+    # The fleet keys name this machine: the address devices reach it at, the broker's port.
+    broker_port="${XIAOZHI_BROKER_PORT:-$(env_value XIAOZHI_BROKER_PORT)}"
+    sed -e "s|@HOST@|$ip|g" -e "s|@BROKER_PORT@|${broker_port:-1883}|g" "$PKG/config/config.$variant.yaml" >data/.config.yaml
+    chmod 0640 data/.config.yaml
     echo "    wrote data/.config.yaml (edit it for your providers)"
+elif [[ "$variant" == mosquitto ]] && ! grep -q '^mqtt:' data/.config.yaml; then
+    echo "    data/.config.yaml has no mqtt: section: add the fleet keys of $PKG/config/config.mosquitto.yaml"
 fi
 own_data data
 chmod 0750 redis/data
@@ -116,9 +133,10 @@ echo "$version" >VERSION
 step "starting ($("${COMPOSE[@]}" version --short 2>/dev/null || echo compose))"
 "${COMPOSE[@]}" up -d --remove-orphans
 wait_healthy "$timeout"
-ip="$(hostname -I 2>/dev/null | awk '{ print $1 }')"
-ip="${ip:-127.0.0.1}"
 step "healthy after $((SECONDS - started)) s"
 echo "    WebSocket (devices): ws://$ip:$(env_value XIAOZHI_WS_PORT)/xiaozhi/v1/"
 echo "    OTA (firmware OTA URL): http://$ip:$(env_value XIAOZHI_HTTP_PORT)/xiaozhi/ota/"
+if [[ "$variant" == mosquitto ]]; then
+    echo "    MQTT broker (devices, from OTA): $ip:${XIAOZHI_BROKER_PORT:-$(env_value XIAOZHI_BROKER_PORT)}, UDP audio: $ip:8884"
+fi
 echo "    settings: $dir/data/.config.yaml   extensions: $dir/extensions   backups: bash $dir/backup.sh"

@@ -7,7 +7,7 @@
 #      container of the builder image: Debian packages, vendored crates, models, ONNX Runtime)
 #   3. the Debian packages the runtime image lacks (downloaded in a container of that image)
 #   4. docker build --network=none -f Dockerfile-server-offline: proof that the build needs no network
-#   5. docker save of the server and Redis images
+#   5. docker save of the server, Redis and mosquitto images
 #   6. the package: images, compose files, deploy and backup scripts, data/.config.yaml
 #      templates, the built-in extensions, the models and SHA256SUMS
 #
@@ -15,6 +15,7 @@
 # Environment (defaults in brackets):
 #   BUILDER_IMAGE  [rust:1.95-bookworm]    RUNTIME_IMAGE  [debian:bookworm-slim]
 #   REDIS_IMAGE    [redis:7-bookworm]      SERVER_IMAGE   [xiaozhi-server:<version>]
+#   MOSQUITTO_IMAGE [eclipse-mosquitto:2]  (the broker of docker-compose.mosquitto.yml)
 #   WORK_DIR       [target/offline/work]   build context and caches (kept: reruns are faster)
 #   BAKE_MODELS=1  also copy the models into the image (they are always in the package)
 #   TZ             [Asia/Shanghai]         default time zone of the deployment (its .env)
@@ -24,6 +25,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILDER_IMAGE="${BUILDER_IMAGE:-rust:1.95-bookworm}"
 RUNTIME_IMAGE="${RUNTIME_IMAGE:-debian:bookworm-slim}"
 REDIS_IMAGE="${REDIS_IMAGE:-redis:7-bookworm}"
+MOSQUITTO_IMAGE="${MOSQUITTO_IMAGE:-eclipse-mosquitto:2}"
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)"
 SERVER_IMAGE="${SERVER_IMAGE:-xiaozhi-server:$VERSION}"
 WORK_DIR="${WORK_DIR:-$ROOT/target/offline/work}"
@@ -63,13 +65,13 @@ for dir in "$WORK_DIR" "$out" "$(docker info -f '{{.DockerRootDir}}' 2>/dev/null
     gb="$(free_gb "$dir")"
     ((gb >= NEED_GB)) || die "only $gb GB free under $dir; the build needs about $NEED_GB GB"
 done
-for image in "$BUILDER_IMAGE" "$RUNTIME_IMAGE" "$REDIS_IMAGE"; do
+for image in "$BUILDER_IMAGE" "$RUNTIME_IMAGE" "$REDIS_IMAGE" "$MOSQUITTO_IMAGE"; do
     if ! docker image inspect "$image" >/dev/null 2>&1; then
         echo "    pulling $image"
         docker pull -q "$image" >/dev/null || die "image $image is neither here nor pullable"
     fi
 done
-echo "    version $VERSION, images: builder $BUILDER_IMAGE, runtime $RUNTIME_IMAGE, redis $REDIS_IMAGE"
+echo "    version $VERSION, images: builder $BUILDER_IMAGE, runtime $RUNTIME_IMAGE, redis $REDIS_IMAGE, mosquitto $MOSQUITTO_IMAGE"
 
 # The preparation containers download over HTTPS (crates.io, PyPI) with this machine's trust and
 # proxy settings: a TLS-inspecting proxy's CA in the host's bundle is trusted inside them too.
@@ -129,20 +131,23 @@ DOCKER_BUILDKIT=0 docker build --network=none -f "$ctx/Dockerfile-server-offline
 echo "    built in $((SECONDS - build_started)) s: $SERVER_IMAGE," \
     "$(docker image inspect -f '{{.Size}}' "$SERVER_IMAGE" | awk '{ printf "%.1f MB", $1 / 1e6 }')"
 
-step 5 "docker save $SERVER_IMAGE $REDIS_IMAGE"
+step 5 "docker save $SERVER_IMAGE $REDIS_IMAGE $MOSQUITTO_IMAGE"
 name="xiaozhi-offline-$VERSION-$(date +%Y%m%d)"
 pkg="$WORK_DIR/$name"
 rm -rf "$pkg" && mkdir -p "$pkg/images" "$pkg/config"
-docker save -o "$pkg/images/images.tar" "$SERVER_IMAGE" "$REDIS_IMAGE" || die "docker save failed"
+docker save -o "$pkg/images/images.tar" "$SERVER_IMAGE" "$REDIS_IMAGE" "$MOSQUITTO_IMAGE" || die "docker save failed"
 
 step 6 "package $out/$name.tar.gz"
 cp "$ROOT"/compose/{offline-deploy.sh,backup.sh,common.sh,docker-compose.yml,docker-compose.embedded.yml} "$pkg/"
+cp "$ROOT"/compose/docker-compose.mosquitto.yml "$pkg/"
 cp "$ROOT"/compose/config/*.yaml "$pkg/config/"
+mkdir -p "$pkg/mosquitto" && cp "$ROOT"/compose/mosquitto/mosquitto.conf "$pkg/mosquitto/"
 # The built-in extensions exactly as the image holds them.
 container="$(docker create "$SERVER_IMAGE")"
 docker cp "$container:/opt/xiaozhi/extensions" "$pkg/extensions" && docker rm "$container" >/dev/null
 cp -a "$models" "$pkg/models" && rm -rf "$pkg/models/lib"
-sed -e "s|@SERVER_IMAGE@|$SERVER_IMAGE|" -e "s|@REDIS_IMAGE@|$REDIS_IMAGE|" -e "s|@TZ@|$DEPLOY_TZ|" \
+sed -e "s|@SERVER_IMAGE@|$SERVER_IMAGE|" -e "s|@REDIS_IMAGE@|$REDIS_IMAGE|" -e "s|@MOSQUITTO_IMAGE@|$MOSQUITTO_IMAGE|" \
+    -e "s|@TZ@|$DEPLOY_TZ|" \
     "$ROOT/compose/env.template" >"$pkg/.env"
 echo "$VERSION" >"$pkg/VERSION"
 (cd "$pkg" && find . -type f ! -name SHA256SUMS -print0 | sort -z | xargs -0 sha256sum >SHA256SUMS)

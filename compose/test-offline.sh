@@ -12,6 +12,7 @@
 #   - a stop and start of the stack keeps the device's chat history (Redis AOF)
 #   - backup.sh's backup restores into a fresh deployment
 #   - the embedded-store variant deploys and keeps history across a restart too
+#   - the mosquitto variant (MQTT fleet mode) deploys and holds a turn over MQTT + UDP
 # It prints the figures of the closing note (image and package size, build, deploy and swap times).
 #
 # Usage: compose/test-offline.sh          (as root; KEEP=1 leaves the scratch directory and stacks)
@@ -22,6 +23,7 @@ cd "$ROOT"
 export BUILDER_IMAGE=xiaozhi-local/rust:bookworm
 export RUNTIME_IMAGE=xiaozhi-local/debian:bookworm-slim
 export REDIS_IMAGE=xiaozhi-local/redis:7
+export MOSQUITTO_IMAGE=xiaozhi-local/mosquitto:2
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 SERVER_IMAGE="xiaozhi-server:$VERSION"
 DEVICE=aa:bb:cc:dd:ee:01
@@ -42,7 +44,7 @@ excerpt() { head -c 400 "$1" | sed 's/^/      /'; }
 
 command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 ||
     { apt-get install -y -q docker-compose >/dev/null || fail "no docker compose"; }
-for port in 8000 8003; do
+for port in 8000 8003 1883; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         fail "port $port is in use: the test deploys on the default ports"
     fi
@@ -267,6 +269,28 @@ done
 history_of "$deploy3" >"$work/embedded-history.json" || fail "no export from the embedded variant"
 grep -q "hello embedded" "$work/embedded-history.json" ||
     { excerpt "$work/embedded-history.json"; fail "the embedded store lost the history across a restart"; }
+docker network disconnect "$(network_of "$deploy3")" "$mock"
+(cd "$deploy3" && docker-compose down >/dev/null 2>&1)
+
+step "the mosquitto variant (MQTT fleet mode)"
+deploy4="$work/mosquitto"
+deployments+=("$deploy4")
+bash "$pkg/offline-deploy.sh" --dir "$deploy4" --mosquitto >"$work/deploy4.log" || { tail "$work/deploy4.log"; fail "mosquitto deployment"; }
+grep -q "docker-compose.yml:docker-compose.mosquitto.yml" "$work/deploy4.log" || fail "the mosquitto variant was not selected"
+[[ -n "$(cd "$deploy4" && docker-compose ps -q mosquitto 2>/dev/null)" ]] || fail "the mosquitto variant started no broker"
+grep -q "broker: mqtt://mosquitto:1883" "$deploy4/data/.config.yaml" || fail "the fleet keys were not written"
+docker network connect --alias mock "$(network_of "$deploy4")" "$mock"
+sed -n '/^# compose\/test-offline.sh/,$p' "$deploy/data/.config.yaml" >>"$deploy4/data/.config.yaml"
+(cd "$deploy4" && docker-compose restart xiaozhi-server >/dev/null 2>&1)
+(cd "$deploy4" && source ./common.sh && find_compose && wait_healthy 120)
+# mosquitto delivers only to subscribers: the simulator subscribes, as firmware before 2025 did.
+started=$SECONDS
+until sim --transport mqtt --subscribe --text "hello broker" >"$work/mosquitto.log" 2>&1 &&
+    grep -q "sentence: .*sunny" "$work/mosquitto.log"; do
+    ((SECONDS - started < 60)) || { excerpt "$work/mosquitto.log"; fail "no turn over MQTT + UDP through mosquitto"; }
+    sleep 1
+done
+figure "mosquitto variant: a spoken reply over MQTT + UDP through the broker $((SECONDS - started)) s after the restart"
 
 step "passed"
 printf '    %s\n' "${figures[@]}"

@@ -11,6 +11,7 @@
 #                                        cargo-web 1.96, from bookworm-security), gcc, pkg-config,
 #                                        python3: what the official rust:*-bookworm image brings
 #   xiaozhi-local/redis:7                the same as the first plus Debian's redis-server
+#   xiaozhi-local/mosquitto:2            the same as the first plus Debian's mosquitto
 #
 # Usage: tests/offline/base-images.sh [--rebuild]
 # Needs root (debootstrap), Docker, and Debian's package mirror.
@@ -20,6 +21,7 @@ PREFIX=xiaozhi-local
 SLIM=$PREFIX/debian:bookworm-slim
 RUST=$PREFIX/rust:bookworm
 REDIS=$PREFIX/redis:7
+MOSQUITTO=$PREFIX/mosquitto:2
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 step() { echo "==> base-images: $*"; }
@@ -108,5 +110,8 @@ if ((rebuild)) || ! have "$RUST"; then
 fi
 if ((rebuild)) || ! have "$REDIS"; then
     derive "$REDIS" '["redis-server"]' redis-server
+fi
+if ((rebuild)) || ! have "$MOSQUITTO"; then
+    derive "$MOSQUITTO" '["mosquitto", "-c", "/mosquitto/config/mosquitto.conf"]' mosquitto
 fi
 docker image ls "$PREFIX/*" --format '{{.Repository}}:{{.Tag}} {{.Size}}'
