@@ -29,8 +29,10 @@
 //!   [`connection::Outbound`] messages out through one byte-bounded queue and one writer task
 //!   (write deadline, close with a timeout); framing, protocol version and session id live only
 //!   there. Two transports: the WebSocket (`connection::ws`), and MQTT for the JSON
-//!   (`connection::mqtt`, the built-in endpoint: one client task per device, a session per hello)
-//!   with UDP for the audio (`connection::udp`, one socket, a channel per session).
+//!   (`connection::mqtt`, the built-in endpoint: one client task per device, a session per hello;
+//!   `connection::broker`, fleet mode: instances joined to an external broker, the registry
+//!   deciding which serves a device) with UDP for the audio (`connection::udp`, one socket, a
+//!   channel per session).
 //! - [`session`]: the per-device task: [`session::state`] is its rules as a pure state machine
 //!   (`step(event, now) → actions`), the rest performs the actions (listener: VAD, pre-roll,
 //!   utterance buffer; turns; the registry).
