@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttc::{AsyncClient, Event as MqttEvent, EventLoop, MqttOptions, Packet, QoS};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::mqtt::{DeviceLink, Downlink, Endpoint, StartSession};
@@ -120,8 +120,44 @@ enum Via {
     Forwarded,
 }
 
+/// What the broker connection brings.
+enum Incoming {
+    /// Connected (again): subscribe.
+    Connected,
+    /// A message on one of our subscriptions.
+    Publish(String, Bytes),
+}
+
+/// Polls the broker connection in its own task (its `poll` is not documented as cancel-safe, so it
+/// is never raced against other futures) and hands over what arrives. rumqttc reconnects on the
+/// next poll after an error. Ends once the DISCONNECT we asked for is out, or when `incoming` is
+/// closed.
+async fn pump(mut eventloop: EventLoop, incoming: mpsc::Sender<Incoming>) {
+    loop {
+        let event = match eventloop.poll().await {
+            Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => Incoming::Connected,
+            Ok(MqttEvent::Incoming(Packet::Publish(publish))) => Incoming::Publish(publish.topic, publish.payload),
+            Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+            Ok(_) => continue,
+            Err(e) => {
+                if incoming.is_closed() {
+                    return;
+                }
+                tracing::warn!("MQTT fleet: the broker connection failed: {e}; reconnecting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if incoming.send(event).await.is_err() {
+            return;
+        }
+    }
+}
+
 impl Fleet {
-    async fn run(&mut self, mut eventloop: EventLoop, shutdown: &CancellationToken) {
+    async fn run(&mut self, eventloop: EventLoop, shutdown: &CancellationToken) {
+        let (incoming_tx, mut incoming) = mpsc::channel(1024);
+        let mut pump = tokio::spawn(pump(eventloop, incoming_tx));
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         let mut idle = tokio::time::interval(IDLE_CHECK);
         loop {
@@ -140,18 +176,10 @@ impl Fleet {
                     }
                     self.links.retain(|_, link| link.in_session());
                 }
-                polled = eventloop.poll() => match polled {
-                    Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => self.subscribe(),
-                    Ok(MqttEvent::Incoming(Packet::Publish(publish))) => self.on_publish(&publish.topic, &publish.payload).await,
-                    Ok(_) => {}
-                    Err(e) => {
-                        // rumqttc reconnects on the next poll.
-                        tracing::warn!("MQTT fleet: the broker connection failed: {e}; reconnecting");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        }
-                    }
+                event = incoming.recv() => match event {
+                    Some(Incoming::Connected) => self.subscribe(),
+                    Some(Incoming::Publish(topic, payload)) => self.on_publish(&topic, &payload).await,
+                    None => break,
                 },
             }
         }
@@ -161,17 +189,12 @@ impl Fleet {
             link.end_session(true);
         }
         let _ = self.store.delete(&heartbeat_key(&self.instance)).await;
-        // The goodbyes are queued before the DISCONNECT: poll until it is out.
+        // The goodbyes are queued before the DISCONNECT: the pump ends once it is out.
         let _ = self.client.try_disconnect();
-        let flush = async {
-            loop {
-                match eventloop.poll().await {
-                    Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(1), flush).await;
+        drop(incoming);
+        if tokio::time::timeout(Duration::from_secs(1), &mut pump).await.is_err() {
+            pump.abort();
+        }
     }
 
     fn subscribe(&self) {

@@ -223,10 +223,12 @@ async fn serve_client(
     let (packets, packets_rx) = mpsc::channel::<Queued>(CLIENT_QUEUE);
     let write_timeout = Duration::from_millis(limits.write_timeout_ms.max(1));
     let write_task = tokio::spawn(write_packets(writer, packets_rx, write_timeout));
-    // 1.5 × the client's keep-alive (the configured one when it asks for none).
+    // 1.5 × the client's keep-alive: the configured one when it asks for none, and never more than
+    // that (at least the firmware's 240 s), so a client cannot hold a slot idle for hours.
+    let most = config.mqtt.keepalive.max(240);
     let keepalive = match connect.keep_alive {
         0 => config.mqtt.keepalive.max(1),
-        k => k,
+        k => k.min(most),
     };
     let silence = Duration::from_millis(u64::from(keepalive) * 1500);
     let udp_host = match config.mqtt.udp_host.trim() {

@@ -203,18 +203,23 @@ pub(super) async fn connect(
 /// (audio, checked as the firmware checks it) until either ends. A server `goodbye` for the
 /// current session closes the audio channel: it ends the events with `Closed("goodbye")`.
 pub(super) async fn read_loop(
-    mut eventloop: EventLoop,
+    eventloop: EventLoop,
     audio: Arc<Audio>,
     mcp: McpBehaviour,
     shared: Arc<Mutex<Shared>>,
     events: mpsc::UnboundedSender<(Instant, SimEvent)>,
     out: mpsc::UnboundedSender<Outgoing>,
 ) {
+    // The event loop is polled in a task of its own (its `poll` is not documented as cancel-safe,
+    // so it is never raced against the UDP socket), ending with this reader.
+    let (polled_tx, mut polled) = mpsc::unbounded_channel();
+    let pump = tokio::spawn(pump(eventloop, polled_tx));
+    let _pump = AbortOnDrop(pump);
     let mut buf = vec![0u8; 2048];
     loop {
         tokio::select! {
-            polled = eventloop.poll() => match polled {
-                Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
+            polled = polled.recv() => match polled {
+                Some(Ok(MqttEvent::Incoming(Packet::Publish(publish)))) => {
                     let at = Instant::now();
                     let Ok(value @ Value::Object(_)) = serde_json::from_slice::<Value>(&publish.payload) else {
                         lock(&shared).protocol_errors.push(format!("a publish that is not a JSON object: {:?}", String::from_utf8_lossy(&publish.payload)));
@@ -229,9 +234,13 @@ pub(super) async fn read_loop(
                         return;
                     }
                 }
-                Ok(_) => {}
-                Err(e) => {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
                     tracing::debug!("simulator: MQTT connection ended: {e}");
+                    let _ = events.send((Instant::now(), SimEvent::Closed(None)));
+                    return;
+                }
+                None => {
                     let _ = events.send((Instant::now(), SimEvent::Closed(None)));
                     return;
                 }
@@ -248,6 +257,27 @@ pub(super) async fn read_loop(
                 }
             }
         }
+    }
+}
+
+/// Polls the MQTT event loop until it fails (the firmware does not reconnect mid-session), handing
+/// every event over.
+async fn pump(mut eventloop: EventLoop, polled: mpsc::UnboundedSender<Result<MqttEvent, ConnectionError>>) {
+    loop {
+        let event = eventloop.poll().await;
+        let failed = event.is_err();
+        if polled.send(event).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
