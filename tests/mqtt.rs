@@ -376,3 +376,32 @@ async fn two_instances_behind_mosquitto_share_200_devices_and_take_over_when_one
     b.server.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_audio_channel_goes_quiet_ends_with_our_goodbye() -> anyhow::Result<()> {
+    let mock = MockOpenAi::start(script()).await?;
+    let server = TestServer::start_with_server_yaml(
+        &mock,
+        "",
+        "mqtt:\n  enabled: true\n  port: 0\n  udp_port: 0\nlimits:\n  udp_channel_timeout: 2\n",
+    )
+    .await?;
+    let (cfg, _) = ota_config(&server, "aa:bb:cc:00:0e:09", CLIENT).await?;
+    let mut device = SimDevice::connect(cfg).await?;
+    let quiet_from = Instant::now();
+    let mut goodbye = None;
+    while let Some((at, event)) = device.next_event(Duration::from_secs(10)).await {
+        match event {
+            SimEvent::Json(v) if v["type"] == "goodbye" => goodbye = Some((at, v)),
+            SimEvent::Closed(_) => break,
+            _ => {}
+        }
+    }
+    let (at, goodbye) = goodbye.expect("our goodbye after the channel timeout");
+    assert_eq!(goodbye["session_id"], device.session_id());
+    let quiet = at.duration_since(quiet_from);
+    assert!(quiet >= Duration::from_millis(1900) && quiet < Duration::from_secs(5), "goodbye after {quiet:?}");
+    device.close_abruptly().await;
+    server.server.shutdown().await;
+    Ok(())
+}
