@@ -263,15 +263,25 @@ async fn the_mqtt_endpoint_refuses_bad_clients_and_closes_silent_ones() -> anyho
     socket.read_exact(&mut connack).await?;
     assert_eq!(connack, [0x20, 2, 0, 4], "bad user name or password");
 
-    // Accepted (no key configured on this second server), then silent: closed after 1.5 s.
-    let open =
-        TestServer::start_with_server_yaml(&mock, "", "mqtt:\n  enabled: true\n  port: 0\n  udp_port: 0\n").await?;
+    // Accepted (no key configured on this second server, one client at a time), then silent:
+    // closed after 1.5 s; meanwhile a second connection is closed at once and counted.
+    let open = TestServer::start_with_server_yaml(
+        &mock,
+        "",
+        "mqtt:\n  enabled: true\n  port: 0\n  udp_port: 0\nlimits:\n  mqtt_clients: 1\n",
+    )
+    .await?;
     let (open_addr, _) = open.server.mqtt_addrs.expect("the MQTT endpoint runs");
     let mut socket = tokio::net::TcpStream::connect(open_addr).await?;
     socket.write_all(&connect("GID_test@@@aa_bb_cc_00_0e_03@@@u", 1)).await?;
     socket.read_exact(&mut connack).await?;
     assert_eq!(connack, [0x20, 2, 0, 0], "accepted");
     let started = Instant::now();
+    let mut second = tokio::net::TcpStream::connect(open_addr).await?;
+    let mut nothing = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(1), second.read_to_end(&mut nothing)).await??;
+    assert_eq!(n, 0, "over limits.mqtt_clients: closed at once");
+    assert_eq!(metric(open.server.http_addr, "xiaozhi_mqtt_refused_total{reason=\"full\"}").await?, 1.0);
     let mut rest = Vec::new();
     let n = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut rest)).await??;
     let silent = started.elapsed();

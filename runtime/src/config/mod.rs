@@ -467,8 +467,8 @@ pub struct LimitsConfig {
     /// Milliseconds before an MCP server that went away is started again; doubles per failure up
     /// to 60 s, and resets once a connection has lasted 60 s.
     pub mcp_server_restart_ms: u64,
-    /// MQTT clients connected to the built-in endpoint at once; more are refused (CONNACK
-    /// "server unavailable").
+    /// MQTT connections to the built-in endpoint at once (before and after CONNECT); more are
+    /// closed at once.
     pub mqtt_clients: usize,
     /// Milliseconds an MQTT client has to send CONNECT after connecting.
     pub mqtt_connect_timeout_ms: u64,

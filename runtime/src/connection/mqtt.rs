@@ -131,7 +131,12 @@ pub async fn serve(
             },
         };
         next_id += 1;
-        let permit = Arc::clone(&endpoint.clients).try_acquire_owned().ok();
+        // At the limit a connection is closed at once: it holds nothing while it would wait.
+        let Ok(permit) = Arc::clone(&endpoint.clients).try_acquire_owned() else {
+            endpoint.metrics.mqtt_refused("full");
+            tracing::warn!(%peer, "MQTT connection refused: {max_clients} clients are connected (limits.mqtt_clients)");
+            continue;
+        };
         tokio::spawn(serve_client(Arc::clone(&endpoint), stream, peer, next_id, permit));
     }
 }
@@ -149,7 +154,7 @@ async fn serve_client(
     stream: TcpStream,
     peer: SocketAddr,
     id: u64,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: OwnedSemaphorePermit,
 ) {
     let config = Arc::clone(&endpoint.config.borrow());
     let limits = &config.limits;
@@ -181,12 +186,6 @@ async fn serve_client(
     };
     let verdict = if connect.protocol != Protocol::V4 {
         Err(refuse(ConnectReturnCode::RefusedProtocolVersion, "protocol", "not MQTT 3.1.1".into()))
-    } else if permit.is_none() {
-        Err(refuse(
-            ConnectReturnCode::ServiceUnavailable,
-            "full",
-            format!("{} clients are connected (limits.mqtt_clients)", limits.mqtt_clients),
-        ))
     } else {
         match identity::parse_client_id(&connect.client_id) {
             Err(e) => Err(refuse(ConnectReturnCode::BadClientId, "bad_client_id", e.to_string())),
