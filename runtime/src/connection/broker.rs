@@ -252,7 +252,8 @@ impl Fleet {
         if let Err(e) = crate::store::register_device(self.store.as_ref(), &device_id, &self.instance, ttl).await {
             tracing::warn!(device = %device_id, "MQTT fleet: the registry was not written ({e}); messages landing elsewhere are lost");
         }
-        self.holders.insert(device_id.clone(), (self.instance.to_string(), Instant::now()));
+        let me = Arc::clone(&self.instance);
+        self.remember_holder(&device_id, &me);
         let who = ClientIdentity { device_id: device_id.clone(), client_id: String::new() };
         let mut link = DeviceLink::new(
             Arc::clone(&self.endpoint),
@@ -275,34 +276,34 @@ impl Fleet {
         {
             return Some(holder.clone());
         }
-        let holder = match crate::store::device_instance(self.store.as_ref(), device_id).await {
-            Ok(Some(holder)) if holder == *self.instance => Some(holder),
-            Ok(Some(holder)) => match self.store.get(&heartbeat_key(&holder)).await {
-                Ok(Some(_)) => Some(holder),
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!("MQTT fleet: the registry cannot be read ({e}); serving here");
-                    None
-                }
-            },
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!("MQTT fleet: the registry cannot be read ({e}); serving here");
-                None
-            }
-        };
+        let holder = self.read_live_holder(device_id).await.unwrap_or_else(|e| {
+            tracing::warn!("MQTT fleet: the registry cannot be read ({e}); serving here");
+            None
+        });
         match &holder {
-            Some(holder) => {
-                if self.holders.len() >= HOLDER_CACHE_ENTRIES {
-                    self.holders.clear();
-                }
-                self.holders.insert(device_id.to_owned(), (holder.clone(), Instant::now()));
-            }
+            Some(holder) => self.remember_holder(device_id, holder),
             None => {
                 self.holders.remove(device_id);
             }
         }
         holder
+    }
+
+    /// The registered holder of `device_id` when it is this instance or one whose heartbeat lives.
+    async fn read_live_holder(&self, device_id: &str) -> Result<Option<String>, crate::store::StoreError> {
+        let Some(holder) = crate::store::device_instance(self.store.as_ref(), device_id).await? else {
+            return Ok(None);
+        };
+        let live = holder == *self.instance || self.store.get(&heartbeat_key(&holder)).await?.is_some();
+        Ok(live.then_some(holder))
+    }
+
+    /// Caches a holder found (at most [`HOLDER_CACHE_ENTRIES`]; the cache is emptied when full).
+    fn remember_holder(&mut self, device_id: &str, holder: &str) {
+        if self.holders.len() >= HOLDER_CACHE_ENTRIES {
+            self.holders.clear();
+        }
+        self.holders.insert(device_id.to_owned(), (holder.to_owned(), Instant::now()));
     }
 }
 

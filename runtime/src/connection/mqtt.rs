@@ -143,12 +143,6 @@ pub async fn serve(
 
 type Reader = FramedRead<tokio::net::tcp::OwnedReadHalf, Codec>;
 
-/// Why a client connection ended.
-#[derive(Debug)]
-enum End {
-    Closed(String),
-}
-
 async fn serve_client(
     endpoint: Arc<Endpoint>,
     stream: TcpStream,
@@ -237,7 +231,7 @@ async fn serve_client(
     let link = DeviceLink::new(Arc::clone(&endpoint), who, Downlink::Direct(packets.clone()), udp_host, local_addr);
     let mut client = Client { link, packets };
     let end = client.run(&mut reader, silence, &replaced).await;
-    tracing::info!(device = %client.link.who.device_id, %peer, "MQTT client gone: {}", match &end { End::Closed(why) => why });
+    tracing::info!(device = %client.link.who.device_id, %peer, "MQTT client gone: {end}");
     client.link.end_session(false);
     drop(client);
     let _ = write_task.await;
@@ -361,7 +355,8 @@ struct Live {
 }
 
 impl Client {
-    async fn run(&mut self, reader: &mut Reader, silence: Duration, replaced: &CancellationToken) -> End {
+    /// Serves the client until its connection ends; returns why.
+    async fn run(&mut self, reader: &mut Reader, silence: Duration, replaced: &CancellationToken) -> String {
         let mut deadline = tokio::time::Instant::now() + silence;
         let mut idle_check = tokio::time::interval(IDLE_CHECK);
         loop {
@@ -369,12 +364,12 @@ impl Client {
                 biased;
                 _ = self.link.endpoint.shutdown.cancelled() => {
                     self.link.end_session(true);
-                    return End::Closed("the server stops".into());
+                    return "the server stops".into();
                 }
-                _ = replaced.cancelled() => return End::Closed("a newer connection of the client id".into()),
-                _ = self.packets.closed() => return End::Closed("writing to it failed".into()),
+                _ = replaced.cancelled() => return "a newer connection of the client id".into(),
+                _ = self.packets.closed() => return "writing to it failed".into(),
                 _ = tokio::time::sleep_until(deadline) => {
-                    return End::Closed(format!("silent for {silence:?} (1.5 x its keep-alive)"));
+                    return format!("silent for {silence:?} (1.5 x its keep-alive)");
                 }
                 _ = idle_check.tick() => {
                     self.link.check_idle();
@@ -383,14 +378,14 @@ impl Client {
                 packet = reader.next() => packet,
             };
             let packet = match packet {
-                None => return End::Closed("the connection closed".into()),
-                Some(Err(e)) => return End::Closed(format!("a bad packet: {e}")),
+                None => return "the connection closed".into(),
+                Some(Err(e)) => return format!("a bad packet: {e}"),
                 Some(Ok(packet)) => packet,
             };
             deadline = tokio::time::Instant::now() + silence;
             let reply = match packet {
                 Packet::Publish(publish) => match publish.qos {
-                    QoS::ExactlyOnce => return End::Closed("a QoS 2 publish (only 0 and 1 are served)".into()),
+                    QoS::ExactlyOnce => return "a QoS 2 publish (only 0 and 1 are served)".into(),
                     qos => {
                         self.link.on_message(&publish.payload);
                         (qos == QoS::AtLeastOnce).then(|| Packet::PubAck(PubAck::new(publish.pkid)))
@@ -404,14 +399,14 @@ impl Client {
                 }
                 Packet::Unsubscribe(unsubscribe) => Some(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid))),
                 Packet::PingReq => Some(Packet::PingResp),
-                Packet::Disconnect => return End::Closed("it disconnected".into()),
+                Packet::Disconnect => return "it disconnected".into(),
                 Packet::PubAck(_) => None,
-                other => return End::Closed(format!("an unexpected {} packet", packet_name(&other))),
+                other => return format!("an unexpected {} packet", packet_name(&other)),
             };
             if let Some(reply) = reply
                 && self.packets.try_send((reply, None)).is_err()
             {
-                return End::Closed("it is not reading".into());
+                return "it is not reading".into();
             }
         }
     }
